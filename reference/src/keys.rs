@@ -1,0 +1,25 @@
+//! KV key layout in one place, so the Redis backend, shadow prefixes and
+//! cleanup all agree on it. Every key names its child activity: children never
+//! share budget, stock or claims.
+
+use crate::{ActId, ChildId};
+
+/// Cash consumed from a child's budget, in cents.
+pub fn budget(child_id: ChildId) -> String {
+    format!("budget:{child_id}")
+}
+
+/// Coupons consumed from a template's stock in a child.
+pub fn stock(child_id: ChildId, template_id: u64) -> String {
+    format!("stock:{child_id}:{template_id}")
+}
+
+/// Coupons of a batch one user holds in a child (per-user per-batch limit).
+pub fn user_batch(child_id: ChildId, batch: &str, act_id: ActId) -> String {
+    format!("user-batch:{child_id}:{batch}:{act_id}")
+}
+
+/// The batch a user holds in a batch group (mutual exclusion).
+pub fn user_group(child_id: ChildId, group: &str, act_id: ActId) -> String {
+    format!("user-group:{child_id}:{group}:{act_id}")
+}

@@ -1,0 +1,295 @@
+//! The in-memory KV: the embedded default, with TTLs on the injected clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{Consume, Hold, Kv, KvError, QUEUE_POP_MAX};
+use crate::clock::{Clock, Millis};
+
+#[derive(Debug, Clone)]
+enum Value {
+    Counter(i64),
+    Hold { value: String, holders: u64 },
+    Set(BTreeSet<String>),
+    Status(u8),
+    Queue(VecDeque<Vec<u8>>),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Counter(_) => "a counter",
+            Value::Hold { .. } => "a hold",
+            Value::Set(_) => "a set",
+            Value::Status(_) => "a status",
+            Value::Queue(_) => "a queue",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    value: Value,
+    expires_at_ms: Option<Millis>,
+}
+
+/// KV kept in process memory.
+#[derive(Debug)]
+pub struct MemoryKv {
+    clock: Arc<dyn Clock>,
+    slots: Mutex<BTreeMap<String, Slot>>,
+}
+
+impl MemoryKv {
+    /// An empty store whose TTLs run on `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { clock, slots: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The live slots, with expired ones removed first.
+    fn live(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
+        let now_ms = self.clock.now_ms();
+        // A poisoned lock means a panic mid-update: a bug.
+        let mut slots = self.slots.lock().expect("memory kv lock poisoned");
+        slots.retain(|_, slot| slot.expires_at_ms.is_none_or(|at| now_ms < at));
+        slots
+    }
+
+    fn expiry(&self, ttl_ms: Option<u64>) -> Option<Millis> {
+        ttl_ms.map(|ttl| self.clock.now_ms().saturating_add(ttl))
+    }
+}
+
+fn wrong(key: &str, found: &Value, expected: &'static str) -> KvError {
+    KvError::WrongType { key: key.to_owned(), found: found.type_name(), expected }
+}
+
+fn counter_of(slots: &BTreeMap<String, Slot>, key: &str) -> Result<i64, KvError> {
+    match slots.get(key).map(|s| &s.value) {
+        None => Ok(0),
+        Some(Value::Counter(n)) => Ok(*n),
+        Some(other) => Err(wrong(key, other, "a counter")),
+    }
+}
+
+fn set_counter(slots: &mut BTreeMap<String, Slot>, key: &str, n: i64) {
+    let expires_at_ms = slots.get(key).and_then(|s| s.expires_at_ms);
+    slots.insert(key.to_owned(), Slot { value: Value::Counter(n), expires_at_ms });
+}
+
+fn non_negative(key: &str, n: i64) -> Result<u64, KvError> {
+    u64::try_from(n).map_err(|_| KvError::Misuse(format!("counter `{key}` is negative ({n}); it is not a consume counter")))
+}
+
+#[async_trait]
+impl Kv for MemoryKv {
+    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        let mut slots = self.live();
+        let n = counter_of(&slots, key)?
+            .checked_add(delta)
+            .ok_or_else(|| KvError::Misuse(format!("counter `{key}` would overflow")))?;
+        set_counter(&mut slots, key, n);
+        Ok(n)
+    }
+
+    async fn counter(&self, key: &str) -> Result<i64, KvError> {
+        counter_of(&self.live(), key)
+    }
+
+    async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError> {
+        let mut slots = self.live();
+        let current = non_negative(key, counter_of(&slots, key)?)?;
+        match current.checked_add(n) {
+            Some(after) if after <= limit => {
+                let stored = i64::try_from(after).map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
+                set_counter(&mut slots, key, stored);
+                Ok(Consume::Consumed { after })
+            }
+            _ => Ok(Consume::Exceeded { current }),
+        }
+    }
+
+    async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
+        let mut slots = self.live();
+        let current = non_negative(key, counter_of(&slots, key)?)?;
+        let after = current.saturating_sub(n);
+        let stored = i64::try_from(after).map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
+        set_counter(&mut slots, key, stored);
+        Ok(after)
+    }
+
+    async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError> {
+        let mut slots = self.live();
+        match slots.get_mut(key).map(|s| &mut s.value) {
+            None => {
+                slots.insert(key.to_owned(), Slot { value: Value::Hold { value: value.to_owned(), holders: 1 }, expires_at_ms: None });
+                Ok(Hold::Held { holders: 1 })
+            }
+            Some(Value::Hold { value: held, holders }) if held == value => {
+                *holders += 1;
+                Ok(Hold::Held { holders: *holders })
+            }
+            Some(Value::Hold { value: held, .. }) => Ok(Hold::HeldByOther { value: held.clone() }),
+            Some(other) => Err(wrong(key, other, "a hold")),
+        }
+    }
+
+    async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> {
+        let mut slots = self.live();
+        let left = match slots.get_mut(key).map(|s| &mut s.value) {
+            Some(Value::Hold { value: held, holders }) if held == value => {
+                *holders = holders.saturating_sub(1);
+                *holders
+            }
+            Some(Value::Hold { .. }) | None => return Ok(0),
+            Some(other) => return Err(wrong(key, other, "a hold")),
+        };
+        if left == 0 {
+            slots.remove(key);
+        }
+        Ok(left)
+    }
+
+    async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> {
+        let mut slots = self.live();
+        let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Set(BTreeSet::new()), expires_at_ms: None });
+        match &mut slot.value {
+            Value::Set(members) => Ok(members.insert(member.to_owned())),
+            other => Err(wrong(key, other, "a set")),
+        }
+    }
+
+    async fn set_contains(&self, key: &str, member: &str) -> Result<bool, KvError> {
+        match self.live().get(key).map(|s| &s.value) {
+            None => Ok(false),
+            Some(Value::Set(members)) => Ok(members.contains(member)),
+            Some(other) => Err(wrong(key, other, "a set")),
+        }
+    }
+
+    async fn put_status(&self, key: &str, status: u8, ttl_ms: Option<u64>) -> Result<(), KvError> {
+        let expires_at_ms = self.expiry(ttl_ms);
+        self.live().insert(key.to_owned(), Slot { value: Value::Status(status), expires_at_ms });
+        Ok(())
+    }
+
+    async fn status(&self, key: &str) -> Result<Option<u8>, KvError> {
+        match self.live().get(key).map(|s| &s.value) {
+            None => Ok(None),
+            Some(Value::Status(s)) => Ok(Some(*s)),
+            Some(other) => Err(wrong(key, other, "a status")),
+        }
+    }
+
+    async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError> {
+        let expires_at_ms = self.expiry(ttl_ms);
+        let mut slots = self.live();
+        let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Queue(VecDeque::new()), expires_at_ms: None });
+        let Value::Queue(items) = &mut slot.value else { return Err(wrong(key, &slot.value, "a queue")) };
+        items.push_back(item.to_vec());
+        let len = items.len() as u64;
+        slot.expires_at_ms = expires_at_ms;
+        Ok(len)
+    }
+
+    async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        if max > QUEUE_POP_MAX {
+            return Err(KvError::Misuse(format!("queue_pop of {max}; at most {QUEUE_POP_MAX}")));
+        }
+        let mut slots = self.live();
+        let Some(slot) = slots.get_mut(key) else { return Ok(Vec::new()) };
+        let Value::Queue(items) = &mut slot.value else { return Err(wrong(key, &slot.value, "a queue")) };
+        let taken: Vec<Vec<u8>> = items.drain(..max.min(items.len())).collect();
+        if items.is_empty() {
+            slots.remove(key);
+        }
+        Ok(taken)
+    }
+
+    async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> {
+        let slots = self.live();
+        Ok(slots
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, s)| match s.value {
+                Value::Counter(n) => Some((k.clone(), n)),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn run(test: impl AsyncFn(&ManualClock, &dyn Kv)) {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let kv = MemoryKv::new(clock.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        runtime.block_on(test(&clock, &kv));
+    }
+
+    #[test]
+    fn consume_within_never_passes_the_limit() {
+        run(async |_, kv| {
+            assert_eq!(kv.consume_within("s", 2, 3).await.ok(), Some(Consume::Consumed { after: 2 }));
+            assert_eq!(kv.consume_within("s", 2, 3).await.ok(), Some(Consume::Exceeded { current: 2 }));
+            assert_eq!(kv.consume_within("s", 1, 3).await.ok(), Some(Consume::Consumed { after: 3 }));
+            assert_eq!(kv.consume_within("s", 0, 3).await.ok(), Some(Consume::Consumed { after: 3 }));
+            assert_eq!(kv.release("s", 5).await.ok(), Some(0), "release clamps at zero");
+            assert_eq!(kv.consume_within("s", u64::MAX, 3).await.ok(), Some(Consume::Exceeded { current: 0 }));
+            assert_eq!(kv.counter("s").await.ok(), Some(0));
+        });
+    }
+
+    #[test]
+    fn holds_are_shared_by_one_value_and_exclusive_against_others() {
+        run(async |_, kv| {
+            assert_eq!(kv.hold("g", "b1").await.ok(), Some(Hold::Held { holders: 1 }));
+            assert_eq!(kv.hold("g", "b1").await.ok(), Some(Hold::Held { holders: 2 }));
+            assert_eq!(kv.hold("g", "b2").await.ok(), Some(Hold::HeldByOther { value: "b1".to_owned() }));
+            assert_eq!(kv.unhold("g", "b2").await.ok(), Some(0), "unholding another value changes nothing");
+            assert_eq!(kv.unhold("g", "b1").await.ok(), Some(1));
+            assert_eq!(kv.hold("g", "b2").await.ok(), Some(Hold::HeldByOther { value: "b1".to_owned() }));
+            assert_eq!(kv.unhold("g", "b1").await.ok(), Some(0));
+            assert_eq!(kv.hold("g", "b2").await.ok(), Some(Hold::Held { holders: 1 }));
+        });
+    }
+
+    #[test]
+    fn ttls_run_on_the_injected_clock() {
+        run(async |clock, kv| {
+            kv.put_status("t", 2, Some(100)).await.expect("put");
+            kv.queue_push("q", b"a", Some(50)).await.expect("push");
+            kv.queue_push("q", b"b", Some(50)).await.expect("push");
+            clock.advance(49);
+            assert_eq!(kv.status("t").await.ok(), Some(Some(2)));
+            assert_eq!(kv.queue_pop("q", 1).await.ok(), Some(vec![b"a".to_vec()]));
+            clock.advance(1);
+            assert_eq!(kv.queue_pop("q", 10).await.ok(), Some(vec![]), "queue expired");
+            clock.advance(50);
+            assert_eq!(kv.status("t").await.ok(), Some(None), "status expired");
+        });
+    }
+
+    #[test]
+    fn sets_counters_and_types() {
+        run(async |_, kv| {
+            assert_eq!(kv.set_add("u", "a").await.ok(), Some(true));
+            assert_eq!(kv.set_add("u", "a").await.ok(), Some(false));
+            assert_eq!(kv.set_contains("u", "a").await.ok(), Some(true));
+            assert_eq!(kv.set_contains("u", "b").await.ok(), Some(false));
+            assert!(matches!(kv.incr_by("u", 1).await, Err(KvError::WrongType { .. })));
+            assert_eq!(kv.incr_by("c:1", 5).await.ok(), Some(5));
+            assert_eq!(kv.incr_by("c:2", -2).await.ok(), Some(-2));
+            assert_eq!(kv.incr_by("d", 1).await.ok(), Some(1));
+            let listed = kv.counters_with_prefix("c:").await.expect("scan");
+            assert_eq!(listed, vec![("c:1".to_owned(), 5), ("c:2".to_owned(), -2)]);
+            assert!(kv.queue_pop("q", QUEUE_POP_MAX + 1).await.is_err());
+        });
+    }
+}

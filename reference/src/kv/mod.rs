@@ -1,0 +1,139 @@
+//! The KV store for the Redis roles: counters, atomic check-and-consume, shared
+//! holds (batch-group claims), per-user claim sets, small status values (token
+//! status) and queues with TTL. Each verb maps onto one Redis command or one Lua
+//! script, named in its doc line, so the Redis backend is a direct translation.
+//!
+//! Business outcomes ([`Consume::Exceeded`], [`Hold::HeldByOther`]) are values;
+//! `Err` is for operating errors (timeouts, a store that is down).
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+
+mod memory;
+
+pub use memory::MemoryKv;
+
+/// Most items one [`Kv::queue_pop`] returns.
+pub const QUEUE_POP_MAX: usize = 1024;
+
+/// The result of a check-and-consume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consume {
+    /// Consumed; the counter now stands at `after`.
+    Consumed {
+        /// Counter value after consuming.
+        after: u64,
+    },
+    /// Consuming would pass the limit; nothing changed.
+    Exceeded {
+        /// Counter value, unchanged.
+        current: u64,
+    },
+}
+
+/// The result of taking a shared hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hold {
+    /// The key holds our value; `holders` counts the holds on it, ours included.
+    Held {
+        /// Holds on the value now.
+        holders: u64,
+    },
+    /// The key holds another value; nothing changed.
+    HeldByOther {
+        /// The value held.
+        value: String,
+    },
+}
+
+/// An operating error of a KV backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The store failed, timed out or could not be reached: the result is unknown.
+    #[error("kv store: {0}")]
+    Store(String),
+    /// A key holds a value of another type than the verb needs.
+    #[error("kv key `{key}` holds {found}, not {expected}")]
+    WrongType {
+        /// The key.
+        key: String,
+        /// What it holds.
+        found: &'static str,
+        /// What the verb needs.
+        expected: &'static str,
+    },
+    /// A caller broke the trait's contract.
+    #[error("kv misuse: {0}")]
+    Misuse(String),
+    /// The URL does not name a KV this build knows.
+    #[error("kv URL `{url}`: {why}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// The KV's domain verbs.
+#[async_trait]
+pub trait Kv: Send + Sync + fmt::Debug {
+    /// Add `delta` to a counter (missing = 0) and return the new value. Redis: `INCRBY`.
+    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, KvError>;
+
+    /// A counter's value (missing = 0). Redis: `GET`.
+    async fn counter(&self, key: &str) -> Result<i64, KvError>;
+
+    /// Add `n` only if the counter stays ≤ `limit`. Redis: one Lua script
+    /// (`GET`, compare, `INCRBY`).
+    async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError>;
+
+    /// Give back `n` consumed by [`Kv::consume_within`]; never below zero. Redis:
+    /// one Lua script (`DECRBY` clamped at 0). Returns the new value.
+    async fn release(&self, key: &str, n: u64) -> Result<u64, KvError>;
+
+    /// Hold `key` for `value` unless another value holds it; holds on the same value
+    /// are counted. Redis: one Lua script over a hash (`HGET value`, `HINCRBY holders`).
+    async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError>;
+
+    /// Drop one hold of `value`; the key is freed when the last hold goes. Redis: one
+    /// Lua script (`HINCRBY -1`, `DEL` at 0). Returns the holds left.
+    async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError>;
+
+    /// Add a member to a set; `true` when it was not there. Redis: `SADD`.
+    async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError>;
+
+    /// Whether a set has a member. Redis: `SISMEMBER`.
+    async fn set_contains(&self, key: &str, member: &str) -> Result<bool, KvError>;
+
+    /// Store a small status value with an optional TTL. Redis: `SET key v [PX ttl]`.
+    async fn put_status(&self, key: &str, status: u8, ttl_ms: Option<u64>) -> Result<(), KvError>;
+
+    /// A status value, if set and not expired. Redis: `GET`.
+    async fn status(&self, key: &str) -> Result<Option<u8>, KvError>;
+
+    /// Append to a queue and (re)set its TTL. Redis: one Lua script (`RPUSH`,
+    /// `PEXPIRE`). Returns the queue length.
+    async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError>;
+
+    /// Take up to `max` (≤ [`QUEUE_POP_MAX`]) items from the head. Redis: `LPOP key count`.
+    async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError>;
+
+    /// Every counter whose key starts with `prefix`, in key order. Redis: `SCAN MATCH
+    /// prefix*` then `GET`; for audits and cleanup, not for hot paths.
+    async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError>;
+}
+
+/// Open the KV a URL names: only `memory` in this build; Redis comes with its backend.
+pub fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Kv>, KvError> {
+    if url == "memory" || url == "memory://" {
+        return Ok(Arc::new(MemoryKv::new(clock)));
+    }
+    Err(KvError::BadUrl { url: url.to_owned(), why: "expected `memory`".to_owned() })
+}

@@ -1,0 +1,28 @@
+//! The redrain reference wallet: the design of the Spring-Festival case studies
+//! (activity tree, order-number idempotency, coupon stock control, budgets and caps)
+//! over small storage traits with embedded backends.
+//!
+//! This crate must never read the wall clock or an OS random source, and never
+//! know about the simulator: time comes from an injected [`clock::Clock`], and
+//! everything random is decided by the caller.
+
+pub mod clock;
+pub mod config;
+pub mod keys;
+pub mod kv;
+pub mod ledger;
+pub mod order_no;
+pub mod wallet;
+
+pub use clock::{Clock, ManualClock, Millis};
+pub use config::{ActivityTree, ConfigError};
+pub use order_no::{AwardType, OrderNo, OrderNoError};
+pub use wallet::Wallet;
+
+/// A user's account id, shared by the eight apps (the seed's `actID`).
+pub type ActId = u64;
+/// A child activity (internal test, gray release, formal); accounts, budgets and
+/// stock are kept per child.
+pub type ChildId = u64;
+/// A parent activity: what upstream names in every request.
+pub type ActivityId = u64;

@@ -1,0 +1,584 @@
+//! The wallet service, synchronous mode (the seed's baseline: one credit per
+//! request). Validates a request as it arrives, resolves the child activity by the
+//! injected clock, enforces budget, per-transaction cap, coupon stock, the per-user
+//! per-batch limit and batch-group exclusion through the KV, and credits through the
+//! ledger. A rejected request leaves nothing behind: what it reserved is released.
+//!
+//! Stock policy (seed 003): a KV error on a consume means the result is unknown,
+//! so that consume is not rolled back (under-issue is allowed, over-issue never);
+//! reservations made before it are released best-effort.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, Millis};
+use crate::config::{Activity, ActivityTree, AwardDef, ChildActivity, Scene};
+use crate::keys;
+use crate::kv::{Consume, Hold, Kv, KvError};
+use crate::ledger::{
+    AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger, LedgerError,
+    WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
+};
+use crate::order_no::{OrderNo, OrderNoError};
+use crate::{ActId, ActivityId, ChildId};
+
+/// Longest accepted withdraw number.
+pub const WITHDRAW_NO_LEN_MAX: usize = 64;
+
+/// An award request as it arrives from upstream, before any validation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueRequest {
+    /// The parent activity; the wallet picks the child.
+    pub activity_id: ActivityId,
+    /// `${act_id}_${scene_id}_${rain_id}_${award_type}_${stage}`, unparsed.
+    pub order_no: String,
+    /// One of the scene's award ids.
+    pub award_id: u64,
+    /// Cash amount in cents; must be 0 for coupons and pendants.
+    pub amount_cents: i64,
+}
+
+/// A withdraw request as it arrives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawRequest {
+    /// The parent activity; the child is resolved by time.
+    pub activity_id: ActivityId,
+    /// The user.
+    pub act_id: ActId,
+    /// Idempotency key: letters, digits, `-`, `_`; at most [`WITHDRAW_NO_LEN_MAX`].
+    pub withdraw_no: String,
+    /// Cents to take out, > 0.
+    pub amount_cents: i64,
+}
+
+/// Why a request was turned away. Each has a stable machine-readable [`Rejection::code`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The order number does not parse.
+    #[error("malformed order number: {0}")]
+    MalformedOrderNo(OrderNoError),
+    /// No such parent activity.
+    #[error("activity {activity_id} is not configured")]
+    UnknownActivity { activity_id: ActivityId },
+    /// No child activity's window holds the request time.
+    #[error("activity {activity_id} has no child activity open at {at_ms} ms")]
+    NoChildOpen { activity_id: ActivityId, at_ms: Millis },
+    /// The order number names a scene the activity lacks.
+    #[error("scene {scene_id} is not configured in activity {activity_id}")]
+    UnknownScene { activity_id: ActivityId, scene_id: u32 },
+    /// The order number's award type is not the scene's.
+    #[error("order number says {order_type} but scene {scene_id} gives {scene_type}")]
+    AwardTypeMismatch { scene_id: u32, scene_type: String, order_type: String },
+    /// The award id is not one of the scene's.
+    #[error("award id {award_id} is not given by scene {scene_id}")]
+    UnknownAward { scene_id: u32, award_id: u64 },
+    /// A cash award of 0.
+    #[error("amount is 0 cents; a cash award must be positive")]
+    ZeroAmount,
+    /// A negative amount.
+    #[error("amount {amount_cents} cents is negative")]
+    NegativeAmount { amount_cents: i64 },
+    /// Above the per-transaction cap.
+    #[error("amount {amount_cents} cents is over the cap of {cap_cents} cents")]
+    AmountOverCap { amount_cents: i64, cap_cents: u64 },
+    /// A coupon or pendant request carried an amount.
+    #[error("a {award_type} award takes no amount, got {amount_cents} cents")]
+    AmountNotAllowed { award_type: String, amount_cents: i64 },
+    /// The child's cash budget cannot cover the amount.
+    #[error("budget of child {child_id} exhausted: {used_cents} of {budget_cents} cents used, {amount_cents} asked")]
+    BudgetExhausted { child_id: ChildId, budget_cents: u64, used_cents: u64, amount_cents: u64 },
+    /// The template's stock is used up.
+    #[error("coupon template {template_id} is out of stock ({stock} issued)")]
+    OutOfStock { template_id: u64, stock: u64 },
+    /// The user holds the batch's limit already.
+    #[error("user {act_id} holds {limit} coupon(s) of batch `{batch}` already")]
+    UserBatchLimit { act_id: ActId, batch: String, limit: u32 },
+    /// The user holds another batch of the same group.
+    #[error("user {act_id} holds batch `{held}` of group `{group}`; batch `{batch}` is excluded")]
+    BatchGroupTaken { act_id: ActId, group: String, batch: String, held: String },
+    /// The withdraw number is empty, too long or has other characters.
+    #[error("withdraw number `{withdraw_no}` must be 1 to 64 letters, digits, `-` or `_`")]
+    MalformedWithdrawNo { withdraw_no: String },
+    /// The balance cannot cover the withdrawal.
+    #[error("balance {balance_cents} cents is less than the {amount_cents} cents asked")]
+    InsufficientBalance { balance_cents: u64, amount_cents: u64 },
+}
+
+impl Rejection {
+    /// A stable snake_case code for metrics, reports and the HTTP protocol.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::MalformedOrderNo(_) => "malformed_order_no",
+            Rejection::UnknownActivity { .. } => "unknown_activity",
+            Rejection::NoChildOpen { .. } => "no_child_open",
+            Rejection::UnknownScene { .. } => "unknown_scene",
+            Rejection::AwardTypeMismatch { .. } => "award_type_mismatch",
+            Rejection::UnknownAward { .. } => "unknown_award",
+            Rejection::ZeroAmount => "zero_amount",
+            Rejection::NegativeAmount { .. } => "negative_amount",
+            Rejection::AmountOverCap { .. } => "amount_over_cap",
+            Rejection::AmountNotAllowed { .. } => "amount_not_allowed",
+            Rejection::BudgetExhausted { .. } => "budget_exhausted",
+            Rejection::OutOfStock { .. } => "out_of_stock",
+            Rejection::UserBatchLimit { .. } => "user_batch_limit",
+            Rejection::BatchGroupTaken { .. } => "batch_group_taken",
+            Rejection::MalformedWithdrawNo { .. } => "malformed_withdraw_no",
+            Rejection::InsufficientBalance { .. } => "insufficient_balance",
+        }
+    }
+}
+
+/// What became of an issue request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum IssueOutcome {
+    /// Credited now.
+    Issued {
+        /// The ledger entry.
+        entry: Entry,
+    },
+    /// Credited before with the same payload; the first outcome again.
+    Duplicate {
+        /// The entry of the first time.
+        entry: Entry,
+    },
+    /// The order number was credited before with a different payload.
+    Conflict {
+        /// The entry of the first time.
+        first: Entry,
+    },
+    /// Turned away; nothing written.
+    Rejected {
+        /// The child activity, when the request got that far.
+        child_id: Option<ChildId>,
+        /// Why.
+        reason: Rejection,
+    },
+}
+
+impl IssueOutcome {
+    /// A short name of the outcome kind (`issued`, `duplicate`, `conflict` or the rejection code).
+    pub fn label(&self) -> &'static str {
+        match self {
+            IssueOutcome::Issued { .. } => "issued",
+            IssueOutcome::Duplicate { .. } => "duplicate",
+            IssueOutcome::Conflict { .. } => "conflict",
+            IssueOutcome::Rejected { reason, .. } => reason.code(),
+        }
+    }
+}
+
+/// What became of a withdraw request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum WithdrawOutcome {
+    /// Taken out now.
+    Withdrawn {
+        /// The ledger entry.
+        entry: Entry,
+        /// Balance left.
+        balance_after_cents: u64,
+    },
+    /// Taken out before with the same payload.
+    Duplicate {
+        /// The entry of the first time.
+        entry: Entry,
+    },
+    /// The withdraw number was used before with a different payload.
+    Conflict {
+        /// The entry of the first time.
+        first: Entry,
+    },
+    /// Turned away; nothing written.
+    Rejected {
+        /// The child activity, when the request got that far.
+        child_id: Option<ChildId>,
+        /// Why.
+        reason: Rejection,
+    },
+}
+
+impl WithdrawOutcome {
+    /// A short name of the outcome kind.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WithdrawOutcome::Withdrawn { .. } => "withdrawn",
+            WithdrawOutcome::Duplicate { .. } => "duplicate",
+            WithdrawOutcome::Conflict { .. } => "conflict",
+            WithdrawOutcome::Rejected { reason, .. } => reason.code(),
+        }
+    }
+}
+
+/// Coupon stock as the strategy side reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct StockView {
+    /// Coupons consumed from stock.
+    pub consumed: u64,
+    /// Configured stock.
+    pub total: u64,
+    /// `(total - consumed) / total`, for display.
+    pub remaining_ratio: f64,
+    /// False once less than 10% remains: offer a fallback coupon or a greeting instead.
+    pub should_offer: bool,
+}
+
+impl StockView {
+    /// The view of `consumed` out of `total`.
+    pub fn new(consumed: u64, total: u64) -> Self {
+        let remaining = total.saturating_sub(consumed);
+        let remaining_ratio = if total == 0 { 0.0 } else { remaining as f64 / total as f64 };
+        // Integer form of remaining / total >= 10%.
+        let should_offer = u128::from(remaining) * 10 >= u128::from(total) && remaining > 0;
+        Self { consumed, total, remaining_ratio, should_offer }
+    }
+}
+
+/// An operating error: a store failed. The request's outcome is unknown to the caller,
+/// who may retry with the same order number.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalletError {
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The KV failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// A reservation to undo if the request does not complete.
+#[derive(Debug)]
+enum Reservation {
+    Consumed { key: String, n: u64 },
+    Held { key: String, value: String },
+}
+
+/// A request that passed validation.
+#[derive(Debug)]
+struct ValidIssue<'a> {
+    activity: &'a Activity,
+    child: &'a ChildActivity,
+    scene: &'a Scene,
+    order_no: OrderNo,
+    award_def: &'a AwardDef,
+    award: Award,
+}
+
+/// The reference wallet over a ledger and a KV.
+#[derive(Debug, Clone)]
+pub struct Wallet {
+    tree: Arc<ActivityTree>,
+    ledger: Arc<dyn Ledger>,
+    kv: Arc<dyn Kv>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Wallet {
+    /// A wallet over the given tree, stores and clock.
+    pub fn new(tree: Arc<ActivityTree>, ledger: Arc<dyn Ledger>, kv: Arc<dyn Kv>, clock: Arc<dyn Clock>) -> Self {
+        Self { tree, ledger, kv, clock }
+    }
+
+    /// The activity tree.
+    pub fn tree(&self) -> &ActivityTree {
+        &self.tree
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    /// The KV.
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
+    }
+
+    /// Issue one award synchronously: validate, reserve, credit.
+    pub async fn issue(&self, request: &IssueRequest) -> Result<IssueOutcome, WalletError> {
+        let now_ms = self.clock.now_ms();
+        let valid = match self.validate(request, now_ms) {
+            Ok(valid) => valid,
+            Err((child_id, reason)) => return Ok(IssueOutcome::Rejected { child_id, reason }),
+        };
+        let credit = Credit {
+            account: AccountKey { child_id: valid.child.id, act_id: valid.order_no.act_id },
+            order_no: valid.order_no.clone(),
+            award: valid.award.clone(),
+            at_ms: now_ms,
+        };
+        // A retry of a credited order must not consume anything again.
+        if let Some(first) = self.ledger.lookup_credit(valid.child.id, &valid.order_no).await? {
+            return Ok(replayed(first, &credit));
+        }
+        let mut reservations = Vec::new();
+        match self.reserve(&valid, &mut reservations).await {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                self.undo(reservations).await;
+                return Ok(IssueOutcome::Rejected { child_id: Some(valid.child.id), reason });
+            }
+            Err(e) => {
+                self.undo(reservations).await;
+                return Err(e.into());
+            }
+        }
+        let outcome = match self.ledger.credit_batch(std::slice::from_ref(&credit)).await {
+            Ok(mut outcomes) => outcomes.pop().ok_or_else(|| LedgerError::Store("empty outcome list".to_owned())),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(CreditOutcome::Credited { entry }) => Ok(IssueOutcome::Issued { entry }),
+            Ok(CreditOutcome::Duplicate { entry }) => {
+                self.undo(reservations).await;
+                Ok(IssueOutcome::Duplicate { entry })
+            }
+            Ok(CreditOutcome::Conflict { first }) => {
+                self.undo(reservations).await;
+                Ok(IssueOutcome::Conflict { first })
+            }
+            Err(e) => {
+                // Failed issue after a successful consume: best-effort rollback.
+                self.undo(reservations).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn validate(&self, request: &IssueRequest, now_ms: Millis) -> Result<ValidIssue<'_>, (Option<ChildId>, Rejection)> {
+        let order_no: OrderNo = request.order_no.parse().map_err(|e| (None, Rejection::MalformedOrderNo(e)))?;
+        let activity = self
+            .tree
+            .activity(request.activity_id)
+            .ok_or((None, Rejection::UnknownActivity { activity_id: request.activity_id }))?;
+        let child = activity
+            .child_at(now_ms)
+            .ok_or((None, Rejection::NoChildOpen { activity_id: activity.id, at_ms: now_ms }))?;
+        let reject = |reason| (Some(child.id), reason);
+        let scene = activity
+            .scenes
+            .get(&order_no.scene_id)
+            .ok_or_else(|| reject(Rejection::UnknownScene { activity_id: activity.id, scene_id: order_no.scene_id }))?;
+        if scene.award_type != order_no.award_type {
+            return Err(reject(Rejection::AwardTypeMismatch {
+                scene_id: scene.id,
+                scene_type: scene.award_type.to_string(),
+                order_type: order_no.award_type.to_string(),
+            }));
+        }
+        let award_def = scene
+            .award_ids
+            .contains(&request.award_id)
+            .then(|| activity.awards.get(&request.award_id))
+            .flatten()
+            .ok_or_else(|| reject(Rejection::UnknownAward { scene_id: scene.id, award_id: request.award_id }))?;
+        let award = award_of(activity, request, award_def).map_err(reject)?;
+        Ok(ValidIssue { activity, child, scene, order_no, award_def, award })
+    }
+
+    /// Consume budget, limits and stock. `Ok(Some(reason))` = rejected; what was
+    /// reserved so far is in `reservations` for the caller to undo.
+    async fn reserve(&self, valid: &ValidIssue<'_>, reservations: &mut Vec<Reservation>) -> Result<Option<Rejection>, KvError> {
+        let child = valid.child;
+        let act_id = valid.order_no.act_id;
+        match valid.award_def {
+            AwardDef::Cash { .. } => {
+                let amount = valid.award.cash_cents();
+                let key = keys::budget(child.id);
+                match self.kv.consume_within(&key, amount, child.budget_cents).await? {
+                    Consume::Consumed { .. } => reservations.push(Reservation::Consumed { key, n: amount }),
+                    Consume::Exceeded { current } => {
+                        return Ok(Some(Rejection::BudgetExhausted {
+                            child_id: child.id,
+                            budget_cents: child.budget_cents,
+                            used_cents: current,
+                            amount_cents: amount,
+                        }));
+                    }
+                }
+            }
+            AwardDef::Coupon(coupon) => {
+                if let Some(group) = &coupon.group {
+                    let key = keys::user_group(child.id, group, act_id);
+                    match self.kv.hold(&key, &coupon.batch).await? {
+                        Hold::Held { .. } => reservations.push(Reservation::Held { key, value: coupon.batch.clone() }),
+                        Hold::HeldByOther { value } => {
+                            return Ok(Some(Rejection::BatchGroupTaken {
+                                act_id,
+                                group: group.clone(),
+                                batch: coupon.batch.clone(),
+                                held: value,
+                            }));
+                        }
+                    }
+                }
+                let key = keys::user_batch(child.id, &coupon.batch, act_id);
+                match self.kv.consume_within(&key, 1, u64::from(coupon.per_user_limit)).await? {
+                    Consume::Consumed { .. } => reservations.push(Reservation::Consumed { key, n: 1 }),
+                    Consume::Exceeded { .. } => {
+                        return Ok(Some(Rejection::UserBatchLimit {
+                            act_id,
+                            batch: coupon.batch.clone(),
+                            limit: coupon.per_user_limit,
+                        }));
+                    }
+                }
+                if valid.scene.stock_control {
+                    let key = keys::stock(child.id, coupon.template_id);
+                    match self.kv.consume_within(&key, 1, coupon.stock).await? {
+                        Consume::Consumed { .. } => reservations.push(Reservation::Consumed { key, n: 1 }),
+                        Consume::Exceeded { .. } => {
+                            return Ok(Some(Rejection::OutOfStock { template_id: coupon.template_id, stock: coupon.stock }));
+                        }
+                    }
+                }
+            }
+            AwardDef::Pendant { .. } => {}
+        }
+        let _ = valid.activity;
+        Ok(None)
+    }
+
+    /// Release reservations, newest first. Best effort: a failure leaves a counter
+    /// too high, which can only under-issue.
+    async fn undo(&self, reservations: Vec<Reservation>) {
+        for reservation in reservations.into_iter().rev() {
+            let _ignored = match reservation {
+                Reservation::Consumed { key, n } => self.kv.release(&key, n).await.map(drop),
+                Reservation::Held { key, value } => self.kv.unhold(&key, &value).await.map(drop),
+            };
+        }
+    }
+
+    /// Withdraw cash from the user's account in the child open now.
+    pub async fn withdraw(&self, request: &WithdrawRequest) -> Result<WithdrawOutcome, WalletError> {
+        let now_ms = self.clock.now_ms();
+        let child = match self.child_now(request.activity_id, now_ms) {
+            Ok(child) => child,
+            Err(reason) => return Ok(WithdrawOutcome::Rejected { child_id: None, reason }),
+        };
+        let reject = |reason| Ok(WithdrawOutcome::Rejected { child_id: Some(child.id), reason });
+        if !valid_withdraw_no(&request.withdraw_no) {
+            return reject(Rejection::MalformedWithdrawNo { withdraw_no: request.withdraw_no.clone() });
+        }
+        let amount_cents = match positive_amount(request.amount_cents) {
+            Ok(amount) => amount,
+            Err(reason) => return reject(reason),
+        };
+        let withdrawal = Withdrawal {
+            account: AccountKey { child_id: child.id, act_id: request.act_id },
+            withdraw_no: request.withdraw_no.clone(),
+            amount_cents,
+            at_ms: now_ms,
+        };
+        Ok(match self.ledger.withdraw(&withdrawal).await? {
+            LedgerWithdrawOutcome::Withdrawn { entry, balance_after_cents } => {
+                WithdrawOutcome::Withdrawn { entry, balance_after_cents }
+            }
+            LedgerWithdrawOutcome::Duplicate { entry } => WithdrawOutcome::Duplicate { entry },
+            LedgerWithdrawOutcome::Conflict { first } => WithdrawOutcome::Conflict { first },
+            LedgerWithdrawOutcome::InsufficientBalance { balance_cents } => WithdrawOutcome::Rejected {
+                child_id: Some(child.id),
+                reason: Rejection::InsufficientBalance { balance_cents, amount_cents },
+            },
+        })
+    }
+
+    fn child_now(&self, activity_id: ActivityId, now_ms: Millis) -> Result<&ChildActivity, Rejection> {
+        let activity = self.tree.activity(activity_id).ok_or(Rejection::UnknownActivity { activity_id })?;
+        activity.child_at(now_ms).ok_or(Rejection::NoChildOpen { activity_id, at_ms: now_ms })
+    }
+
+    /// Coupon stock of a template in the child open now, for the strategy side.
+    pub async fn coupon_stock(&self, activity_id: ActivityId, template_id: u64) -> Result<Result<StockView, Rejection>, WalletError> {
+        let now_ms = self.clock.now_ms();
+        let child = match self.child_now(activity_id, now_ms) {
+            Ok(child) => child,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let activity = self.tree.activity(activity_id).expect("child_now found the activity");
+        let Some(coupon) = activity.coupon_template(template_id) else {
+            return Ok(Err(Rejection::UnknownAward { scene_id: 0, award_id: template_id }));
+        };
+        let consumed = self.kv.counter(&keys::stock(child.id, template_id)).await?;
+        let consumed = u64::try_from(consumed).unwrap_or(0);
+        Ok(Ok(StockView::new(consumed, coupon.stock)))
+    }
+
+    /// The user's account in the child open now.
+    pub async fn account(&self, activity_id: ActivityId, act_id: ActId) -> Result<Result<AccountState, Rejection>, WalletError> {
+        let child = match self.child_now(activity_id, self.clock.now_ms()) {
+            Ok(child) => child,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        Ok(Ok(self.ledger.account(AccountKey { child_id: child.id, act_id }).await?))
+    }
+
+    /// A page of the user's history in the child open now, newest first.
+    pub async fn history(
+        &self,
+        activity_id: ActivityId,
+        act_id: ActId,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Result<HistoryPage, Rejection>, WalletError> {
+        let child = match self.child_now(activity_id, self.clock.now_ms()) {
+            Ok(child) => child,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        Ok(Ok(self.ledger.history(AccountKey { child_id: child.id, act_id }, cursor, limit).await?))
+    }
+}
+
+fn replayed(first: Entry, credit: &Credit) -> IssueOutcome {
+    if first.matches_credit(credit) { IssueOutcome::Duplicate { entry: first } } else { IssueOutcome::Conflict { first } }
+}
+
+fn positive_amount(amount_cents: i64) -> Result<u64, Rejection> {
+    match amount_cents {
+        0 => Err(Rejection::ZeroAmount),
+        n if n < 0 => Err(Rejection::NegativeAmount { amount_cents: n }),
+        // Positive i64 always fits u64.
+        n => Ok(n as u64),
+    }
+}
+
+fn award_of(activity: &Activity, request: &IssueRequest, def: &AwardDef) -> Result<Award, Rejection> {
+    let no_amount = |award_type: &str| {
+        if request.amount_cents != 0 {
+            return Err(Rejection::AmountNotAllowed { award_type: award_type.to_owned(), amount_cents: request.amount_cents });
+        }
+        Ok(())
+    };
+    match def {
+        AwardDef::Cash { .. } => {
+            let amount_cents = positive_amount(request.amount_cents)?;
+            let cap_cents = activity.cash_cap_cents(request.award_id).unwrap_or(activity.per_txn_cap_cents);
+            if amount_cents > cap_cents {
+                return Err(Rejection::AmountOverCap { amount_cents: request.amount_cents, cap_cents });
+            }
+            Ok(Award::Cash { amount_cents })
+        }
+        AwardDef::Coupon(coupon) => {
+            no_amount("coupon")?;
+            Ok(Award::Coupon { template_id: coupon.template_id, batch: coupon.batch.clone() })
+        }
+        AwardDef::Pendant { pendant_id } => {
+            no_amount("pendant")?;
+            Ok(Award::Pendant { pendant_id: *pendant_id })
+        }
+    }
+}
+
+fn valid_withdraw_no(withdraw_no: &str) -> bool {
+    !withdraw_no.is_empty()
+        && withdraw_no.len() <= WITHDRAW_NO_LEN_MAX
+        && withdraw_no.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! Wallet behaviour, one case per line where possible.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::config::datetime_ms;
+use crate::kv::MemoryKv;
+use crate::ledger::MemoryLedger;
+
+const TREE: &str = r#"
+[[activity]]
+id = 2027
+name = "test"
+per_txn_cap_cents = 1000
+
+[[activity.child]]
+id = 1
+stage = "internal_test"
+start = 2027-02-01T00:00:00Z
+end = 2027-02-02T00:00:00Z
+budget_cents = 1500
+
+[[activity.child]]
+id = 2
+stage = "formal"
+start = 2027-02-02T00:00:00Z
+end = 2027-02-03T00:00:00Z
+budget_cents = 100000
+
+[[activity.scene]]
+id = 1
+award_type = "cash"
+bill_text = "rain"
+award_ids = [11, 12]
+
+[[activity.scene]]
+id = 2
+award_type = "coupon"
+bill_text = "coupons"
+stock_control = true
+award_ids = [21, 22, 23]
+
+[[activity.scene]]
+id = 3
+award_type = "pendant"
+bill_text = "pendants"
+award_ids = [31]
+
+[[activity.cash]]
+award_id = 11
+max_cents = 1000
+
+[[activity.cash]]
+award_id = 12
+max_cents = 50
+
+[[activity.batch]]
+id = "b1"
+group = "g"
+per_user_limit = 2
+
+[[activity.batch]]
+id = "b2"
+group = "g"
+per_user_limit = 1
+
+[[activity.batch]]
+id = "b3"
+per_user_limit = 5
+
+[[activity.coupon]]
+award_id = 21
+template_id = 701
+batch = "b1"
+stock = 3
+
+[[activity.coupon]]
+award_id = 22
+template_id = 702
+batch = "b2"
+stock = 10
+
+[[activity.coupon]]
+award_id = 23
+template_id = 703
+batch = "b3"
+stock = 2
+
+[[activity.pendant]]
+award_id = 31
+pendant_id = 5
+"#;
+
+struct Fixture {
+    clock: Arc<ManualClock>,
+    wallet: Wallet,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn fixture() -> Fixture {
+    let start = datetime_ms(&"2027-02-01T12:00:00Z".parse().expect("dt")).expect("ms");
+    let clock = Arc::new(ManualClock::new(start));
+    let tree = Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree"));
+    let wallet = Wallet::new(tree, Arc::new(MemoryLedger::new()), Arc::new(MemoryKv::new(clock.clone())), clock.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    Fixture { clock, wallet, runtime }
+}
+
+impl Fixture {
+    fn issue(&self, order_no: &str, award_id: u64, amount_cents: i64) -> IssueOutcome {
+        let request = IssueRequest { activity_id: 2027, order_no: order_no.to_owned(), award_id, amount_cents };
+        self.runtime.block_on(self.wallet.issue(&request)).expect("no operating error")
+    }
+
+    fn check(&self, order_no: &str, award_id: u64, amount_cents: i64, expected: &str) {
+        let outcome = self.issue(order_no, award_id, amount_cents);
+        assert_eq!(outcome.label(), expected, "{order_no} award {award_id} amount {amount_cents}: {outcome:?}");
+    }
+
+    fn withdraw(&self, act_id: u64, withdraw_no: &str, amount_cents: i64) -> WithdrawOutcome {
+        let request = WithdrawRequest { activity_id: 2027, act_id, withdraw_no: withdraw_no.to_owned(), amount_cents };
+        self.runtime.block_on(self.wallet.withdraw(&request)).expect("no operating error")
+    }
+
+    fn counters(&self) -> Vec<(String, i64)> {
+        self.runtime.block_on(self.wallet.kv().counters_with_prefix("")).expect("scan")
+    }
+
+    fn entries(&self) -> usize {
+        self.runtime.block_on(self.wallet.ledger().snapshot()).expect("snapshot").entries.len()
+    }
+}
+
+#[test]
+fn bad_input_is_rejected_with_a_reason_and_writes_nothing() {
+    let f = fixture();
+    f.check("7_1_1_1", 11, 100, "malformed_order_no");
+    f.check("7_1_1_1_x", 11, 100, "malformed_order_no");
+    f.check("7_9_1_1_1", 11, 100, "unknown_scene");
+    f.check("7_1_1_2_1", 11, 100, "award_type_mismatch");
+    f.check("7_1_1_1_1", 21, 100, "unknown_award");
+    f.check("7_1_1_1_1", 99, 100, "unknown_award");
+    f.check("7_1_1_1_1", 11, 0, "zero_amount");
+    f.check("7_1_1_1_1", 11, -5, "negative_amount");
+    f.check("7_1_1_1_1", 11, 1001, "amount_over_cap");
+    f.check("7_1_1_1_1", 12, 51, "amount_over_cap");
+    f.check("7_2_1_2_1", 21, 5, "amount_not_allowed");
+    f.check("7_3_1_3_1", 31, -1, "amount_not_allowed");
+    let request = IssueRequest { activity_id: 1, order_no: "7_1_1_1_1".to_owned(), award_id: 11, amount_cents: 1 };
+    let outcome = f.runtime.block_on(f.wallet.issue(&request)).expect("ok");
+    assert_eq!(outcome.label(), "unknown_activity");
+    assert_eq!(f.entries(), 0);
+    assert!(f.counters().iter().all(|(_, n)| *n == 0), "{:?}", f.counters());
+    assert_eq!(f.withdraw(7, "w1", 1).label(), "insufficient_balance");
+    assert_eq!(f.withdraw(7, "", 1).label(), "malformed_withdraw_no");
+    assert_eq!(f.withdraw(7, "w 1", 1).label(), "malformed_withdraw_no");
+    assert_eq!(f.withdraw(7, "w2", 0).label(), "zero_amount");
+    assert_eq!(f.withdraw(7, "w3", -3).label(), "negative_amount");
+    assert_eq!(f.entries(), 0);
+}
+
+#[test]
+fn replays_return_the_first_outcome_and_conflicts_are_caught() {
+    let f = fixture();
+    let first = f.issue("7_1_1_1_1", 11, 100);
+    let IssueOutcome::Issued { entry } = &first else { panic!("{first:?}") };
+    f.clock.advance(5_000);
+    assert_eq!(f.issue("7_1_1_1_1", 11, 100), IssueOutcome::Duplicate { entry: entry.clone() });
+    assert_eq!(f.issue("7_1_1_1_1", 11, 200), IssueOutcome::Conflict { first: entry.clone() });
+    assert_eq!(f.issue("7_1_1_1_1", 12, 40), IssueOutcome::Conflict { first: entry.clone() });
+    assert_eq!(f.counters(), vec![("budget:1".to_owned(), 100)], "replays consume nothing");
+}
+
+#[test]
+fn budget_is_never_exceeded_and_rejections_release_nothing_twice() {
+    let f = fixture();
+    f.check("7_1_1_1_1", 11, 1000, "issued");
+    f.check("7_1_2_1_1", 11, 400, "issued");
+    f.check("7_1_3_1_1", 11, 101, "budget_exhausted");
+    f.check("7_1_3_1_1", 11, 100, "issued");
+    f.check("8_1_1_1_1", 11, 1, "budget_exhausted");
+    assert_eq!(f.counters(), vec![("budget:1".to_owned(), 1500)]);
+}
+
+#[test]
+fn coupon_stock_limits_and_groups() {
+    let f = fixture();
+    f.check("1_2_1_2_1", 21, 0, "issued");
+    f.check("1_2_2_2_1", 21, 0, "issued");
+    f.check("1_2_3_2_1", 21, 0, "user_batch_limit");
+    f.check("1_2_4_2_1", 22, 0, "batch_group_taken");
+    f.check("2_2_1_2_1", 22, 0, "issued");
+    f.check("2_2_2_2_1", 21, 0, "batch_group_taken");
+    f.check("3_2_1_2_1", 21, 0, "issued");
+    f.check("4_2_1_2_1", 21, 0, "out_of_stock");
+    // The rejected request for user 4 must not leave a group hold behind.
+    f.check("4_2_2_2_1", 22, 0, "issued");
+    let stock = f.runtime.block_on(f.wallet.coupon_stock(2027, 701)).expect("ok").expect("known");
+    assert_eq!((stock.consumed, stock.total, stock.should_offer), (3, 3, false));
+    let counters = f.counters();
+    assert!(counters.contains(&("user-batch:1:b1:4".to_owned(), 0)), "{counters:?}");
+    assert!(counters.contains(&("stock:1:701".to_owned(), 3)), "{counters:?}");
+}
+
+#[test]
+fn stock_view_turns_off_offers_below_ten_percent() {
+    let check = |consumed, total, offer| assert_eq!(StockView::new(consumed, total).should_offer, offer, "{consumed}/{total}");
+    check(0, 100, true);
+    check(90, 100, true);
+    check(91, 100, false);
+    check(100, 100, false);
+    check(0, 1, true);
+    check(1, 1, false);
+    check(8, 9, true);
+    check(9, 10, true);
+    check(10, 11, false);
+    check(0, 0, false);
+    assert!((StockView::new(25, 100).remaining_ratio - 0.75).abs() < 1e-9);
+}
+
+#[test]
+fn child_activities_are_isolated() {
+    let f = fixture();
+    f.check("7_1_1_1_1", 11, 700, "issued");
+    f.check("7_2_1_2_1", 23, 0, "issued");
+    f.check("8_2_1_2_1", 23, 0, "issued");
+    f.check("9_2_1_2_1", 23, 0, "out_of_stock");
+    f.clock.set(datetime_ms(&"2027-02-02T00:00:00Z".parse().expect("dt")).expect("ms"));
+    let again = f.issue("7_1_1_1_1", 11, 700);
+    let IssueOutcome::Issued { entry } = &again else { panic!("formal child is a fresh ledger scope: {again:?}") };
+    assert_eq!(entry.account.child_id, 2);
+    f.check("9_2_1_2_1", 23, 0, "issued");
+    let account = f.runtime.block_on(f.wallet.account(2027, 7)).expect("ok").expect("open");
+    assert_eq!(account.balance_cents, 700, "the formal account does not see the test child's credit");
+    assert_eq!(f.withdraw(7, "w1", 701).label(), "insufficient_balance");
+    assert_eq!(f.withdraw(7, "w1", 700).label(), "withdrawn");
+    f.clock.set(datetime_ms(&"2027-02-03T00:00:00Z".parse().expect("dt")).expect("ms"));
+    f.check("7_1_2_1_1", 11, 1, "no_child_open");
+    assert_eq!(f.withdraw(7, "w2", 1).label(), "no_child_open");
+}
+
+#[test]
+fn pendants_need_no_stock() {
+    let f = fixture();
+    f.check("7_3_1_3_1", 31, 0, "issued");
+    f.check("7_3_1_3_1", 31, 0, "duplicate");
+    f.check("7_3_1_3_2", 31, 0, "issued");
+}
