@@ -708,6 +708,6 @@ stock = 100
         check_err(|s| s.replace("id = 2\n", "id = 1\n"), "child id 1 is already used");
         check_err(|s| s.replace("id = 302", "id = 301"), "scene id 301 appears twice");
         check_err(|_| "[[activity]\n".to_owned(), "tree.toml:1");
-        check_err(|_| String::new(), "tree.toml: activity");
+        check_err(|_| String::new(), "tree.toml:1: missing field `activity`");
     }
 }

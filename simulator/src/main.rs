@@ -1,1 +1,105 @@
-fn main(){}
+//! The `redrain` CLI: parse arguments, wire things, print, return an exit code.
+//! 0 = ran and every invariant held; 1 = an invariant was violated; 2 = bad input
+//! or an operating error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use simulator::run::{RunOptions, run_scenario};
+use simulator::scenario::Scenario;
+
+#[derive(Parser, Debug)]
+#[command(name = "redrain", version, about = "Reward-wallet simulator and load-test harness with a reference wallet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a scenario against the in-process reference wallet and check the invariants.
+    Run {
+        /// The scenario file, e.g. scenarios/smoke.toml.
+        scenario: PathBuf,
+        /// Seed of the workload (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Requests to send (default: the scenario's).
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Ledger backend: memory, sqlite::memory: or sqlite://PATH.
+        #[arg(long, default_value = "memory")]
+        ledger: String,
+        /// Also write the RunRecord as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Measure throughput.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// Synchronous credits per second on the memory and SQLite ledgers.
+    Ledger {
+        /// Credits per backend and path.
+        #[arg(long, default_value_t = 20_000)]
+        credits: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { scenario, seed, requests, ledger, json } => {
+            let scenario = Scenario::load(&scenario)?;
+            let ci = std::env::var_os("CI").is_some();
+            let options = RunOptions { seed, requests, ledger_url: ledger, progress: !ci };
+            let output = run_scenario(&scenario, &options).await?;
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&output.record).context("serialising the run record")?;
+                write_atomically(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+            }
+            print!("{}", reports::render_summary(&output.record));
+            Ok(if output.record.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Bench { what: BenchWhat::Ledger { credits } } => {
+            anyhow::ensure!(credits > 0, "--credits must be greater than 0");
+            let dir = tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
+            let rows = simulator::bench::bench_ledger(credits, dir.path()).await?;
+            print!("{}", simulator::bench::render(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Write to a temporary file beside `path`, then rename: a failed run leaves no half file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `redrain bench ledger`: synchronous crediting throughput on the embedded
+//! backends, measured side by side in one run so the ratios are trustworthy on a
+//! noisy machine. Two paths per backend: the full sync issue path (validate,
+//! budget consume, one credit transaction) and the bare ledger credit (one
+//! transaction per order: the seed's per-order baseline).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use reference::ledger::{AccountKey, Award, Credit, Ledger};
+use reference::order_no::{AwardType, OrderNo};
+use reference::wallet::{IssueOutcome, IssueRequest, Wallet};
+use reference::{ActivityTree, ManualClock, kv, ledger};
+
+const BENCH_TREE: &str = r#"
+[[activity]]
+id = 1
+name = "bench"
+per_txn_cap_cents = 100000
+[[activity.child]]
+id = 1
+stage = "formal"
+start = 2027-01-01T00:00:00Z
+end = 2028-01-01T00:00:00Z
+budget_cents = 9000000000000
+[[activity.scene]]
+id = 1
+award_type = "cash"
+bill_text = "bench"
+award_ids = [1]
+[[activity.cash]]
+award_id = 1
+max_cents = 100000
+"#;
+const BENCH_START_MS: u64 = 1_798_761_600_000; // 2027-01-01T00:00:00Z
+/// Users credits are spread over.
+const BENCH_USERS: u64 = 10_000;
+
+/// One measured line.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// Ledger URL, shown without temp paths.
+    pub backend: String,
+    /// What was timed.
+    pub path: &'static str,
+    /// Credits done.
+    pub credits: u64,
+    /// Wall seconds.
+    pub elapsed_s: f64,
+}
+
+impl BenchRow {
+    /// Credits per second.
+    pub fn per_s(&self) -> f64 {
+        self.credits as f64 / self.elapsed_s.max(1e-9)
+    }
+}
+
+fn order(i: u64) -> OrderNo {
+    OrderNo {
+        act_id: i % BENCH_USERS + 1,
+        scene_id: 1,
+        rain_id: u32::try_from(i / BENCH_USERS).unwrap_or(u32::MAX),
+        award_type: AwardType::Cash,
+        stage: 0,
+    }
+}
+
+async fn bench_wallet(url: &str, credits: u64) -> anyhow::Result<f64> {
+    let clock = Arc::new(ManualClock::new(BENCH_START_MS));
+    let tree = Arc::new(ActivityTree::from_toml_str(BENCH_TREE, "bench tree").context("bench tree")?);
+    let wallet = Wallet::new(tree, ledger::open(url).await?, kv::open("memory", clock.clone())?, clock);
+    let started = Instant::now();
+    for i in 0..credits {
+        let request = IssueRequest { activity_id: 1, order_no: order(i).to_string(), award_id: 1, amount_cents: 1 + (i % 500) as i64 };
+        let outcome = wallet.issue(&request).await?;
+        anyhow::ensure!(matches!(outcome, IssueOutcome::Issued { .. }), "bench credit {i} was not issued: {outcome:?}");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn bench_ledger_only(ledger: Arc<dyn Ledger>, credits: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for i in 0..credits {
+        let order_no = order(i);
+        let credit = Credit {
+            account: AccountKey { child_id: 1, act_id: order_no.act_id },
+            order_no,
+            award: Award::Cash { amount_cents: 1 + i % 500 },
+            at_ms: BENCH_START_MS,
+        };
+        ledger.credit_batch(&[credit]).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Measure every backend and path with `credits` credits each; SQLite files go in `dir`.
+pub async fn bench_ledger(credits: u64, dir: &Path) -> anyhow::Result<Vec<BenchRow>> {
+    let file_url = |name: &str| format!("sqlite://{}", dir.join(name).display());
+    let backends = [
+        ("memory".to_owned(), "memory".to_owned(), "memory".to_owned()),
+        ("sqlite::memory:".to_owned(), "sqlite::memory:".to_owned(), "sqlite::memory:".to_owned()),
+        ("sqlite file (WAL, synchronous=NORMAL)".to_owned(), file_url("wallet.db"), file_url("ledger.db")),
+    ];
+    let mut rows = Vec::new();
+    for (label, wallet_url, ledger_url) in backends {
+        let elapsed_s = bench_wallet(&wallet_url, credits).await.with_context(|| format!("wallet on {label}"))?;
+        rows.push(BenchRow { backend: label.clone(), path: "wallet.issue (sync path)", credits, elapsed_s });
+        let ledger = ledger::open(&ledger_url).await?;
+        let elapsed_s = bench_ledger_only(ledger, credits).await.with_context(|| format!("ledger on {label}"))?;
+        rows.push(BenchRow { backend: label, path: "ledger.credit_batch(1 credit)", credits, elapsed_s });
+    }
+    Ok(rows)
+}
+
+/// The table printed by `redrain bench ledger`.
+pub fn render(rows: &[BenchRow]) -> String {
+    let mut out = format!("{:<40} {:<32} {:>9} {:>9} {:>12} {:>10}\n", "backend", "path", "credits", "seconds", "credits/s", "vs memory");
+    for row in rows {
+        let memory = rows.iter().find(|r| r.backend == "memory" && r.path == row.path).map_or(1.0, BenchRow::per_s);
+        out.push_str(&format!(
+            "{:<40} {:<32} {:>9} {:>9.3} {:>12.0} {:>9.3}x\n",
+            row.backend,
+            row.path,
+            row.credits,
+            row.elapsed_s,
+            row.per_s(),
+            row.per_s() / memory
+        ));
+    }
+    out
+}

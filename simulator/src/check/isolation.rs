@@ -1,0 +1,75 @@
+//! I6 (child activities): every request lands in the child open at its time,
+//! every entry sits in an account of the child it was posted for, inside that
+//! child's window, and names a scene of that child's parent. Shadow isolation
+//! joins this checker with the shadow-tagged stores.
+
+use reference::ActivityTree;
+use reference::ledger::EntryKind;
+use reference::wallet::{IssueOutcome, WithdrawOutcome};
+
+use super::{Invariant, Violation, violation};
+use crate::history::{Event, FinalState, History};
+
+pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for event in &history.events {
+        let (at_ms, activity_id, landed, what) = match event {
+            Event::Issue { at_ms, request, outcome } => {
+                let landed = match outcome {
+                    IssueOutcome::Issued { entry } | IssueOutcome::Duplicate { entry } => Some(entry.account.child_id),
+                    IssueOutcome::Conflict { first } => Some(first.account.child_id),
+                    IssueOutcome::Rejected { child_id, .. } => *child_id,
+                };
+                (*at_ms, request.activity_id, landed, format!("order {}", request.order_no))
+            }
+            Event::Withdraw { at_ms, request, outcome } => {
+                let landed = match outcome {
+                    WithdrawOutcome::Withdrawn { entry, .. } | WithdrawOutcome::Duplicate { entry } => Some(entry.account.child_id),
+                    WithdrawOutcome::Conflict { first } => Some(first.account.child_id),
+                    WithdrawOutcome::Rejected { child_id, .. } => *child_id,
+                };
+                (*at_ms, request.activity_id, landed, format!("withdraw {}", request.withdraw_no))
+            }
+        };
+        let Some(landed) = landed else { continue };
+        let open = tree.activity(activity_id).and_then(|a| a.child_at(at_ms)).map(|c| c.id);
+        if open != Some(landed) {
+            found.push(violation(
+                Invariant::I6Isolation,
+                format!("{what} at {at_ms} ms"),
+                format!("handled in child {landed}, but the child open then is {open:?}"),
+            ));
+        }
+    }
+    for entry in &state.ledger.entries {
+        let child_id = entry.account.child_id;
+        let Some((activity, child)) = tree.child(child_id) else {
+            found.push(violation(Invariant::I6Isolation, format!("entry {}", entry.seq), format!("child {child_id} is not configured")));
+            continue;
+        };
+        if !(child.start_ms <= entry.at_ms && entry.at_ms < child.end_ms) {
+            found.push(violation(
+                Invariant::I6Isolation,
+                format!("entry {}", entry.seq),
+                format!("posted at {} ms into child {child_id}, whose window is {}..{} ms", entry.at_ms, child.start_ms, child.end_ms),
+            ));
+        }
+        if let EntryKind::Credit { order_no, .. } = &entry.kind {
+            if order_no.act_id != entry.account.act_id {
+                found.push(violation(
+                    Invariant::I6Isolation,
+                    format!("entry {} order {order_no}", entry.seq),
+                    format!("credited to user {} instead of {}", entry.account.act_id, order_no.act_id),
+                ));
+            }
+            if !activity.scenes.contains_key(&order_no.scene_id) {
+                found.push(violation(
+                    Invariant::I6Isolation,
+                    format!("entry {} order {order_no}", entry.seq),
+                    format!("scene {} does not belong to activity {}", order_no.scene_id, activity.id),
+                ));
+            }
+        }
+    }
+    found
+}

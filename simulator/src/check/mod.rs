@@ -1,0 +1,105 @@
+//! Invariant checkers: pure functions over a [`History`] and a [`FinalState`],
+//! returning every violation with enough detail to find the culprit. They never
+//! call a store; what they know comes in as arguments.
+//!
+//! Implemented here: I1 idempotency, I2 no over-issue, I3 conservation, I4
+//! reconciliation (sync mode: nothing is ever pending) and I6 child-activity
+//! isolation. The rest arrive with the features they check.
+
+use std::fmt;
+
+use reference::ActivityTree;
+use serde::Serialize;
+
+use crate::history::{FinalState, History};
+
+mod conservation;
+mod idempotency;
+mod isolation;
+mod over_issue;
+mod reconciliation;
+
+/// The invariants of SPEC.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Invariant {
+    /// One order number is credited at most once; a retry returns the first outcome.
+    I1Idempotency,
+    /// Stock, budget, caps, per-user limits and group exclusion are never exceeded.
+    I2NoOverIssue,
+    /// Balance = credits − withdrawals ≥ 0 per account; sums match the ledger totals.
+    I3Conservation,
+    /// Issued = credited + pending, and pending is 0 once quiet.
+    I4Reconciliation,
+    /// Child activities never see each other's awards.
+    I6Isolation,
+}
+
+impl Invariant {
+    /// The invariants this build checks, in order.
+    pub const CHECKED: [Invariant; 5] = [
+        Invariant::I1Idempotency,
+        Invariant::I2NoOverIssue,
+        Invariant::I3Conservation,
+        Invariant::I4Reconciliation,
+        Invariant::I6Isolation,
+    ];
+
+    /// `I1` … `I8`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Invariant::I1Idempotency => "I1",
+            Invariant::I2NoOverIssue => "I2",
+            Invariant::I3Conservation => "I3",
+            Invariant::I4Reconciliation => "I4",
+            Invariant::I6Isolation => "I6",
+        }
+    }
+
+    /// The invariant's short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::I1Idempotency => "idempotency",
+            Invariant::I2NoOverIssue => "no over-issue",
+            Invariant::I3Conservation => "conservation",
+            Invariant::I4Reconciliation => "reconciliation",
+            Invariant::I6Isolation => "isolation",
+        }
+    }
+}
+
+/// One broken invariant, located.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: Invariant,
+    /// What to look at: an order number, account, template or entry.
+    pub culprit: String,
+    /// What is wrong, with the numbers.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}: {}", self.invariant.id(), self.invariant.name(), self.culprit, self.detail)
+    }
+}
+
+fn violation(invariant: Invariant, culprit: impl fmt::Display, detail: impl Into<String>) -> Violation {
+    Violation { invariant, culprit: culprit.to_string(), detail: detail.into() }
+}
+
+/// Run one checker.
+pub fn check(invariant: Invariant, tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
+    match invariant {
+        Invariant::I1Idempotency => idempotency::check(history, state),
+        Invariant::I2NoOverIssue => over_issue::check(tree, state),
+        Invariant::I3Conservation => conservation::check(state),
+        Invariant::I4Reconciliation => reconciliation::check(history, state),
+        Invariant::I6Isolation => isolation::check(tree, history, state),
+    }
+}
+
+/// Run every checker; violations in invariant order.
+pub fn check_all(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
+    Invariant::CHECKED.into_iter().flat_map(|i| check(i, tree, history, state)).collect()
+}

@@ -1,0 +1,171 @@
+//! The deterministic workload: a lazy stream of requests from (scenario, seed),
+//! drawn from one named ChaCha RNG. The same scenario and seed give the same
+//! stream on every machine.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reference::Millis;
+use reference::config::{Activity, AwardDef};
+use reference::order_no::{AwardType, OrderNo};
+use reference::wallet::{IssueRequest, WithdrawRequest};
+
+use crate::scenario::Scenario;
+
+/// Earlier issue requests kept for replays and conflicts.
+const RECENT_MAX: usize = 4096;
+/// Seed domain of the workload RNG, so other RNGs seeded from the same scenario
+/// seed draw different streams.
+const RNG_NAME: u64 = 0x776f_726b_6c6f_6164; // "workload"
+
+/// One request at its virtual time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// When it is sent.
+    pub at_ms: Millis,
+    /// What is sent.
+    pub request: Request,
+}
+
+/// A request of the workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// An award.
+    Issue(IssueRequest),
+    /// A withdrawal.
+    Withdraw(WithdrawRequest),
+}
+
+/// The stream; an iterator of exactly `scenario.requests` ops.
+#[derive(Debug)]
+pub struct Workload<'a> {
+    scenario: &'a Scenario,
+    activity: &'a Activity,
+    rng: ChaCha8Rng,
+    index: u64,
+    recent: Vec<IssueRequest>,
+}
+
+impl<'a> Workload<'a> {
+    /// The workload of `scenario` with `seed`.
+    pub fn new(scenario: &'a Scenario, seed: u64) -> Self {
+        let activity = scenario.tree.activity(scenario.activity_id).expect("Scenario::load checked the activity");
+        Self { scenario, activity, rng: ChaCha8Rng::seed_from_u64(seed ^ RNG_NAME), index: 0, recent: Vec::new() }
+    }
+
+    fn fresh_issue(&mut self, award_type: AwardType) -> Option<IssueRequest> {
+        let scenes: Vec<_> = self.activity.scenes.values().filter(|s| s.award_type == award_type).collect();
+        if scenes.is_empty() {
+            return None;
+        }
+        let scene = scenes[self.rng.random_range(0..scenes.len())];
+        let award_id = scene.award_ids[self.rng.random_range(0..scene.award_ids.len())];
+        let order_no = OrderNo {
+            act_id: self.rng.random_range(1..=self.scenario.users),
+            scene_id: scene.id,
+            rain_id: self.rng.random_range(0..self.scenario.traffic.rains),
+            award_type,
+            stage: self.rng.random_range(0..self.scenario.traffic.stages),
+        };
+        let amount_cents = match self.activity.awards.get(&award_id) {
+            Some(AwardDef::Cash { .. }) => {
+                let cap = self.activity.cash_cap_cents(award_id).unwrap_or(1);
+                i64::try_from(self.rng.random_range(1..=cap)).unwrap_or(1)
+            }
+            _ => 0,
+        };
+        Some(IssueRequest { activity_id: self.activity.id, order_no: order_no.to_string(), award_id, amount_cents })
+    }
+
+    fn malformed(&mut self) -> IssueRequest {
+        let mut base = self
+            .fresh_issue(AwardType::Cash)
+            .or_else(|| self.fresh_issue(AwardType::Coupon))
+            .or_else(|| self.fresh_issue(AwardType::Pendant))
+            .expect("Activity has at least one scene");
+        match self.rng.random_range(0..6u8) {
+            0 => base.order_no = base.order_no.replacen('_', "-", 1),
+            1 => base.order_no.push_str("_9"),
+            2 => base.amount_cents = -base.amount_cents.max(1),
+            3 => base.amount_cents = i64::try_from(self.activity.per_txn_cap_cents).unwrap_or(i64::MAX).saturating_add(1),
+            4 => base.order_no = base.order_no.replacen('_', "_4000000", 1),
+            _ => base.award_id = u64::MAX,
+        }
+        base
+    }
+
+    fn withdraw(&mut self) -> WithdrawRequest {
+        WithdrawRequest {
+            activity_id: self.activity.id,
+            act_id: self.rng.random_range(1..=self.scenario.users),
+            withdraw_no: format!("w{}", self.index),
+            amount_cents: i64::try_from(self.rng.random_range(1..=self.scenario.traffic.withdraw_max_cents)).unwrap_or(1),
+        }
+    }
+
+    fn pick_kind(&mut self) -> Option<AwardType> {
+        let mix = self.scenario.mix;
+        let total = mix.cash + mix.coupon + mix.pendant + mix.withdraw;
+        let pick = self.rng.random_range(0..total);
+        if pick < mix.cash {
+            Some(AwardType::Cash)
+        } else if pick < mix.cash + mix.coupon {
+            Some(AwardType::Coupon)
+        } else if pick < mix.cash + mix.coupon + mix.pendant {
+            Some(AwardType::Pendant)
+        } else {
+            None
+        }
+    }
+
+    fn next_request(&mut self) -> Request {
+        let traffic = self.scenario.traffic;
+        let roll: f64 = self.rng.random();
+        if !self.recent.is_empty() && roll < traffic.duplicate_rate + traffic.conflict_rate {
+            let mut again = self.recent[self.rng.random_range(0..self.recent.len())].clone();
+            if roll >= traffic.duplicate_rate {
+                // Same order number, another payload.
+                again.amount_cents = if again.amount_cents > 1 { again.amount_cents - 1 } else { again.amount_cents + 1 };
+            }
+            return Request::Issue(again);
+        }
+        if roll < traffic.duplicate_rate + traffic.conflict_rate + traffic.malformed_rate {
+            return Request::Issue(self.malformed());
+        }
+        let issue = match self.pick_kind() {
+            Some(award_type) => self.fresh_issue(award_type),
+            None => None,
+        };
+        match issue {
+            Some(issue) => {
+                if self.recent.len() < RECENT_MAX {
+                    self.recent.push(issue.clone());
+                } else {
+                    let slot = self.rng.random_range(0..RECENT_MAX);
+                    self.recent[slot] = issue.clone();
+                }
+                Request::Issue(issue)
+            }
+            None => Request::Withdraw(self.withdraw()),
+        }
+    }
+}
+
+impl Iterator for Workload<'_> {
+    type Item = Op;
+
+    fn next(&mut self) -> Option<Op> {
+        if self.index >= self.scenario.requests {
+            return None;
+        }
+        let offset = u128::from(self.index) * u128::from(self.scenario.duration_ms) / u128::from(self.scenario.requests);
+        let at_ms = self.scenario.start_ms + u64::try_from(offset).expect("offset < duration");
+        let request = self.next_request();
+        self.index += 1;
+        Some(Op { at_ms, request })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = usize::try_from(self.scenario.requests - self.index).unwrap_or(usize::MAX);
+        (left, Some(left))
+    }
+}
