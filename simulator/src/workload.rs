@@ -43,13 +43,32 @@ pub struct Workload<'a> {
     rng: ChaCha8Rng,
     index: u64,
     recent: Vec<IssueRequest>,
+    payload_seed: u64,
+}
+
+/// SplitMix64 finaliser: a fixed, well-mixed function of its input.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The payload draw of an order number: same seed and order, same award.
+fn payload_draw(seed: u64, order_no: &OrderNo) -> u64 {
+    let mut h = mix64(seed);
+    for part in [order_no.act_id, u64::from(order_no.scene_id), u64::from(order_no.rain_id), u64::from(order_no.award_type.code()), u64::from(order_no.stage)] {
+        h = mix64(h ^ part);
+    }
+    h
 }
 
 impl<'a> Workload<'a> {
     /// The workload of `scenario` with `seed`.
     pub fn new(scenario: &'a Scenario, seed: u64) -> Self {
         let activity = scenario.tree.activity(scenario.activity_id).expect("Scenario::load checked the activity");
-        Self { scenario, activity, rng: ChaCha8Rng::seed_from_u64(seed ^ RNG_NAME), index: 0, recent: Vec::new() }
+        let payload_seed = mix64(seed ^ RNG_NAME ^ 1);
+        Self { scenario, activity, rng: ChaCha8Rng::seed_from_u64(seed ^ RNG_NAME), index: 0, recent: Vec::new(), payload_seed }
     }
 
     fn fresh_issue(&mut self, award_type: AwardType) -> Option<IssueRequest> {
@@ -58,7 +77,6 @@ impl<'a> Workload<'a> {
             return None;
         }
         let scene = scenes[self.rng.random_range(0..scenes.len())];
-        let award_id = scene.award_ids[self.rng.random_range(0..scene.award_ids.len())];
         let order_no = OrderNo {
             act_id: self.rng.random_range(1..=self.scenario.users),
             scene_id: scene.id,
@@ -66,10 +84,15 @@ impl<'a> Workload<'a> {
             award_type,
             stage: self.rng.random_range(0..self.scenario.traffic.stages),
         };
+        // Upstream decides an order's award once: two fresh requests that happen to
+        // share an order number carry the same payload, so they are a duplicate,
+        // not a conflict. Conflicts come only from `conflict_rate`.
+        let draw = payload_draw(self.payload_seed, &order_no);
+        let award_id = scene.award_ids[usize::try_from(draw % scene.award_ids.len() as u64).unwrap_or(0)];
         let amount_cents = match self.activity.awards.get(&award_id) {
             Some(AwardDef::Cash { .. }) => {
                 let cap = self.activity.cash_cap_cents(award_id).unwrap_or(1);
-                i64::try_from(self.rng.random_range(1..=cap)).unwrap_or(1)
+                i64::try_from(1 + (draw >> 20) % cap).unwrap_or(1)
             }
             _ => 0,
         };

@@ -3,7 +3,7 @@
 //! no pending state, so "once quiet, pending = 0" holds by construction; the token
 //! scheme's checker adds the pending term.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use reference::ledger::Entry;
 use reference::wallet::{IssueOutcome, WithdrawOutcome};
@@ -13,18 +13,22 @@ use crate::history::{Event, FinalState, History};
 
 pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
-    // What the callers were told was posted, by entry seq.
-    let mut told: BTreeMap<u64, &Entry> = BTreeMap::new();
+    // What the callers were told was posted. Kept as a list, not by seq: a
+    // ledger that drops a posting may hand its seq to the next one, and a map
+    // would let the second answer hide the first.
+    let mut told: Vec<&Entry> = Vec::new();
     for event in &history.events {
         let entry = match event {
             Event::Issue { outcome: IssueOutcome::Issued { entry }, .. } => entry,
             Event::Withdraw { outcome: WithdrawOutcome::Withdrawn { entry, .. }, .. } => entry,
             _ => continue,
         };
-        told.insert(entry.seq, entry);
+        told.push(entry);
     }
+    let told_seqs: BTreeSet<u64> = told.iter().map(|e| e.seq).collect();
     let posted: BTreeMap<u64, &Entry> = state.ledger.entries.iter().map(|e| (e.seq, e)).collect();
-    for (seq, entry) in &told {
+    for entry in &told {
+        let seq = &entry.seq;
         match posted.get(seq) {
             None => found.push(violation(
                 Invariant::I4Reconciliation,
@@ -40,7 +44,7 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
         }
     }
     for (seq, entry) in &posted {
-        if !told.contains_key(seq) {
+        if !told_seqs.contains(seq) {
             found.push(violation(
                 Invariant::I4Reconciliation,
                 describe(entry),

@@ -1,0 +1,212 @@
+//! Deliberately broken stores for planted-violation tests. `NaiveLedger` without a
+//! bug is a second, independent ledger implementation (a flat list of entries),
+//! so the honest run also cross-checks the checkers against the memory backend.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use reference::clock::Clock;
+use reference::kv::{Consume, Hold, Kv, KvError, MemoryKv};
+use reference::ledger::{
+    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger, LedgerError,
+    LedgerSnapshot, WithdrawOutcome, Withdrawal,
+};
+use reference::order_no::OrderNo;
+
+/// The planted defect.
+#[derive(Debug, Clone, Copy)]
+pub enum Bug {
+    /// Never looks for an earlier posting of an order number.
+    NoIdempotency,
+    /// Lets withdrawals take balances below zero.
+    Overdraft,
+    /// Answers "credited" for every n-th credit without posting it.
+    LoseEvery(u64),
+    /// Posts every credit into this child activity.
+    WrongChild(u64),
+}
+
+#[derive(Debug)]
+pub struct NaiveLedger {
+    bug: Option<Bug>,
+    entries: Mutex<Vec<Entry>>,
+    credits_seen: Mutex<u64>,
+}
+
+impl NaiveLedger {
+    pub fn new(bug: Option<Bug>) -> Self {
+        Self { bug, entries: Mutex::new(Vec::new()), credits_seen: Mutex::new(0) }
+    }
+
+    fn balance(entries: &[Entry], key: AccountKey) -> i128 {
+        entries.iter().filter(|e| e.account == key).map(Entry::cash_delta_cents).sum()
+    }
+
+    fn accounts(entries: &[Entry]) -> BTreeMap<AccountKey, AccountState> {
+        let mut accounts: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
+        for entry in entries {
+            let a = accounts.entry(entry.account).or_insert_with(|| AccountState::empty(entry.account));
+            match &entry.kind {
+                EntryKind::Credit { award, .. } => {
+                    a.credited_cents += award.cash_cents();
+                    a.balance_cents = a.balance_cents.wrapping_add(award.cash_cents());
+                }
+                EntryKind::Withdrawal { amount_cents, .. } => {
+                    a.withdrawn_cents += amount_cents;
+                    a.balance_cents = a.balance_cents.wrapping_sub(*amount_cents);
+                }
+            }
+        }
+        accounts
+    }
+}
+
+#[async_trait]
+impl Ledger for NaiveLedger {
+    async fn credit_batch(&self, credits: &[Credit]) -> Result<Vec<CreditOutcome>, LedgerError> {
+        let mut entries = self.entries.lock().expect("lock");
+        let mut outcomes = Vec::new();
+        for credit in credits {
+            let earlier = entries.iter().find(|e| {
+                matches!(&e.kind, EntryKind::Credit { order_no, .. } if *order_no == credit.order_no)
+                    && e.account.child_id == credit.account.child_id
+            });
+            if let (Some(first), false) = (earlier, matches!(self.bug, Some(Bug::NoIdempotency))) {
+                outcomes.push(if first.matches_credit(credit) {
+                    CreditOutcome::Duplicate { entry: first.clone() }
+                } else {
+                    CreditOutcome::Conflict { first: first.clone() }
+                });
+                continue;
+            }
+            let mut account = credit.account;
+            if let Some(Bug::WrongChild(child_id)) = self.bug {
+                account.child_id = child_id;
+            }
+            let seq = entries.len() as u64 + 1;
+            let entry = Entry { seq, account, at_ms: credit.at_ms, kind: EntryKind::Credit { order_no: credit.order_no.clone(), award: credit.award.clone() } };
+            let mut seen = self.credits_seen.lock().expect("lock");
+            *seen += 1;
+            let lose = matches!(self.bug, Some(Bug::LoseEvery(n)) if *seen % n == 0);
+            if !lose {
+                entries.push(entry.clone());
+            }
+            outcomes.push(CreditOutcome::Credited { entry });
+        }
+        Ok(outcomes)
+    }
+
+    async fn lookup_credit(&self, child_id: u64, order_no: &OrderNo) -> Result<Option<Entry>, LedgerError> {
+        if matches!(self.bug, Some(Bug::NoIdempotency)) {
+            return Ok(None);
+        }
+        let entries = self.entries.lock().expect("lock");
+        Ok(entries
+            .iter()
+            .find(|e| e.account.child_id == child_id && matches!(&e.kind, EntryKind::Credit { order_no: o, .. } if o == order_no))
+            .cloned())
+    }
+
+    async fn withdraw(&self, withdrawal: &Withdrawal) -> Result<WithdrawOutcome, LedgerError> {
+        let mut entries = self.entries.lock().expect("lock");
+        if let Some(first) = entries.iter().find(|e| {
+            e.account.child_id == withdrawal.account.child_id
+                && matches!(&e.kind, EntryKind::Withdrawal { withdraw_no, .. } if *withdraw_no == withdrawal.withdraw_no)
+        }) {
+            return Ok(if first.matches_withdrawal(withdrawal) {
+                WithdrawOutcome::Duplicate { entry: first.clone() }
+            } else {
+                WithdrawOutcome::Conflict { first: first.clone() }
+            });
+        }
+        let balance = Self::balance(&entries, withdrawal.account);
+        if balance < i128::from(withdrawal.amount_cents) && !matches!(self.bug, Some(Bug::Overdraft)) {
+            return Ok(WithdrawOutcome::InsufficientBalance { balance_cents: u64::try_from(balance).unwrap_or(0) });
+        }
+        let entry = Entry {
+            seq: entries.len() as u64 + 1,
+            account: withdrawal.account,
+            at_ms: withdrawal.at_ms,
+            kind: EntryKind::Withdrawal { withdraw_no: withdrawal.withdraw_no.clone(), amount_cents: withdrawal.amount_cents },
+        };
+        entries.push(entry.clone());
+        let after = balance - i128::from(withdrawal.amount_cents);
+        Ok(WithdrawOutcome::Withdrawn { entry, balance_after_cents: u64::try_from(after).unwrap_or(0) })
+    }
+
+    async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
+        let entries = self.entries.lock().expect("lock");
+        Ok(Self::accounts(&entries).get(&key).copied().unwrap_or_else(|| AccountState::empty(key)))
+    }
+
+    async fn history(&self, key: AccountKey, cursor: Option<Cursor>, limit: usize) -> Result<HistoryPage, LedgerError> {
+        let entries = self.entries.lock().expect("lock");
+        let before = cursor.map_or(u64::MAX, |c| c.before_seq);
+        let page: Vec<Entry> = entries.iter().rev().filter(|e| e.account == key && e.seq < before).take(limit).cloned().collect();
+        Ok(HistoryPage { entries: page, next: None })
+    }
+
+    async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
+        let entries = self.entries.lock().expect("lock").clone();
+        let accounts = Self::accounts(&entries).into_values().collect();
+        Ok(LedgerSnapshot { entries, accounts })
+    }
+}
+
+/// A KV whose check-and-consume never says no: stock, budgets and per-user limits
+/// are counted but not enforced.
+#[derive(Debug)]
+pub struct LimitlessKv {
+    inner: MemoryKv,
+}
+
+impl LimitlessKv {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { inner: MemoryKv::new(clock) }
+    }
+}
+
+#[async_trait]
+impl Kv for LimitlessKv {
+    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.inner.incr_by(key, delta).await
+    }
+    async fn counter(&self, key: &str) -> Result<i64, KvError> {
+        self.inner.counter(key).await
+    }
+    async fn consume_within(&self, key: &str, n: u64, _limit: u64) -> Result<Consume, KvError> {
+        self.inner.consume_within(key, n, u64::MAX).await
+    }
+    async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
+        self.inner.release(key, n).await
+    }
+    async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError> {
+        // Every batch may hold the group.
+        self.inner.hold(&format!("{key}:{value}"), value).await
+    }
+    async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> {
+        self.inner.unhold(&format!("{key}:{value}"), value).await
+    }
+    async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> {
+        self.inner.set_add(key, member).await
+    }
+    async fn set_contains(&self, key: &str, member: &str) -> Result<bool, KvError> {
+        self.inner.set_contains(key, member).await
+    }
+    async fn put_status(&self, key: &str, status: u8, ttl_ms: Option<u64>) -> Result<(), KvError> {
+        self.inner.put_status(key, status, ttl_ms).await
+    }
+    async fn status(&self, key: &str) -> Result<Option<u8>, KvError> {
+        self.inner.status(key).await
+    }
+    async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError> {
+        self.inner.queue_push(key, item, ttl_ms).await
+    }
+    async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        self.inner.queue_pop(key, max).await
+    }
+    async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> {
+        self.inner.counters_with_prefix(prefix).await
+    }
+}

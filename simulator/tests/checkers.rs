@@ -1,0 +1,268 @@
+//! Every checker must catch a planted violation, and name the culprit. Two kinds
+//! of planting: (1) edit the history or final state of a clean run, one defect at
+//! a time; (2) run the workload through a deliberately broken ledger or KV.
+
+mod broken;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use reference::ledger::{Award, Entry, EntryKind};
+use reference::wallet::{IssueOutcome, Wallet};
+use reference::{ManualClock, keys};
+use simulator::check::{Invariant, Violation, check, check_all};
+use simulator::history::{Event, FinalState, History};
+use simulator::run::{RunOptions, drive, run_scenario};
+use simulator::scenario::Scenario;
+use simulator::workload::Workload;
+
+const FORMAL_CHILD: u64 = 202703;
+const TEST_CHILD: u64 = 202701;
+
+fn smoke() -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml");
+    let mut scenario = Scenario::load(&path).expect("smoke scenario loads");
+    scenario.requests = 6000;
+    scenario
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime")
+}
+
+struct Clean {
+    scenario: Scenario,
+    history: History,
+    state: FinalState,
+}
+
+fn clean_run() -> Clean {
+    let scenario = smoke();
+    let output = runtime().block_on(run_scenario(&scenario, &RunOptions::default())).expect("run");
+    assert!(output.violations.is_empty(), "the clean run must be clean: {:?}", output.violations);
+    Clean { scenario, history: output.history, state: output.state }
+}
+
+/// Run `invariant`'s checker and require a violation whose culprit contains `culprit`
+/// and whose detail contains `detail`.
+fn expect_caught(clean: &Clean, history: &History, state: &FinalState, invariant: Invariant, culprit: &str, detail: &str) {
+    let found = check(invariant, &clean.scenario.tree, history, state);
+    assert!(
+        found.iter().any(|v| v.culprit.contains(culprit) && v.detail.contains(detail)),
+        "{} did not report `{culprit}` / `{detail}`; it reported {found:#?}",
+        invariant.id()
+    );
+}
+
+fn next_seq(state: &FinalState) -> u64 {
+    state.ledger.entries.iter().map(|e| e.seq).max().unwrap_or(0) + 1
+}
+
+fn first_credit(state: &FinalState, want: impl Fn(&Award) -> bool) -> Entry {
+    state
+        .ledger
+        .entries
+        .iter()
+        .find(|e| matches!(&e.kind, EntryKind::Credit { award, .. } if want(award)))
+        .cloned()
+        .expect("the clean run has such a credit")
+}
+
+fn with_order(entry: &Entry, seq: u64, act_id: u64, rain_id: u32) -> Entry {
+    let mut copy = entry.clone();
+    copy.seq = seq;
+    copy.account.act_id = act_id;
+    if let EntryKind::Credit { order_no, .. } = &mut copy.kind {
+        order_no.act_id = act_id;
+        order_no.rain_id = rain_id;
+    }
+    copy
+}
+
+#[test]
+fn i1_catches_a_double_posting_and_a_replay_with_another_answer() {
+    let clean = clean_run();
+    let mut state = clean.state.clone();
+    let entry = first_credit(&state, |a| matches!(a, Award::Cash { .. }));
+    let mut twice = entry.clone();
+    twice.seq = next_seq(&state);
+    state.ledger.entries.push(twice);
+    let EntryKind::Credit { order_no, .. } = &entry.kind else { unreachable!("a credit") };
+    expect_caught(&clean, &clean.history, &state, Invariant::I1Idempotency, &format!("order {order_no}"), "posted 2 times");
+
+    let mut history = clean.history.clone();
+    let replay = history
+        .events
+        .iter_mut()
+        .find_map(|e| match e {
+            Event::Issue { outcome: IssueOutcome::Duplicate { entry }, .. } => Some(entry),
+            _ => None,
+        })
+        .expect("the clean run has duplicates");
+    replay.seq += 1;
+    expect_caught(&clean, &history, &clean.state, Invariant::I1Idempotency, "order", "a replay must return the first outcome");
+}
+
+#[test]
+fn i2_catches_every_kind_of_over_issue() {
+    let clean = clean_run();
+    // Stock: more coupons of template 7002 than its stock of 500.
+    let mut state = clean.state.clone();
+    let coupon = first_credit(&state, |a| matches!(a, Award::Coupon { template_id: 7002, .. }));
+    let mut seq = next_seq(&state);
+    for i in 0..600u32 {
+        state.ledger.entries.push(with_order(&coupon, seq, 100_000 + u64::from(i), 0));
+        seq += 1;
+    }
+    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, &format!("child {FORMAL_CHILD} template 7002"), "stock is 500");
+
+    // Per-user per-batch limit: a second travel coupon (limit 1) for the same user.
+    let mut state = clean.state.clone();
+    let second = with_order(&coupon, next_seq(&state), coupon.account.act_id, 999);
+    state.ledger.entries.push(second);
+    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "batch rain-travel", "limit is 1");
+
+    // Group exclusion: the same user also gets a food coupon (same group).
+    let mut state = clean.state.clone();
+    let mut food = with_order(&coupon, next_seq(&state), coupon.account.act_id, 998);
+    food.kind = match food.kind {
+        EntryKind::Credit { order_no, .. } => EntryKind::Credit { order_no, award: Award::Coupon { template_id: 7001, batch: "rain-food".into() } },
+        other => other,
+    };
+    state.ledger.entries.push(food);
+    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "group rain-exclusive", "at most one");
+
+    // Per-transaction cap and budget, on the ledger and on the KV counter.
+    let mut state = clean.state.clone();
+    let cash = state.ledger.entries.iter_mut().find(|e| matches!(&e.kind, EntryKind::Credit { award: Award::Cash { .. }, .. })).expect("cash");
+    if let EntryKind::Credit { award, .. } = &mut cash.kind {
+        *award = Award::Cash { amount_cents: 20_001 };
+    }
+    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "order", "over the per-transaction cap of 20000");
+    state.counters.insert(keys::budget(FORMAL_CHILD), 2_000_000_001);
+    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "kv budget:202703", "over the budget");
+    state.counters.insert(keys::stock(FORMAL_CHILD, 7003), 4001);
+    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "kv stock:202703:7003", "over the stock of 4000");
+}
+
+#[test]
+fn i3_catches_a_skewed_account_and_an_overdraft() {
+    let clean = clean_run();
+    let mut state = clean.state.clone();
+    let account = state.ledger.accounts.iter_mut().find(|a| a.balance_cents > 0).expect("an account with money");
+    account.balance_cents += 1;
+    let who = format!("user {}", account.key.act_id);
+    expect_caught(&clean, &clean.history, &state, Invariant::I3Conservation, &who, "entries say");
+    expect_caught(&clean, &clean.history, &state, Invariant::I3Conservation, "ledger totals", "entries sum to");
+
+    let mut state = clean.state.clone();
+    let account = *state.ledger.accounts.iter().find(|a| a.balance_cents > 0).expect("an account with money");
+    state.ledger.entries.push(Entry {
+        seq: next_seq(&state),
+        account: account.key,
+        at_ms: clean.scenario.start_ms,
+        kind: EntryKind::Withdrawal { withdraw_no: "overdraft".into(), amount_cents: account.balance_cents + 1 },
+    });
+    expect_caught(&clean, &clean.history, &state, Invariant::I3Conservation, &format!("user {}", account.key.act_id), "balance went to -1 cents");
+}
+
+#[test]
+fn i4_catches_a_lost_credit_and_a_phantom_credit() {
+    let clean = clean_run();
+    let mut state = clean.state.clone();
+    let lost = state.ledger.entries.remove(10);
+    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, "child", &format!("answered as posted (entry {})", lost.seq));
+
+    let mut state = clean.state.clone();
+    let coupon = first_credit(&state, |a| matches!(a, Award::Pendant { .. }));
+    let phantom = with_order(&coupon, next_seq(&state), 424_242, 7);
+    state.ledger.entries.push(phantom.clone());
+    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, "order 424242_", "no request was answered with it");
+}
+
+#[test]
+fn i6_catches_a_credit_in_the_wrong_child() {
+    let clean = clean_run();
+    let mut state = clean.state.clone();
+    state.ledger.entries[3].account.child_id = TEST_CHILD;
+    let seq = state.ledger.entries[3].seq;
+    expect_caught(&clean, &clean.history, &state, Invariant::I6Isolation, &format!("entry {seq}"), &format!("into child {TEST_CHILD}"));
+
+    let mut history = clean.history.clone();
+    let issued = history
+        .events
+        .iter_mut()
+        .find_map(|e| match e {
+            Event::Issue { outcome: IssueOutcome::Issued { entry }, .. } => Some(entry),
+            _ => None,
+        })
+        .expect("an issued event");
+    issued.account.child_id = TEST_CHILD;
+    expect_caught(&clean, &history, &clean.state, Invariant::I6Isolation, "order", "handled in child 202701");
+}
+
+// ---- broken wallets, end to end ----
+
+fn run_broken(ledger: Arc<dyn reference::ledger::Ledger>, kv_limits_ignored: bool) -> Vec<Violation> {
+    let mut scenario = smoke();
+    if kv_limits_ignored {
+        // Long enough for the travel coupons (stock 500) to run out.
+        scenario.requests = 20_000;
+    }
+    let runtime = runtime();
+    runtime.block_on(async {
+        let clock = Arc::new(ManualClock::new(scenario.start_ms));
+        let kv: Arc<dyn reference::kv::Kv> = if kv_limits_ignored {
+            Arc::new(broken::LimitlessKv::new(clock.clone()))
+        } else {
+            Arc::new(reference::kv::MemoryKv::new(clock.clone()))
+        };
+        let wallet = Wallet::new(Arc::new(scenario.tree.clone()), ledger, kv, clock.clone());
+        let history = drive(&wallet, &clock, Workload::new(&scenario, scenario.seed), false).await.expect("drive");
+        let state = FinalState::read(wallet.ledger().as_ref(), wallet.kv().as_ref()).await.expect("state");
+        check_all(&scenario.tree, &history, &state)
+    })
+}
+
+fn fired(violations: &[Violation], invariant: Invariant) -> bool {
+    violations.iter().any(|v| v.invariant == invariant)
+}
+
+#[test]
+fn the_honest_naive_ledger_passes() {
+    let violations = run_broken(Arc::new(broken::NaiveLedger::new(None)), false);
+    assert!(violations.is_empty(), "the harness itself must not cry wolf: {violations:#?}");
+}
+
+#[test]
+fn a_ledger_without_idempotency_breaks_i1() {
+    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::NoIdempotency))), false);
+    assert!(fired(&violations, Invariant::I1Idempotency), "{violations:#?}");
+}
+
+#[test]
+fn a_ledger_that_overdraws_breaks_i3() {
+    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::Overdraft))), false);
+    assert!(fired(&violations, Invariant::I3Conservation), "{violations:#?}");
+}
+
+#[test]
+fn a_ledger_that_loses_credits_breaks_i4() {
+    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::LoseEvery(97)))), false);
+    assert!(fired(&violations, Invariant::I4Reconciliation), "{violations:#?}");
+}
+
+#[test]
+fn a_ledger_that_posts_to_the_wrong_child_breaks_i6() {
+    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::WrongChild(TEST_CHILD)))), false);
+    assert!(fired(&violations, Invariant::I6Isolation), "{violations:#?}");
+}
+
+#[test]
+fn a_kv_that_ignores_limits_breaks_i2() {
+    let violations = run_broken(Arc::new(broken::NaiveLedger::new(None)), true);
+    assert!(fired(&violations, Invariant::I2NoOverIssue), "{violations:#?}");
+    let culprits: Vec<&str> = violations.iter().map(|v| v.culprit.as_str()).collect();
+    assert!(culprits.iter().any(|c| c.contains("template 7002")), "stock over-issue named: {culprits:?}");
+    assert!(culprits.iter().any(|c| c.contains("group rain-exclusive")), "group exclusion named: {culprits:?}");
+}
