@@ -115,7 +115,11 @@ impl Scenario {
         let run = file.run.into_inner();
         let at_run = |key: &str, message: String| v.error(run_span.clone(), format!("run.{key}"), message);
         let tree_path = path.parent().unwrap_or(Path::new(".")).join(&run.activity_file);
-        let tree = ActivityTree::from_file(&tree_path)?;
+        let tree = ActivityTree::from_file(&tree_path).map_err(|e| match e.line {
+            // The tree file could not be read at all: point at the key naming it.
+            None => at_run("activity_file", format!("{}: {}", tree_path.display(), e.message)),
+            Some(_) => e,
+        })?;
         if tree.activity(run.activity_id).is_none() {
             return Err(at_run("activity_id", format!("activity {} is not in {}", run.activity_id, tree_path.display())));
         }
