@@ -247,3 +247,101 @@ fn pendants_need_no_stock() {
     f.check("7_3_1_3_1", 31, 0, "duplicate");
     f.check("7_3_1_3_2", 31, 0, "issued");
 }
+
+mod failures {
+    //! Operating errors: a KV consume whose result is unknown stays consumed
+    //! (under-issue, never over-issue); everything reserved before it, and
+    //! everything reserved before a failed credit, is released.
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::kv::{Consume, Hold, Kv, KvError};
+    use crate::ledger::{
+        AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger, LedgerError, LedgerSnapshot,
+        WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
+    };
+    use crate::order_no::OrderNo;
+
+    /// Consumes on `stock:` keys, then reports a timeout: the result is unknown to the wallet.
+    #[derive(Debug)]
+    struct TimeoutAfterStockConsume(MemoryKv);
+
+    #[async_trait]
+    impl Kv for TimeoutAfterStockConsume {
+        async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, KvError> { self.0.incr_by(key, delta).await }
+        async fn counter(&self, key: &str) -> Result<i64, KvError> { self.0.counter(key).await }
+        async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError> {
+            let result = self.0.consume_within(key, n, limit).await;
+            if key.starts_with("stock:") { Err(KvError::Store("timeout".into())) } else { result }
+        }
+        async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> { self.0.release(key, n).await }
+        async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError> { self.0.hold(key, value).await }
+        async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> { self.0.unhold(key, value).await }
+        async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> { self.0.set_add(key, member).await }
+        async fn set_contains(&self, key: &str, member: &str) -> Result<bool, KvError> { self.0.set_contains(key, member).await }
+        async fn put_status(&self, key: &str, status: u8, ttl_ms: Option<u64>) -> Result<(), KvError> { self.0.put_status(key, status, ttl_ms).await }
+        async fn status(&self, key: &str) -> Result<Option<u8>, KvError> { self.0.status(key).await }
+        async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError> { self.0.queue_push(key, item, ttl_ms).await }
+        async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> { self.0.queue_pop(key, max).await }
+        async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> { self.0.counters_with_prefix(prefix).await }
+    }
+
+    /// A ledger whose credits always fail.
+    #[derive(Debug)]
+    struct DownLedger(MemoryLedger);
+
+    #[async_trait]
+    impl Ledger for DownLedger {
+        async fn credit_batch(&self, _: &[Credit]) -> Result<Vec<CreditOutcome>, LedgerError> {
+            Err(LedgerError::Store("connection refused".into()))
+        }
+        async fn lookup_credit(&self, child_id: u64, order_no: &OrderNo) -> Result<Option<Entry>, LedgerError> {
+            self.0.lookup_credit(child_id, order_no).await
+        }
+        async fn withdraw(&self, w: &Withdrawal) -> Result<LedgerWithdrawOutcome, LedgerError> { self.0.withdraw(w).await }
+        async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> { self.0.account(key).await }
+        async fn history(&self, key: AccountKey, c: Option<Cursor>, l: usize) -> Result<HistoryPage, LedgerError> { self.0.history(key, c, l).await }
+        async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> { self.0.snapshot().await }
+    }
+
+    fn wallet(ledger: Arc<dyn Ledger>, kv: impl FnOnce(Arc<ManualClock>) -> Arc<dyn Kv>) -> (Wallet, tokio::runtime::Runtime) {
+        let start = datetime_ms(&"2027-02-01T12:00:00Z".parse().expect("dt")).expect("ms");
+        let clock = Arc::new(ManualClock::new(start));
+        let tree = Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree"));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        (Wallet::new(tree, ledger, kv(clock.clone()), clock), runtime)
+    }
+
+    fn counters(wallet: &Wallet, runtime: &tokio::runtime::Runtime) -> Vec<(String, i64)> {
+        runtime.block_on(wallet.kv().counters_with_prefix("")).expect("scan")
+    }
+
+    #[test]
+    fn an_unknown_stock_consume_stays_consumed_and_earlier_reservations_are_released() {
+        let (wallet, runtime) = wallet(Arc::new(MemoryLedger::new()), |clock| Arc::new(TimeoutAfterStockConsume(MemoryKv::new(clock))));
+        let request = IssueRequest { activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
+        let result = runtime.block_on(wallet.issue(&request));
+        assert!(matches!(result, Err(WalletError::Kv(_))), "{result:?}");
+        assert_eq!(
+            counters(&wallet, &runtime),
+            vec![("stock:1:701".to_owned(), 1), ("user-batch:1:b1:7".to_owned(), 0)],
+            "stock stays consumed (under-issue), the per-user count is released"
+        );
+        let group = runtime.block_on(wallet.kv().hold("user-group:1:g:7", "b2")).expect("hold");
+        assert_eq!(group, Hold::Held { holders: 1 }, "the group hold was released");
+        assert!(runtime.block_on(wallet.ledger().snapshot()).expect("snapshot").entries.is_empty());
+    }
+
+    #[test]
+    fn a_failed_credit_releases_every_reservation() {
+        let (wallet, runtime) = wallet(Arc::new(DownLedger(MemoryLedger::new())), |clock| Arc::new(MemoryKv::new(clock)));
+        let coupon = IssueRequest { activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
+        let cash = IssueRequest { activity_id: 2027, order_no: "7_1_1_1_1".into(), award_id: 11, amount_cents: 300 };
+        assert!(matches!(runtime.block_on(wallet.issue(&coupon)), Err(WalletError::Ledger(_))));
+        assert!(matches!(runtime.block_on(wallet.issue(&cash)), Err(WalletError::Ledger(_))));
+        assert!(counters(&wallet, &runtime).iter().all(|(_, n)| *n == 0), "{:?}", counters(&wallet, &runtime));
+        let group = runtime.block_on(wallet.kv().hold("user-group:1:g:7", "b2")).expect("hold");
+        assert_eq!(group, Hold::Held { holders: 1 }, "the group hold was released");
+    }
+}
