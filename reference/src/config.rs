@@ -67,6 +67,15 @@ fn toml_error(text: &str, origin: &str, key_path: &str, error: &toml::de::Error)
     }
 }
 
+/// Read a config or scenario file: its text and its origin (the path, for errors).
+pub fn read_config_file(path: &Path) -> Result<(String, String), ConfigError> {
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, origin)),
+        Err(e) => Err(ConfigError { origin, line: None, key_path: String::new(), message: format!("cannot read: {e}") }),
+    }
+}
+
 /// 1-based line number of byte `offset` in `text`.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -275,13 +284,7 @@ pub struct ActivityTree {
 impl ActivityTree {
     /// Read and validate a tree from a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            origin: origin.clone(),
-            line: None,
-            key_path: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let (text, origin) = read_config_file(path)?;
         Self::from_toml_str(&text, &origin)
     }
 

@@ -37,6 +37,16 @@ max_cents = 100000
 const BENCH_START_MS: u64 = 1_798_761_600_000; // 2027-01-01T00:00:00Z
 /// Users credits are spread over.
 const BENCH_USERS: u64 = 10_000;
+/// Each measurement runs at least this long (fast backends do more credits), so a
+/// figure is never a few milliseconds of noise.
+const MEASURE_S_MIN: f64 = 1.0;
+/// And at most this many times the requested credits.
+const CREDITS_SCALE_MAX: u64 = 1000;
+
+/// Whether a measurement that has done `done` credits in `elapsed_s` should go on.
+fn keep_going(done: u64, credits: u64, elapsed_s: f64) -> bool {
+    done < credits || (elapsed_s < MEASURE_S_MIN && done < credits.saturating_mul(CREDITS_SCALE_MAX))
+}
 
 /// One measured line.
 #[derive(Debug, Clone)]
@@ -68,22 +78,25 @@ fn order(i: u64) -> OrderNo {
     }
 }
 
-async fn bench_wallet(url: &str, credits: u64) -> anyhow::Result<f64> {
+async fn bench_wallet(url: &str, credits: u64) -> anyhow::Result<(u64, f64)> {
     let clock = Arc::new(ManualClock::new(BENCH_START_MS));
     let tree = Arc::new(ActivityTree::from_toml_str(BENCH_TREE, "bench tree").context("bench tree")?);
     let wallet = Wallet::new(tree, ledger::open(url).await?, kv::open("memory", clock.clone())?, clock);
     let started = Instant::now();
-    for i in 0..credits {
+    let mut i = 0;
+    while keep_going(i, credits, started.elapsed().as_secs_f64()) {
         let request = IssueRequest { activity_id: 1, order_no: order(i).to_string(), award_id: 1, amount_cents: 1 + (i % 500) as i64 };
         let outcome = wallet.issue(&request).await?;
         anyhow::ensure!(matches!(outcome, IssueOutcome::Issued { .. }), "bench credit {i} was not issued: {outcome:?}");
+        i += 1;
     }
-    Ok(started.elapsed().as_secs_f64())
+    Ok((i, started.elapsed().as_secs_f64()))
 }
 
-async fn bench_ledger_only(ledger: Arc<dyn Ledger>, credits: u64) -> anyhow::Result<f64> {
+async fn bench_ledger_only(ledger: Arc<dyn Ledger>, credits: u64) -> anyhow::Result<(u64, f64)> {
     let started = Instant::now();
-    for i in 0..credits {
+    let mut i = 0;
+    while keep_going(i, credits, started.elapsed().as_secs_f64()) {
         let order_no = order(i);
         let credit = Credit {
             account: AccountKey { child_id: 1, act_id: order_no.act_id },
@@ -92,11 +105,13 @@ async fn bench_ledger_only(ledger: Arc<dyn Ledger>, credits: u64) -> anyhow::Res
             at_ms: BENCH_START_MS,
         };
         ledger.credit_batch(&[credit]).await?;
+        i += 1;
     }
-    Ok(started.elapsed().as_secs_f64())
+    Ok((i, started.elapsed().as_secs_f64()))
 }
 
-/// Measure every backend and path with `credits` credits each; SQLite files go in `dir`.
+/// Measure every backend and path with at least `credits` credits each (more where
+/// that takes under a second); SQLite files go in `dir`.
 pub async fn bench_ledger(credits: u64, dir: &Path) -> anyhow::Result<Vec<BenchRow>> {
     let file_url = |name: &str| format!("sqlite://{}", dir.join(name).display());
     let backends = [
@@ -106,11 +121,11 @@ pub async fn bench_ledger(credits: u64, dir: &Path) -> anyhow::Result<Vec<BenchR
     ];
     let mut rows = Vec::new();
     for (label, wallet_url, ledger_url) in backends {
-        let elapsed_s = bench_wallet(&wallet_url, credits).await.with_context(|| format!("wallet on {label}"))?;
-        rows.push(BenchRow { backend: label.clone(), path: "wallet.issue (sync path)", credits, elapsed_s });
+        let (done, elapsed_s) = bench_wallet(&wallet_url, credits).await.with_context(|| format!("wallet on {label}"))?;
+        rows.push(BenchRow { backend: label.clone(), path: "wallet.issue (sync path)", credits: done, elapsed_s });
         let ledger = ledger::open(&ledger_url).await?;
-        let elapsed_s = bench_ledger_only(ledger, credits).await.with_context(|| format!("ledger on {label}"))?;
-        rows.push(BenchRow { backend: label, path: "ledger.credit_batch(1 credit)", credits, elapsed_s });
+        let (done, elapsed_s) = bench_ledger_only(ledger, credits).await.with_context(|| format!("ledger on {label}"))?;
+        rows.push(BenchRow { backend: label, path: "ledger.credit_batch(1 credit)", credits: done, elapsed_s });
     }
     Ok(rows)
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use reference::config::{ConfigError, Validator, datetime_ms, parse_toml};
+use reference::config::{ConfigError, Validator, datetime_ms, parse_toml, read_config_file};
 use reference::{ActivityTree, Millis};
 use serde::Deserialize;
 use toml::Spanned;
@@ -102,13 +102,7 @@ struct RunFile {
 impl Scenario {
     /// Read and validate a scenario file (and the activity tree it names).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            origin: origin.clone(),
-            line: None,
-            key_path: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let (text, origin) = read_config_file(path)?;
         let file: ScenarioFile = parse_toml(&text, &origin)?;
         let v = Validator::new(&origin, &text);
         let run_span = file.run.span();
