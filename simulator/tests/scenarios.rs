@@ -119,3 +119,16 @@ fn cli_runs_writes_the_record_and_exits_by_verdict() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("ledger URL `mysql-ish://x`"), "{stderr}");
 }
+
+#[test]
+fn the_readme_sample_is_the_real_smoke_output() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README");
+    let scenario = Scenario::load(&scenarios_dir().join("smoke.toml")).expect("smoke");
+    let record = runtime().block_on(run_scenario(&scenario, &RunOptions::default())).expect("run").record;
+    let summary = reports::render_summary(&record);
+    let hash_line = format!("history {}", &record.history_hash[..16]);
+    assert!(readme.contains(&hash_line), "README shows another history than `{hash_line}`: regenerate its sample");
+    for line in summary.lines().filter(|l| l.starts_with("  issue.") || l.starts_with("  withdraw.") || l.starts_with("  I")) {
+        assert!(readme.contains(line), "README lacks the line `{line}`: regenerate its sample");
+    }
+}
