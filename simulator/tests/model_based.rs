@@ -761,7 +761,7 @@ impl Sut {
                 return None;
             }
             Transition::Issue(r) | Transition::Replay(r) | Transition::ConflictReplay(r) | Transition::Malformed(r) => {
-                // Memory stores do not fail; an error here is a bug worth a panic.
+                // The test stores live in this process; an operating error is a bug worth a panic.
                 let outcome = self.runtime.block_on(self.wallet.issue(r)).expect("no operating error");
                 Event::Issue { at_ms, request: r.clone(), outcome }
             }
@@ -805,14 +805,13 @@ impl<B: Backend> StateMachineTest for WalletTest<B> {
         sut.steps += 1;
         let step = sut.steps;
         let answer = sut.send(&transition);
-        let (label, outcome) = match (answer, &model.last) {
+        let (label, outcome, expected) = match (answer, &model.last) {
             (None, None) => return sut,
-            (Some((label, outcome)), Some(_)) => (label, outcome),
+            (Some((label, outcome)), Some(expected)) => (label, outcome, expected),
             (answer, expected) => {
                 panic!("step {step} {transition:?}: the harness is out of step: {answer:?} vs {expected:?}")
             }
         };
-        let expected = model.last.as_ref().expect("checked just above");
         assert_eq!(label, expected.label, "step {step} {transition:?}: the wallet answered {outcome}");
         if let Some(account) = expected.account {
             assert_eq!(
