@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn summary_shows_verdicts_and_reproduction_only_on_failure() {
         let ok = render_summary(&record(true));
-        assert!(ok.contains("I1 idempotency     pass"), "{ok}");
+        assert!(ok.contains("I1 idempotency      pass"), "{ok}");
         assert!(ok.contains("cash credited 123.45"), "{ok}");
         assert!(ok.contains("issue.issued"), "{ok}");
         assert!(!ok.contains("reproduce with"), "{ok}");
