@@ -109,10 +109,8 @@ fn i2_catches_every_kind_of_over_issue() {
     // Stock: more coupons of template 7002 than its stock of 500.
     let mut state = clean.state.clone();
     let coupon = first_credit(&state, |a| matches!(a, Award::Coupon { template_id: 7002, .. }));
-    let mut seq = next_seq(&state);
-    for i in 0..600u32 {
+    for (seq, i) in (next_seq(&state)..).zip(0..600u32) {
         state.ledger.entries.push(with_order(&coupon, seq, 100_000 + u64::from(i), 0));
-        seq += 1;
     }
     expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, &format!("child {FORMAL_CHILD} template 7002"), "stock is 500");
 

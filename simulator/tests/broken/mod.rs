@@ -88,7 +88,7 @@ impl Ledger for NaiveLedger {
             let entry = Entry { seq, account, at_ms: credit.at_ms, kind: EntryKind::Credit { order_no: credit.order_no.clone(), award: credit.award.clone() } };
             let mut seen = self.credits_seen.lock().expect("lock");
             *seen += 1;
-            let lose = matches!(self.bug, Some(Bug::LoseEvery(n)) if *seen % n == 0);
+            let lose = matches!(self.bug, Some(Bug::LoseEvery(n)) if (*seen).is_multiple_of(n));
             if !lose {
                 entries.push(entry.clone());
             }
