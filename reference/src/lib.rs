@@ -12,6 +12,7 @@ pub mod keys;
 pub mod kv;
 pub mod ledger;
 pub mod order_no;
+pub mod token;
 pub mod wallet;
 
 pub use clock::{Clock, ManualClock, Millis};
