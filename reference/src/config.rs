@@ -180,6 +180,53 @@ pub struct Scene {
     pub reconciliation: bool,
     /// The award ids this scene may give.
     pub award_ids: Vec<u64>,
+    /// How awards of this scene are credited.
+    pub crediting: Crediting,
+}
+
+/// How a scene's awards reach the ledger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Crediting {
+    /// One ledger credit per request (the seed's baseline).
+    #[default]
+    Sync,
+    /// Sign a token now, credit later through the worker (cash only).
+    Token,
+}
+
+/// Who may withdraw during the gray release of withdrawals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawGate {
+    /// Share of users (by a stable hash of act_id) who may withdraw, 0..=100.
+    #[serde(default = "hundred")]
+    pub gray_percent: u8,
+    /// Users who may withdraw whatever the percentage.
+    #[serde(default)]
+    pub allow_list: Vec<u64>,
+}
+
+fn hundred() -> u8 {
+    100
+}
+
+impl WithdrawGate {
+    /// Everyone may withdraw.
+    pub fn open() -> Self {
+        Self { gray_percent: 100, allow_list: Vec::new() }
+    }
+
+    /// Whether `act_id` may withdraw: on the allow list, or in the first
+    /// `gray_percent` of the stable hash space.
+    pub fn admits(&self, act_id: u64) -> bool {
+        if self.allow_list.contains(&act_id) {
+            return true;
+        }
+        let hash = blake3::hash(&act_id.to_le_bytes());
+        let bucket = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes")) % 100;
+        bucket < u64::from(self.gray_percent)
+    }
 }
 
 /// A coupon award: template, batch, group, stock and the per-user limit.
@@ -241,6 +288,8 @@ pub struct Activity {
     pub scenes: BTreeMap<u32, Scene>,
     /// By award id.
     pub awards: BTreeMap<u64, AwardDef>,
+    /// Who may withdraw.
+    pub withdraw_gate: WithdrawGate,
 }
 
 impl Activity {
@@ -336,6 +385,7 @@ struct ActivityFile {
     coupon: Vec<Spanned<CouponFile>>,
     #[serde(default)]
     pendant: Vec<Spanned<PendantFile>>,
+    withdraw: Option<Spanned<WithdrawGate>>,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +412,8 @@ struct SceneFile {
     #[serde(default)]
     reconciliation: bool,
     award_ids: Vec<u64>,
+    #[serde(default)]
+    crediting: Crediting,
 }
 
 #[derive(Deserialize)]
@@ -445,7 +497,24 @@ fn build_activity(
             )));
         }
     }
-    Ok(Activity { id: file.id, name: file.name, per_txn_cap_cents: file.per_txn_cap_cents, children, scenes, awards })
+    let withdraw_gate = match file.withdraw {
+        None => WithdrawGate::open(),
+        Some(gate) => {
+            if gate.get_ref().gray_percent > 100 {
+                return Err(v.error(gate.span(), format!("{path}.withdraw.gray_percent"), "must be 0..=100"));
+            }
+            gate.into_inner()
+        }
+    };
+    Ok(Activity {
+        id: file.id,
+        name: file.name,
+        per_txn_cap_cents: file.per_txn_cap_cents,
+        children,
+        scenes,
+        awards,
+        withdraw_gate,
+    })
 }
 
 fn build_children(
@@ -595,6 +664,12 @@ fn build_scene(
     if file.rate_limit_qps == Some(0) {
         return Err(v.error(span, format!("{path}.rate_limit_qps"), "must be greater than 0 (omit it for no limit)"));
     }
+    if file.crediting == Crediting::Token && file.award_type != AwardType::Cash {
+        return Err(v.error(span, format!("{path}.crediting"), format!(
+            "token crediting is for cash scenes; this scene gives {}",
+            file.award_type
+        )));
+    }
     if file.bill_text.trim().is_empty() {
         return Err(v.error(span, format!("{path}.bill_text"), "must not be empty"));
     }
@@ -607,6 +682,7 @@ fn build_scene(
         stock_control: file.stock_control,
         reconciliation: file.reconciliation,
         award_ids: file.award_ids.clone(),
+        crediting: file.crediting,
     })
 }
 
@@ -685,6 +761,17 @@ stock = 100
     }
 
     #[test]
+    fn the_withdraw_gate_is_a_stable_share_plus_an_allow_list() {
+        let gate = |percent| WithdrawGate { gray_percent: percent, allow_list: vec![7] };
+        let admitted = |percent| (1..=10_000u64).filter(|&a| gate(percent).admits(a)).count();
+        assert_eq!(admitted(0), 1, "only the allow-listed user");
+        assert_eq!(admitted(100), 10_000);
+        let ten = admitted(10);
+        assert!((900..=1100).contains(&ten), "about 10% of users: {ten}");
+        assert!((1..=10_000u64).filter(|&a| gate(10).admits(a)).all(|a| gate(20).admits(a)), "widening keeps everyone in");
+    }
+
+    #[test]
     fn datetimes_convert_to_unix_ms() {
         let check = |text: &str, ms: u64| assert_eq!(datetime_ms(&text.parse().expect(text)), Ok(ms), "{text}");
         check("1970-01-01T00:00:00Z", 0);
@@ -711,6 +798,9 @@ stock = 100
         check_err(|s| s.replace("id = 2\n", "id = 1\n"), "child id 1 is already used");
         check_err(|s| s.replace("id = 302", "id = 301"), "scene id 301 appears twice");
         check_err(|_| "[[activity]\n".to_owned(), "tree.toml:1");
+        check_err(|s| s.replace("stock_control = true", "stock_control = true\ncrediting = \"token\""), "activity[0].scene[1].crediting: token crediting is for cash scenes");
+        check_err(|s| s.replace("reconciliation = true", "crediting = \"later\""), "activity[0].scene[0].crediting: unknown variant `later`");
+        check_err(|s| format!("{s}\n[activity.withdraw]\ngray_percent = 101\n"), "activity[0].withdraw.gray_percent: must be 0..=100");
         check_err(|_| String::new(), "tree.toml:1: missing field `activity`");
     }
 }

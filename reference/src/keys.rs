@@ -23,3 +23,33 @@ pub fn user_batch(child_id: ChildId, batch: &str, act_id: ActId) -> String {
 pub fn user_group(child_id: ChildId, group: &str, act_id: ActId) -> String {
     format!("user-group:{child_id}:{group}:{act_id}")
 }
+
+/// The token issued for an order in a child (idempotency record of token mode).
+pub fn token_record(child_id: ChildId, order_no: &str) -> String {
+    format!("token:{child_id}:{order_no}")
+}
+
+/// A token's crediting status: absent = pending, 2 = processing, 8 = success.
+pub fn token_status(child_id: ChildId, order_no: &str) -> String {
+    format!("token-status:{child_id}:{order_no}")
+}
+
+/// The user's server-side token list (never consumed).
+pub fn user_tokens(child_id: ChildId, act_id: ActId) -> String {
+    format!("user-tokens:{child_id}:{act_id}")
+}
+
+/// Tokens waiting for the credit worker.
+pub fn pending(child_id: ChildId) -> String {
+    format!("pending:{child_id}")
+}
+
+/// Tokens claimed by a worker, scored by claim time (the compensation scan's view).
+pub fn inflight(child_id: ChildId) -> String {
+    format!("inflight:{child_id}")
+}
+
+/// The per-user withdraw lock.
+pub fn withdraw_lock(child_id: ChildId, act_id: ActId) -> String {
+    format!("lock:withdraw:{child_id}:{act_id}")
+}

@@ -12,8 +12,10 @@ pub mod keys;
 pub mod kv;
 pub mod ledger;
 pub mod order_no;
+pub mod switches;
 pub mod token;
 pub mod wallet;
+pub mod worker;
 
 pub use clock::{Clock, ManualClock, Millis};
 pub use config::{ActivityTree, ConfigError};

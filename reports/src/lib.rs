@@ -27,6 +27,9 @@ pub struct RunRecord {
     pub outcomes: BTreeMap<String, u64>,
     /// What the ledger holds at the end.
     pub totals: Totals,
+    /// Token crediting figures, when the scenario credits by token.
+    #[serde(default)]
+    pub crediting: Option<CreditingSummary>,
     /// Wall-clock figures of this run (the only non-deterministic part).
     pub wall: Wall,
     /// One verdict per checked invariant.
@@ -67,6 +70,29 @@ pub struct Totals {
     pub coupons: u64,
     /// Pendants credited.
     pub pendants: u64,
+}
+
+/// Token crediting figures of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditingSummary {
+    /// Tokens accepted (first answers).
+    pub accepted: u64,
+    /// Tokens the credit worker credited.
+    pub credited_by_worker: u64,
+    /// Tokens force-credited on withdraw.
+    pub force_credited: u64,
+    /// Most tokens pending or inflight at any tick.
+    pub backlog_peak: u64,
+    /// Virtual time from the last request until nothing was pending.
+    pub drain_ms: u64,
+    /// Injected worker crashes.
+    pub worker_crashes: u64,
+    /// Tokens the compensation scan re-queued.
+    pub requeued: u64,
+    /// Failed ledger attempts the worker retried.
+    pub failed_attempts: u64,
+    /// Forged, tampered or foreign tokens presented with withdraws.
+    pub forged_presented: u64,
 }
 
 /// Wall-clock figures.
@@ -127,6 +153,19 @@ pub fn render_summary(record: &RunRecord) -> String {
         cents(t.cash_withdrawn_cents),
         cents(t.balance_cents)
     );
+    if let Some(c) = &record.crediting {
+        let _ = writeln!(out, "\ntoken crediting");
+        let _ = writeln!(
+            out,
+            "  accepted {} · credited by worker {} · force-credited on withdraw {} · backlog peak {} · drained in {:.1} s (virtual)",
+            c.accepted, c.credited_by_worker, c.force_credited, c.backlog_peak, c.drain_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "  worker crashes {} · re-queued by compensation {} · failed ledger attempts {} · forged tokens presented {}",
+            c.worker_crashes, c.requeued, c.failed_attempts, c.forged_presented
+        );
+    }
     let _ = writeln!(out, "\ninvariants");
     for verdict in &record.invariants {
         let mark = if verdict.passed { "pass" } else { "FAIL" };
@@ -154,6 +193,7 @@ mod tests {
             history_hash: "ab".repeat(32),
             outcomes: BTreeMap::from([("issue.issued".to_owned(), 9), ("issue.zero_amount".to_owned(), 1)]),
             totals: Totals { cash_credited_cents: 12_345, ..Totals::default() },
+            crediting: None,
             wall: Wall { elapsed_ms: 1500, requests_per_s: 6.7 },
             invariants: vec![Verdict {
                 id: "I1".into(),

@@ -85,7 +85,7 @@ async fn bench_wallet(url: &str, credits: u64) -> anyhow::Result<(u64, f64)> {
     let started = Instant::now();
     let mut i = 0;
     while keep_going(i, credits, started.elapsed().as_secs_f64()) {
-        let request = IssueRequest { activity_id: 1, order_no: order(i).to_string(), award_id: 1, amount_cents: 1 + (i % 500) as i64 };
+        let request = IssueRequest { app_id: 1, activity_id: 1, order_no: order(i).to_string(), award_id: 1, amount_cents: 1 + (i % 500) as i64 };
         let outcome = wallet.issue(&request).await?;
         anyhow::ensure!(matches!(outcome, IssueOutcome::Issued { .. }), "bench credit {i} was not issued: {outcome:?}");
         i += 1;

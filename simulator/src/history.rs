@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 
 use reference::kv::Kv;
 use reference::ledger::{Ledger, LedgerSnapshot};
-use reference::wallet::{IssueOutcome, IssueRequest, WithdrawOutcome, WithdrawRequest};
-use reference::{Millis, wallet::WalletError};
+use reference::switches::Switch;
+use reference::token::KeyRing;
+use reference::wallet::{IssueOutcome, IssueRequest, WalletView, WithdrawOutcome, WithdrawRequest};
+use reference::worker::CrashPoint;
+use reference::{ActId, ActivityId, ChildId, Millis, keys, wallet::WalletError};
 use serde::Serialize;
 
 /// One answered request.
@@ -31,6 +34,38 @@ pub enum Event {
         /// As answered.
         outcome: WithdrawOutcome,
     },
+    /// A user opened the wallet page.
+    View {
+        /// Wallet time.
+        at_ms: Millis,
+        /// Parent activity.
+        activity_id: ActivityId,
+        /// The user.
+        act_id: ActId,
+        /// What the page showed (the first flow page included).
+        view: WalletView,
+    },
+    /// A degradation switch was flipped.
+    Switch {
+        /// Wallet time.
+        at_ms: Millis,
+        /// Which.
+        #[serde(serialize_with = "switch_name")]
+        switch: Switch,
+        /// On or off.
+        on: bool,
+    },
+    /// The credit worker died at a crash point and was restarted.
+    WorkerCrash {
+        /// Wallet time.
+        at_ms: Millis,
+        /// Where it died.
+        point: CrashPoint,
+    },
+}
+
+fn switch_name<S: serde::Serializer>(switch: &Switch, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(switch.name())
 }
 
 /// Every answered request of a run, in answer order.
@@ -47,6 +82,10 @@ pub struct FinalState {
     pub ledger: LedgerSnapshot,
     /// Every KV counter (budget, stock, per-user limits), by key.
     pub counters: BTreeMap<String, i64>,
+    /// Tokens still waiting (pending queue + inflight set), by child activity.
+    pub token_backlog: BTreeMap<ChildId, u64>,
+    /// The public token keys the run trusted, by key id (for independent checks).
+    pub token_keys: BTreeMap<u32, [u8; 32]>,
 }
 
 impl FinalState {
@@ -54,6 +93,18 @@ impl FinalState {
     pub async fn read(ledger: &dyn Ledger, kv: &dyn Kv) -> Result<Self, WalletError> {
         let ledger = ledger.snapshot().await?;
         let counters = kv.counters_with_prefix("").await?.into_iter().collect();
-        Ok(Self { ledger, counters })
+        Ok(Self { ledger, counters, token_backlog: BTreeMap::new(), token_keys: BTreeMap::new() })
+    }
+
+    /// Also read the token backlog of `children` and record the trusted `keys`.
+    pub async fn with_tokens(mut self, kv: &dyn Kv, children: impl IntoIterator<Item = ChildId>, keys: Option<&KeyRing>) -> Result<Self, WalletError> {
+        for child_id in children {
+            let backlog = kv.queue_len(&keys::pending(child_id)).await? + kv.inflight_len(&keys::inflight(child_id)).await?;
+            self.token_backlog.insert(child_id, backlog);
+        }
+        if let Some(ring) = keys {
+            self.token_keys = ring.verifying_keys().into_iter().map(|(id, key)| (id, key.to_bytes())).collect();
+        }
+        Ok(self)
     }
 }

@@ -1,7 +1,9 @@
 //! The runner: drives the reference wallet with a scenario's workload in virtual
-//! time, records the history, reads the final state, runs the checkers and builds
-//! the [`RunRecord`]. Sync mode only for now; the virtual-time engine with the
-//! capacity model replaces this loop in the simulator issue.
+//! time, ticks the credit worker between requests, applies faults on schedule,
+//! plays the client side (keeping token copies, presenting them on withdraw,
+//! sometimes with a forged one), drains the backlog at the end, reads the final
+//! state, runs the checkers and builds the [`RunRecord`]. The virtual-time engine
+//! with the capacity model replaces this loop in the simulator issue.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,18 +11,29 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reference::ledger::{Award, EntryKind};
-use reference::wallet::Wallet;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use reference::kv::Kv;
+use reference::ledger::{Award, EntryKind, Ledger};
+use reference::token::{KeyRing, decode_unverified};
+use reference::wallet::{CLIENT_TOKENS_MAX, IssueOutcome, Wallet, WithdrawOutcome};
+use reference::worker::{CreditWorker, TickReport};
 use reference::{Clock, ManualClock, kv, ledger};
-use reports::{RUN_RECORD_VERSION, RunRecord, ScenarioInfo, Totals, Verdict, Wall};
+use reports::{CreditingSummary, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, Totals, Verdict, Wall};
 
 use crate::check::{self, Invariant, Violation};
 use crate::history::{Event, FinalState, History};
-use crate::scenario::Scenario;
+use crate::scenario::{FaultKind, Scenario};
 use crate::workload::{Request, Workload};
 
 /// Examples of violations kept per invariant in the record.
 const EXAMPLES_MAX: usize = 5;
+/// Seed domain of the client RNG (forgeries), apart from the workload's.
+const CLIENT_RNG_NAME: u64 = 0x636c_6965_6e74; // "client"
+/// Key id forgers sign with (the wallet's dev key is id 0).
+const FORGER_KEY_ID: u32 = 1;
+/// Flow lines a simulated wallet page asks for.
+const VIEW_PAGE_LIMIT: usize = 20;
 
 /// How to run a scenario.
 #[derive(Debug, Clone)]
@@ -41,12 +54,26 @@ impl Default for RunOptions {
     }
 }
 
+/// Stores to run on, for tests that plant broken ones.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// The ledger.
+    pub ledger: Arc<dyn Ledger>,
+    /// The KV.
+    pub kv: Arc<dyn Kv>,
+    /// The clock both run on.
+    pub clock: Arc<ManualClock>,
+    /// Keys the wallet trusts, when they differ from the scenario's (a planted
+    /// misconfiguration); the checkers always use the scenario's.
+    pub wallet_keys: Option<Arc<KeyRing>>,
+}
+
 /// Everything a run produced.
 #[derive(Debug)]
 pub struct RunOutput {
     /// The record (the contract with `reports`).
     pub record: RunRecord,
-    /// Every answered request.
+    /// Every answered request and every fault.
     pub history: History,
     /// The stores at the end.
     pub state: FinalState,
@@ -60,48 +87,235 @@ pub fn build_id() -> String {
     format!("redrain {} ({profile})", env!("CARGO_PKG_VERSION"))
 }
 
-/// Run `scenario` with `options` on fresh stores.
+/// Run `scenario` with `options` on fresh stores named by the options.
 pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<RunOutput> {
+    let ledger = ledger::open(&options.ledger_url).await.context("opening the ledger")?;
+    let clock = Arc::new(ManualClock::new(scenario.start_ms));
+    let kv = kv::open("memory", clock.clone()).context("opening the KV")?;
+    run_on(scenario, options, Stores { ledger, kv, clock, wallet_keys: None }).await
+}
+
+/// Run `scenario` on the given stores.
+pub async fn run_on(scenario: &Scenario, options: &RunOptions, stores: Stores) -> anyhow::Result<RunOutput> {
     let mut scenario = scenario.clone();
     if let Some(requests) = options.requests {
         scenario.requests = requests;
     }
     let seed = options.seed.unwrap_or(scenario.seed);
-    let ledger = ledger::open(&options.ledger_url).await.context("opening the ledger")?;
-    let clock = Arc::new(ManualClock::new(scenario.start_ms));
-    let kv = kv::open("memory", clock.clone()).context("opening the KV")?;
-    let wallet = Wallet::new(Arc::new(scenario.tree.clone()), ledger, kv, clock.clone());
+    let keys = match &scenario.token_keys {
+        Some(source) => Some(Arc::new(source.load(seed).context("loading token keys")?)),
+        None => None,
+    };
+    let tree = Arc::new(scenario.tree.clone());
+    let mut wallet = Wallet::new(tree.clone(), stores.ledger.clone(), stores.kv.clone(), stores.clock.clone());
+    if let Some(wallet_keys) = stores.wallet_keys.clone().or_else(|| keys.clone()) {
+        wallet = wallet.with_keys(wallet_keys);
+    }
     let started = Instant::now();
-    let history = drive(&wallet, &clock, Workload::new(&scenario, seed), options.progress).await?;
+    let mut driver = Driver::new(&scenario, seed, &wallet, &stores.clock, options.progress);
+    driver.run(Workload::new(&scenario, seed)).await?;
     let elapsed = started.elapsed();
-    let state = FinalState::read(wallet.ledger().as_ref(), wallet.kv().as_ref()).await.context("reading the final state")?;
+    let Driver { history, summary, .. } = driver;
+    let children = tree.activities().flat_map(|a| a.children.iter().map(|c| c.id)).collect::<Vec<_>>();
+    let state = FinalState::read(stores.ledger.as_ref(), stores.kv.as_ref())
+        .await
+        .context("reading the final state")?
+        .with_tokens(stores.kv.as_ref(), children, keys.as_deref())
+        .await
+        .context("reading the token backlog")?;
     let violations = check::check_all(&scenario.tree, &history, &state);
-    let record = record(&scenario, seed, options, &history, &state, &violations, elapsed.as_millis() as u64);
+    let record = record(&scenario, seed, options, &history, &state, &violations, summary, elapsed.as_millis() as u64);
     Ok(RunOutput { record, history, state, violations })
 }
 
-/// Send every op of `workload` to `wallet` at its virtual time; return the history.
-pub async fn drive(wallet: &Wallet, clock: &ManualClock, workload: Workload<'_>, progress: bool) -> anyhow::Result<History> {
-    let bar = progress_bar(workload.size_hint().0 as u64, progress);
-    let mut history = History::default();
-    for op in workload {
-        clock.set(op.at_ms);
-        let at_ms = clock.now_ms();
-        let event = match op.request {
+/// The loop's state: wallet, worker, client copies, history.
+struct Driver<'a> {
+    scenario: &'a Scenario,
+    wallet: &'a Wallet,
+    clock: &'a ManualClock,
+    worker: Option<CreditWorker>,
+    next_tick_ms: u64,
+    next_fault: usize,
+    /// What each user's app keeps: its token copies, newest last.
+    client_tokens: BTreeMap<u64, Vec<Vec<u8>>>,
+    forger: KeyRing,
+    rng: ChaCha8Rng,
+    history: History,
+    summary: CreditingSummary,
+    bar: ProgressBar,
+}
+
+impl<'a> Driver<'a> {
+    fn new(scenario: &'a Scenario, seed: u64, wallet: &'a Wallet, clock: &'a ManualClock, progress: bool) -> Self {
+        let worker = CreditWorker::for_wallet(wallet, scenario.crediting.worker.clone());
+        let forger = KeyRing::from_secret(FORGER_KEY_ID, *blake3::hash(&(seed ^ CLIENT_RNG_NAME).to_le_bytes()).as_bytes());
+        Self {
+            scenario,
+            wallet,
+            clock,
+            worker,
+            next_tick_ms: scenario.start_ms,
+            next_fault: 0,
+            client_tokens: BTreeMap::new(),
+            forger,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ CLIENT_RNG_NAME),
+            history: History::default(),
+            summary: CreditingSummary::default(),
+            bar: progress_bar(scenario.requests, progress),
+        }
+    }
+
+    async fn run(&mut self, workload: Workload<'_>) -> anyhow::Result<()> {
+        for op in workload {
+            self.advance_to(op.at_ms).await?;
+            self.clock.set(op.at_ms);
+            self.send(op.request).await?;
+            self.bar.inc(1);
+        }
+        self.bar.finish_and_clear();
+        self.drain().await
+    }
+
+    /// Tick the worker and apply faults for every tick boundary up to `until_ms`.
+    async fn advance_to(&mut self, until_ms: u64) -> anyhow::Result<()> {
+        while self.next_tick_ms <= until_ms {
+            let now_ms = self.next_tick_ms;
+            self.clock.set(now_ms);
+            self.apply_faults(now_ms);
+            self.tick(now_ms).await?;
+            self.next_tick_ms += self.scenario.crediting.tick_interval_ms;
+        }
+        Ok(())
+    }
+
+    fn apply_faults(&mut self, now_ms: u64) {
+        while let Some(fault) = self.scenario.faults.get(self.next_fault) {
+            if self.scenario.start_ms + fault.at_ms > now_ms {
+                break;
+            }
+            match fault.kind {
+                FaultKind::WorkerCrash(point) => {
+                    if let Some(worker) = &mut self.worker {
+                        worker.crash_at(point);
+                    }
+                }
+                FaultKind::Switch(switch, on) => {
+                    self.wallet.switches().set(switch, on);
+                    self.history.events.push(Event::Switch { at_ms: now_ms, switch, on });
+                }
+            }
+            self.next_fault += 1;
+        }
+    }
+
+    async fn tick(&mut self, now_ms: u64) -> anyhow::Result<()> {
+        let Some(worker) = &mut self.worker else { return Ok(()) };
+        let report: TickReport = worker.tick(now_ms).await.context("credit worker tick")?;
+        self.summary.credited_by_worker += report.credited;
+        self.summary.requeued += report.requeued;
+        self.summary.failed_attempts += report.failed_attempts;
+        if report.crashed {
+            let point = worker.crash_point_hit().unwrap_or(reference::worker::CrashPoint::AfterClaim);
+            self.history.events.push(Event::WorkerCrash { at_ms: now_ms, point });
+            self.summary.worker_crashes += 1;
+            // The process restarts with nothing but the shared stores.
+            self.worker = CreditWorker::for_wallet(self.wallet, self.scenario.crediting.worker.clone());
+        }
+        if let Some(worker) = &self.worker {
+            let backlog = worker.backlog().await.context("reading the backlog")?;
+            self.summary.backlog_peak = self.summary.backlog_peak.max(backlog);
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, request: Request) -> anyhow::Result<()> {
+        let at_ms = self.clock.now_ms();
+        let event = match request {
             Request::Issue(request) => {
-                let outcome = wallet.issue(&request).await.with_context(|| format!("issuing {}", request.order_no))?;
+                let outcome = self.wallet.issue(&request).await.with_context(|| format!("issuing {}", request.order_no))?;
+                if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } = &outcome {
+                    let copies = self.client_tokens.entry(token.act_id).or_default();
+                    if !copies.contains(&token.bytes) {
+                        copies.push(token.bytes.clone());
+                    }
+                    if matches!(outcome, IssueOutcome::Accepted { .. }) {
+                        self.summary.accepted += 1;
+                    }
+                }
                 Event::Issue { at_ms, request, outcome }
             }
-            Request::Withdraw(request) => {
-                let outcome = wallet.withdraw(&request).await.with_context(|| format!("withdrawing {}", request.withdraw_no))?;
+            Request::Withdraw(mut request) => {
+                let copies = self.client_tokens.get(&request.act_id).cloned().unwrap_or_default();
+                let keep = copies.len().min(CLIENT_TOKENS_MAX - 1);
+                request.client_tokens = copies[copies.len() - keep..].to_vec();
+                if self.rng.random::<f64>() < self.scenario.traffic.forged_token_rate {
+                    request.client_tokens.push(self.forge(request.act_id));
+                    self.summary.forged_presented += 1;
+                }
+                let outcome = self.wallet.withdraw(&request).await.with_context(|| format!("withdrawing {}", request.withdraw_no))?;
+                if let WithdrawOutcome::Withdrawn { force, .. } | WithdrawOutcome::Rejected { force, .. } = &outcome {
+                    self.summary.force_credited += u64::from(force.credited);
+                }
                 Event::Withdraw { at_ms, request, outcome }
             }
+            Request::View { act_id } => {
+                let activity_id = self.scenario.activity_id;
+                match self.wallet.view(activity_id, act_id, None, VIEW_PAGE_LIMIT).await.context("viewing the wallet")? {
+                    Ok(view) => Event::View { at_ms, activity_id, act_id, view },
+                    // No child open: nothing to show, nothing to check.
+                    Err(_) => return Ok(()),
+                }
+            }
         };
-        history.events.push(event);
-        bar.inc(1);
+        self.history.events.push(event);
+        Ok(())
     }
-    bar.finish_and_clear();
-    Ok(history)
+
+    /// A token the wallet must refuse: a changed byte, another user's token, a
+    /// raised amount signed with a foreign key, or junk.
+    fn forge(&mut self, act_id: u64) -> Vec<u8> {
+        let own = self.client_tokens.get(&act_id).filter(|c| !c.is_empty()).cloned();
+        let others: Vec<&Vec<u8>> = self.client_tokens.iter().filter(|(a, _)| **a != act_id).flat_map(|(_, c)| c).collect();
+        match (self.rng.random_range(0..4u8), own, others.is_empty()) {
+            (0, Some(own), _) => {
+                let mut tampered = own[self.rng.random_range(0..own.len())].clone();
+                let index = self.rng.random_range(0..tampered.len());
+                tampered[index] ^= 1 << self.rng.random_range(0..8u32);
+                tampered
+            }
+            (1, _, false) => others[self.rng.random_range(0..others.len())].clone(),
+            (2, Some(own), _) => {
+                let real = decode_unverified(&own[0]).expect("the client's own copy decodes");
+                let mut raised = real.clone();
+                raised.amount_cents += 1;
+                self.forger.sign(&raised).expect("the forger signs")
+            }
+            _ => b"not a token".to_vec(),
+        }
+    }
+
+    /// Tick until nothing is pending or inflight, bounded by the plan.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        let Some(worker) = &self.worker else { return Ok(()) };
+        let drain_started_ms = self.clock.now_ms();
+        let mut backlog = worker.backlog().await?;
+        while backlog > 0 || self.worker.as_ref().is_some_and(CreditWorker::has_retry) {
+            if self.next_tick_ms > drain_started_ms + self.scenario.crediting.drain_ms_max {
+                break; // I4 reports what is left
+            }
+            let now_ms = self.next_tick_ms;
+            self.clock.set(now_ms);
+            self.apply_faults(now_ms);
+            self.tick(now_ms).await?;
+            self.next_tick_ms += self.scenario.crediting.tick_interval_ms;
+            backlog = match &self.worker {
+                Some(worker) => worker.backlog().await?,
+                None => 0,
+            };
+        }
+        self.summary.drain_ms = self.clock.now_ms() - drain_started_ms;
+        Ok(())
+    }
 }
 
 fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
@@ -127,6 +341,17 @@ pub fn history_hash(history: &History) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
+fn event_label(event: &Event) -> String {
+    match event {
+        Event::Issue { outcome, .. } => format!("issue.{}", outcome.label()),
+        Event::Withdraw { outcome, .. } => format!("withdraw.{}", outcome.label()),
+        Event::View { .. } => "view".to_owned(),
+        Event::Switch { switch, on, .. } => format!("switch.{}.{}", switch.name(), if *on { "on" } else { "off" }),
+        Event::WorkerCrash { .. } => "fault.worker_crash".to_owned(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn record(
     scenario: &Scenario,
     seed: u64,
@@ -134,26 +359,28 @@ fn record(
     history: &History,
     state: &FinalState,
     violations: &[Violation],
+    crediting: CreditingSummary,
     elapsed_ms: u64,
 ) -> RunRecord {
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for event in &history.events {
-        let label = match event {
-            Event::Issue { outcome, .. } => format!("issue.{}", outcome.label()),
-            Event::Withdraw { outcome, .. } => format!("withdraw.{}", outcome.label()),
-        };
-        *outcomes.entry(label).or_default() += 1;
+        *outcomes.entry(event_label(event)).or_default() += 1;
     }
     let mut totals = Totals { entries: state.ledger.entries.len() as u64, accounts: state.ledger.accounts.len() as u64, ..Totals::default() };
     for entry in &state.ledger.entries {
         match &entry.kind {
-            EntryKind::Credit { award: Award::Cash { amount_cents }, .. } => totals.cash_credited_cents += amount_cents,
+            EntryKind::Credit { award: Award::Cash { amount_cents }, .. } => {
+                totals.cash_credited_cents = totals.cash_credited_cents.saturating_add(*amount_cents);
+            }
             EntryKind::Credit { award: Award::Coupon { .. }, .. } => totals.coupons += 1,
             EntryKind::Credit { award: Award::Pendant { .. }, .. } => totals.pendants += 1,
-            EntryKind::Withdrawal { amount_cents, .. } => totals.cash_withdrawn_cents += amount_cents,
+            EntryKind::Withdrawal { amount_cents, .. } => {
+                totals.cash_withdrawn_cents = totals.cash_withdrawn_cents.saturating_add(*amount_cents);
+            }
         }
     }
-    totals.balance_cents = state.ledger.accounts.iter().map(|a| a.balance_cents).sum();
+    // A broken store can report anything; the record must still be written.
+    totals.balance_cents = state.ledger.accounts.iter().fold(0u64, |sum, a| sum.saturating_add(a.balance_cents));
     let invariants = Invariant::CHECKED
         .into_iter()
         .map(|invariant| {
@@ -172,7 +399,8 @@ fn record(
         reproduce.push_str(&format!(" --requests {requests}"));
     }
     reproduce.push_str(&format!("   # {}", build_id()));
-    let requests = history.events.len() as u64;
+    let requests = scenario.requests;
+    let uses_tokens = scenario.token_keys.is_some();
     RunRecord {
         version: RUN_RECORD_VERSION,
         scenario: ScenarioInfo {
@@ -187,6 +415,7 @@ fn record(
         history_hash: history_hash(history),
         outcomes,
         totals,
+        crediting: uses_tokens.then_some(crediting),
         wall: Wall { elapsed_ms, requests_per_s: requests as f64 * 1000.0 / elapsed_ms.max(1) as f64 },
         invariants,
         reproduce,

@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use reference::config::{ConfigError, Validator, datetime_ms, parse_toml, read_config_file};
+use reference::config::{ConfigError, Crediting, Validator, datetime_ms, parse_toml, read_config_file};
+use reference::switches::Switch;
+use reference::token::KeyRing;
+use reference::worker::{CrashPoint, WorkerConfig};
 use reference::{ActivityTree, Millis};
 use serde::Deserialize;
 use toml::Spanned;
@@ -40,6 +43,63 @@ pub struct Scenario {
     pub mix: Mix,
     /// Retries, duplicates and bad input.
     pub traffic: Traffic,
+    /// Where token keys come from; `None` when no scene credits by token.
+    pub token_keys: Option<KeySource>,
+    /// The credit worker and its pace.
+    pub crediting: CreditingPlan,
+    /// Faults at given virtual times, in time order.
+    pub faults: Vec<Fault>,
+}
+
+/// Where the token keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A key derived from the seed, asked for by name: simulations only.
+    Dev,
+    /// `REDRAIN_TOKEN_KEYS`.
+    Env,
+    /// A key file.
+    File(PathBuf),
+}
+
+impl KeySource {
+    /// Load the key ring (`seed` feeds the dev key).
+    pub fn load(&self, seed: u64) -> Result<KeyRing, reference::token::KeyError> {
+        match self {
+            KeySource::Dev => Ok(KeyRing::dev(seed)),
+            KeySource::Env => KeyRing::from_env(),
+            KeySource::File(path) => KeyRing::from_file(path),
+        }
+    }
+}
+
+/// The credit worker's plan in a run.
+#[derive(Debug, Clone)]
+pub struct CreditingPlan {
+    /// The worker's knobs.
+    pub worker: WorkerConfig,
+    /// Virtual time between worker ticks.
+    pub tick_interval_ms: u64,
+    /// How long the run may drain after the last request.
+    pub drain_ms_max: u64,
+}
+
+/// Something that goes wrong at a virtual time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// Offset from the start.
+    pub at_ms: u64,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+/// What goes wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The credit worker dies at a crash point and restarts.
+    WorkerCrash(CrashPoint),
+    /// A degradation switch is flipped.
+    Switch(Switch, bool),
 }
 
 /// Relative weights of fresh request kinds.
@@ -58,6 +118,15 @@ pub struct Mix {
     /// Withdrawals.
     #[serde(default)]
     pub withdraw: u32,
+    /// Wallet page views.
+    #[serde(default)]
+    pub view: u32,
+}
+
+impl Mix {
+    fn total(&self) -> u32 {
+        self.cash + self.coupon + self.pendant + self.withdraw + self.view
+    }
 }
 
 /// What makes traffic messy.
@@ -76,6 +145,9 @@ pub struct Traffic {
     pub stages: u32,
     /// Largest withdrawal asked, in cents.
     pub withdraw_max_cents: u64,
+    /// Share of withdraws that also present a forged, tampered or foreign token.
+    #[serde(default)]
+    pub forged_token_rate: f64,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +156,69 @@ struct ScenarioFile {
     run: Spanned<RunFile>,
     mix: Spanned<Mix>,
     traffic: Spanned<Traffic>,
+    tokens: Option<Spanned<TokensFile>>,
+    crediting: Option<Spanned<CreditingFile>>,
+    #[serde(default)]
+    fault: Vec<Spanned<FaultFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    /// "dev", "env" or a key file path (relative to the scenario).
+    keys: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditingFile {
+    credit_tps: u64,
+    #[serde(default = "default_batch_max")]
+    batch_max: usize,
+    #[serde(default = "default_tick_interval_ms")]
+    tick_interval_ms: u64,
+    #[serde(default = "default_processing_timeout_ms")]
+    processing_timeout_ms: u64,
+    #[serde(default = "default_drain_s_max")]
+    drain_s_max: u64,
+}
+
+fn default_batch_max() -> usize {
+    200
+}
+fn default_tick_interval_ms() -> u64 {
+    100
+}
+fn default_processing_timeout_ms() -> u64 {
+    5_000
+}
+fn default_drain_s_max() -> u64 {
+    3_600
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultFile {
+    at_s: u64,
+    kind: FaultKindName,
+    point: Option<CrashPointName>,
+    switch: Option<String>,
+    on: Option<bool>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum FaultKindName {
+    WorkerCrash,
+    Switch,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum CrashPointName {
+    AfterClaim,
+    AfterMark,
+    AfterCredit,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +264,7 @@ impl Scenario {
         }
         let mix_span = file.mix.span();
         let mix = file.mix.into_inner();
-        if mix.cash + mix.coupon + mix.pendant + mix.withdraw == 0 {
+        if mix.total() == 0 {
             return Err(v.error(mix_span, "mix", "at least one weight must be greater than 0"));
         }
         let traffic_span = file.traffic.span();
@@ -153,6 +288,70 @@ impl Scenario {
         if mix.withdraw > 0 && traffic.withdraw_max_cents == 0 {
             return Err(at_traffic("withdraw_max_cents", "must be greater than 0 when the mix has withdrawals".to_owned()));
         }
+        if !(0.0..=1.0).contains(&traffic.forged_token_rate) {
+            return Err(at_traffic("forged_token_rate", format!("{} is not a share between 0 and 1", traffic.forged_token_rate)));
+        }
+        let has_token_scenes = tree.activities().any(|a| a.scenes.values().any(|s| s.crediting == Crediting::Token));
+        let token_keys = match file.tokens {
+            None if has_token_scenes => {
+                return Err(v.error(0..0, "tokens.keys", format!(
+                    "{} has token-mode scenes: say where the keys come from (\"dev\", \"env\" or a key file)",
+                    tree_path.display()
+                )));
+            }
+            None => None,
+            Some(tokens) => Some(match tokens.get_ref().keys.as_str() {
+                "dev" => KeySource::Dev,
+                "env" => KeySource::Env,
+                "" => return Err(v.error(tokens.span(), "tokens.keys", "must be \"dev\", \"env\" or a key file path")),
+                file => KeySource::File(path.parent().unwrap_or(Path::new(".")).join(file)),
+            }),
+        };
+        let crediting = match file.crediting {
+            None => CreditingPlan { worker: WorkerConfig::default(), tick_interval_ms: default_tick_interval_ms(), drain_ms_max: default_drain_s_max() * 1000 },
+            Some(spanned) => {
+                let span = spanned.span();
+                let c = spanned.into_inner();
+                let at = |key: &str, m: String| v.error(span.clone(), format!("crediting.{key}"), m);
+                if c.batch_max == 0 || c.batch_max > reference::ledger::CREDIT_BATCH_MAX {
+                    return Err(at("batch_max", format!("{} is not in 1..={}", c.batch_max, reference::ledger::CREDIT_BATCH_MAX)));
+                }
+                if c.tick_interval_ms == 0 {
+                    return Err(at("tick_interval_ms", "must be greater than 0".to_owned()));
+                }
+                if c.processing_timeout_ms == 0 {
+                    return Err(at("processing_timeout_ms", "must be greater than 0".to_owned()));
+                }
+                let worker = WorkerConfig { batch_max: c.batch_max, credit_tps: c.credit_tps, processing_timeout_ms: c.processing_timeout_ms, ..WorkerConfig::default() };
+                CreditingPlan { worker, tick_interval_ms: c.tick_interval_ms, drain_ms_max: c.drain_s_max * 1000 }
+            }
+        };
+        let mut faults = Vec::new();
+        for (index, spanned) in file.fault.iter().enumerate() {
+            let f = spanned.get_ref();
+            let at = |key: &str, m: String| v.error(spanned.span(), format!("fault[{index}].{key}"), m);
+            if f.at_s * 1000 >= run.duration_s * 1000 {
+                return Err(at("at_s", format!("{} s is not inside the run's {} s", f.at_s, run.duration_s)));
+            }
+            let kind = match (f.kind, f.point, &f.switch, f.on) {
+                (FaultKindName::WorkerCrash, Some(point), None, None) => FaultKind::WorkerCrash(match point {
+                    CrashPointName::AfterClaim => CrashPoint::AfterClaim,
+                    CrashPointName::AfterMark => CrashPoint::AfterMark,
+                    CrashPointName::AfterCredit => CrashPoint::AfterCredit,
+                }),
+                (FaultKindName::WorkerCrash, _, _, _) => return Err(at("point", "a worker_crash fault takes `point` (after_claim, after_mark, after_credit) and nothing else".to_owned())),
+                (FaultKindName::Switch, None, Some(name), Some(on)) => {
+                    let switch = Switch::by_name(name).ok_or_else(|| at("switch", format!(
+                        "`{name}` is not a switch; known: {}",
+                        Switch::ALL.map(|s| s.name()).join(", ")
+                    )))?;
+                    FaultKind::Switch(switch, on)
+                }
+                (FaultKindName::Switch, _, _, _) => return Err(at("switch", "a switch fault takes `switch` and `on` and nothing else".to_owned())),
+            };
+            faults.push(Fault { at_ms: f.at_s * 1000, kind });
+        }
+        faults.sort_by_key(|f| f.at_ms);
         Ok(Scenario {
             path: path.to_owned(),
             name: run.name,
@@ -165,6 +364,9 @@ impl Scenario {
             users: run.users,
             mix,
             traffic,
+            token_keys,
+            crediting,
+            faults,
         })
     }
 }

@@ -31,8 +31,19 @@ pub struct Op {
 pub enum Request {
     /// An award.
     Issue(IssueRequest),
-    /// A withdrawal.
+    /// A withdrawal (the runner adds the client's token copies).
     Withdraw(WithdrawRequest),
+    /// A user opens the wallet page.
+    View {
+        /// The user.
+        act_id: u64,
+    },
+}
+
+enum Pick {
+    Award(AwardType),
+    Withdraw,
+    View,
 }
 
 /// The stream; an iterator of exactly `scenario.requests` ops.
@@ -96,7 +107,7 @@ impl<'a> Workload<'a> {
             }
             _ => 0,
         };
-        Some(IssueRequest { activity_id: self.activity.id, order_no: order_no.to_string(), award_id, amount_cents })
+        Some(IssueRequest { app_id: 1, activity_id: self.activity.id, order_no: order_no.to_string(), award_id, amount_cents })
     }
 
     fn malformed(&mut self) -> IssueRequest {
@@ -117,7 +128,7 @@ impl<'a> Workload<'a> {
     }
 
     fn withdraw(&mut self) -> WithdrawRequest {
-        WithdrawRequest {
+        WithdrawRequest { client_tokens: Vec::new(),
             activity_id: self.activity.id,
             act_id: self.rng.random_range(1..=self.scenario.users),
             withdraw_no: format!("w{}", self.index),
@@ -125,19 +136,24 @@ impl<'a> Workload<'a> {
         }
     }
 
-    fn pick_kind(&mut self) -> Option<AwardType> {
+    fn pick_kind(&mut self) -> Pick {
         let mix = self.scenario.mix;
-        let total = mix.cash + mix.coupon + mix.pendant + mix.withdraw;
+        let total = mix.cash + mix.coupon + mix.pendant + mix.withdraw + mix.view;
         let pick = self.rng.random_range(0..total);
-        if pick < mix.cash {
-            Some(AwardType::Cash)
-        } else if pick < mix.cash + mix.coupon {
-            Some(AwardType::Coupon)
-        } else if pick < mix.cash + mix.coupon + mix.pendant {
-            Some(AwardType::Pendant)
-        } else {
-            None
+        let mut bound = mix.cash;
+        if pick < bound {
+            return Pick::Award(AwardType::Cash);
         }
+        bound += mix.coupon;
+        if pick < bound {
+            return Pick::Award(AwardType::Coupon);
+        }
+        bound += mix.pendant;
+        if pick < bound {
+            return Pick::Award(AwardType::Pendant);
+        }
+        bound += mix.withdraw;
+        if pick < bound { Pick::Withdraw } else { Pick::View }
     }
 
     fn next_request(&mut self) -> Request {
@@ -155,8 +171,9 @@ impl<'a> Workload<'a> {
             return Request::Issue(self.malformed());
         }
         let issue = match self.pick_kind() {
-            Some(award_type) => self.fresh_issue(award_type),
-            None => None,
+            Pick::Award(award_type) => self.fresh_issue(award_type),
+            Pick::Withdraw => None,
+            Pick::View => return Request::View { act_id: self.rng.random_range(1..=self.scenario.users) },
         };
         match issue {
             Some(issue) => {

@@ -8,13 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use reference::ledger::{Award, Entry, EntryKind};
-use reference::wallet::{IssueOutcome, Wallet};
+use reference::wallet::IssueOutcome;
 use reference::{ManualClock, keys};
-use simulator::check::{Invariant, Violation, check, check_all};
+use simulator::check::{Invariant, Violation, check};
 use simulator::history::{Event, FinalState, History};
-use simulator::run::{RunOptions, drive, run_scenario};
+use simulator::run::{RunOptions, Stores, run_on, run_scenario};
 use simulator::scenario::Scenario;
-use simulator::workload::Workload;
 
 const FORMAL_CHILD: u64 = 202703;
 const TEST_CHILD: u64 = 202701;
@@ -207,19 +206,14 @@ fn run_broken(ledger: Arc<dyn reference::ledger::Ledger>, kv_limits_ignored: boo
         // Long enough for the travel coupons (stock 500) to run out.
         scenario.requests = 20_000;
     }
-    let runtime = runtime();
-    runtime.block_on(async {
-        let clock = Arc::new(ManualClock::new(scenario.start_ms));
-        let kv: Arc<dyn reference::kv::Kv> = if kv_limits_ignored {
-            Arc::new(broken::LimitlessKv::new(clock.clone()))
-        } else {
-            Arc::new(reference::kv::MemoryKv::new(clock.clone()))
-        };
-        let wallet = Wallet::new(Arc::new(scenario.tree.clone()), ledger, kv, clock.clone());
-        let history = drive(&wallet, &clock, Workload::new(&scenario, scenario.seed), false).await.expect("drive");
-        let state = FinalState::read(wallet.ledger().as_ref(), wallet.kv().as_ref()).await.expect("state");
-        check_all(&scenario.tree, &history, &state)
-    })
+    let clock = Arc::new(ManualClock::new(scenario.start_ms));
+    let kv: Arc<dyn reference::kv::Kv> = if kv_limits_ignored {
+        Arc::new(broken::LimitlessKv::new(clock.clone()))
+    } else {
+        Arc::new(reference::kv::MemoryKv::new(clock.clone()))
+    };
+    let stores = Stores { ledger, kv, clock, wallet_keys: None };
+    runtime().block_on(run_on(&scenario, &RunOptions::default(), stores)).expect("run").violations
 }
 
 fn fired(violations: &[Violation], invariant: Invariant) -> bool {

@@ -545,7 +545,7 @@ fn issue_request() -> impl Strategy<Value = IssueRequest> {
                 Some(AwardSpec::Cash { .. }) => cash,
                 _ => no_cash,
             };
-            IssueRequest {
+            IssueRequest { app_id: 1,
                 activity_id: ACTIVITY_ID,
                 order_no: format!("{act_id}_{scene_id}_{rain_id}_{award_code}_{stage}"),
                 award_id,
@@ -594,7 +594,7 @@ fn malformed_request() -> impl Strategy<Value = IssueRequest> {
     ];
     let activity_id = prop_oneof![9 => Just(ACTIVITY_ID), 1 => Just(1u64)];
     (activity_id, order_no, select(AWARD_IDS_ANY.to_vec()), prop_oneof![Just(0i64), cash_amount()]).prop_map(
-        |(activity_id, order_no, award_id, amount_cents)| IssueRequest {
+        |(activity_id, order_no, award_id, amount_cents)| IssueRequest { app_id: 1,
             activity_id,
             order_no,
             award_id,
@@ -636,7 +636,7 @@ fn withdraw_request() -> impl Strategy<Value = WithdrawRequest> {
     let withdraw_no =
         prop_oneof![12 => select(vec!["w0", "w1", "w2", "w3"]).prop_map(str::to_owned), 1 => select(odd_nos)];
     let amount = prop_oneof![1 => -2..=0i64, 4 => 1..=100i64, 3 => 101..=600i64];
-    (1..=4u64, withdraw_no, amount).prop_map(|(act_id, withdraw_no, amount_cents)| WithdrawRequest {
+    (1..=4u64, withdraw_no, amount).prop_map(|(act_id, withdraw_no, amount_cents)| WithdrawRequest { client_tokens: Vec::new(),
         activity_id: ACTIVITY_ID,
         act_id,
         withdraw_no,
@@ -649,7 +649,7 @@ fn funded_withdraw(funded: Vec<(u64, u64)>) -> impl Strategy<Value = WithdrawReq
     let withdraw_no = select(vec!["w0", "w1", "w2", "w3"]).prop_map(str::to_owned);
     (select(funded), withdraw_no, 1..=110u64).prop_map(|((act_id, balance), withdraw_no, percent)| {
         let amount = (balance * percent).div_ceil(100);
-        WithdrawRequest {
+        WithdrawRequest { client_tokens: Vec::new(),
             activity_id: ACTIVITY_ID,
             act_id,
             withdraw_no,
@@ -858,11 +858,11 @@ prop_state_machine! {
 // ---- the model itself: not trivially permissive, and the same tree as the TOML ----
 
 fn issue(order_no: &str, award_id: u64, amount_cents: i64) -> Transition {
-    Transition::Issue(IssueRequest { activity_id: ACTIVITY_ID, order_no: order_no.to_owned(), award_id, amount_cents })
+    Transition::Issue(IssueRequest { app_id: 1, activity_id: ACTIVITY_ID, order_no: order_no.to_owned(), award_id, amount_cents })
 }
 
 fn withdraw(act_id: u64, withdraw_no: &str, amount_cents: i64) -> Transition {
-    Transition::Withdraw(WithdrawRequest {
+    Transition::Withdraw(WithdrawRequest { client_tokens: Vec::new(),
         activity_id: ACTIVITY_ID,
         act_id,
         withdraw_no: withdraw_no.to_owned(),

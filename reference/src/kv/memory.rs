@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Consume, Hold, Kv, KvError, QUEUE_POP_MAX};
+use super::{Consume, Hold, Kv, KvError, LIST_RANGE_MAX, QUEUE_POP_MAX};
 use crate::clock::{Clock, Millis};
 
 #[derive(Debug, Clone)]
@@ -15,6 +15,10 @@ enum Value {
     Set(BTreeSet<String>),
     Status(u8),
     Queue(VecDeque<Vec<u8>>),
+    Bytes(Vec<u8>),
+    /// Member → score.
+    Scored(BTreeMap<Vec<u8>, u64>),
+    Lock(String),
 }
 
 impl Value {
@@ -25,6 +29,9 @@ impl Value {
             Value::Set(_) => "a set",
             Value::Status(_) => "a status",
             Value::Queue(_) => "a queue",
+            Value::Bytes(_) => "bytes",
+            Value::Scored(_) => "a scored set",
+            Value::Lock(_) => "a lock",
         }
     }
 }
@@ -35,26 +42,59 @@ struct Slot {
     expires_at_ms: Option<Millis>,
 }
 
+/// Faults a test or a simulation can switch on.
+#[derive(Debug, Default, Clone)]
+pub struct KvFaults {
+    /// Every call fails, as if the store were unreachable.
+    pub down: bool,
+    /// `consume_within` on keys with this prefix applies, then reports a timeout:
+    /// the caller cannot know it consumed.
+    pub timeout_after_consume_prefix: Option<String>,
+}
+
 /// KV kept in process memory.
 #[derive(Debug)]
 pub struct MemoryKv {
     clock: Arc<dyn Clock>,
     slots: Mutex<BTreeMap<String, Slot>>,
+    faults: Mutex<KvFaults>,
 }
 
 impl MemoryKv {
     /// An empty store whose TTLs run on `clock`.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, slots: Mutex::new(BTreeMap::new()) }
+        Self { clock, slots: Mutex::new(BTreeMap::new()), faults: Mutex::new(KvFaults::default()) }
     }
 
-    /// The live slots, with expired ones removed first.
-    fn live(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
+    /// Switch faults on or off.
+    pub fn set_faults(&self, faults: KvFaults) {
+        *self.faults.lock().expect("kv faults lock poisoned") = faults;
+    }
+
+    fn check_up(&self) -> Result<(), KvError> {
+        if self.faults.lock().expect("kv faults lock poisoned").down {
+            return Err(KvError::Store("kv is down (injected fault)".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The slots, with `keys` removed first if they have expired (expiry is lazy,
+    /// per key, as in Redis); fails when the store is down.
+    fn live(&self, keys: &[&str]) -> Result<MutexGuard<'_, BTreeMap<String, Slot>>, KvError> {
+        self.check_up()?;
         let now_ms = self.clock.now_ms();
         // A poisoned lock means a panic mid-update: a bug.
         let mut slots = self.slots.lock().expect("memory kv lock poisoned");
-        slots.retain(|_, slot| slot.expires_at_ms.is_none_or(|at| now_ms < at));
-        slots
+        for key in keys {
+            if slots.get(*key).is_some_and(|slot| slot.expires_at_ms.is_some_and(|at| now_ms >= at)) {
+                slots.remove(*key);
+            }
+        }
+        Ok(slots)
+    }
+
+    fn is_live(&self, slot: &Slot) -> bool {
+        slot.expires_at_ms.is_none_or(|at| self.clock.now_ms() < at)
     }
 
     fn expiry(&self, ttl_ms: Option<u64>) -> Option<Millis> {
@@ -86,7 +126,7 @@ fn non_negative(key: &str, n: i64) -> Result<u64, KvError> {
 #[async_trait]
 impl Kv for MemoryKv {
     async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         let n = counter_of(&slots, key)?
             .checked_add(delta)
             .ok_or_else(|| KvError::Misuse(format!("counter `{key}` would overflow")))?;
@@ -95,16 +135,20 @@ impl Kv for MemoryKv {
     }
 
     async fn counter(&self, key: &str) -> Result<i64, KvError> {
-        counter_of(&self.live(), key)
+        counter_of(&*self.live(&[key])?, key)
     }
 
     async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError> {
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         let current = non_negative(key, counter_of(&slots, key)?)?;
         match current.checked_add(n) {
             Some(after) if after <= limit => {
                 let stored = i64::try_from(after).map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
                 set_counter(&mut slots, key, stored);
+                let faults = self.faults.lock().expect("kv faults lock poisoned");
+                if faults.timeout_after_consume_prefix.as_deref().is_some_and(|p| key.starts_with(p)) {
+                    return Err(KvError::Store(format!("timeout on `{key}` (injected fault, applied)")));
+                }
                 Ok(Consume::Consumed { after })
             }
             _ => Ok(Consume::Exceeded { current }),
@@ -112,7 +156,7 @@ impl Kv for MemoryKv {
     }
 
     async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         let current = non_negative(key, counter_of(&slots, key)?)?;
         let after = current.saturating_sub(n);
         let stored = i64::try_from(after).map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
@@ -121,7 +165,7 @@ impl Kv for MemoryKv {
     }
 
     async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError> {
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         match slots.get_mut(key).map(|s| &mut s.value) {
             None => {
                 slots.insert(key.to_owned(), Slot { value: Value::Hold { value: value.to_owned(), holders: 1 }, expires_at_ms: None });
@@ -137,7 +181,7 @@ impl Kv for MemoryKv {
     }
 
     async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> {
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         let left = match slots.get_mut(key).map(|s| &mut s.value) {
             Some(Value::Hold { value: held, holders }) if held == value => {
                 *holders = holders.saturating_sub(1);
@@ -153,7 +197,7 @@ impl Kv for MemoryKv {
     }
 
     async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> {
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Set(BTreeSet::new()), expires_at_ms: None });
         match &mut slot.value {
             Value::Set(members) => Ok(members.insert(member.to_owned())),
@@ -162,7 +206,7 @@ impl Kv for MemoryKv {
     }
 
     async fn set_contains(&self, key: &str, member: &str) -> Result<bool, KvError> {
-        match self.live().get(key).map(|s| &s.value) {
+        match self.live(&[key])?.get(key).map(|s| &s.value) {
             None => Ok(false),
             Some(Value::Set(members)) => Ok(members.contains(member)),
             Some(other) => Err(wrong(key, other, "a set")),
@@ -171,12 +215,12 @@ impl Kv for MemoryKv {
 
     async fn put_status(&self, key: &str, status: u8, ttl_ms: Option<u64>) -> Result<(), KvError> {
         let expires_at_ms = self.expiry(ttl_ms);
-        self.live().insert(key.to_owned(), Slot { value: Value::Status(status), expires_at_ms });
+        self.live(&[key])?.insert(key.to_owned(), Slot { value: Value::Status(status), expires_at_ms });
         Ok(())
     }
 
     async fn status(&self, key: &str) -> Result<Option<u8>, KvError> {
-        match self.live().get(key).map(|s| &s.value) {
+        match self.live(&[key])?.get(key).map(|s| &s.value) {
             None => Ok(None),
             Some(Value::Status(s)) => Ok(Some(*s)),
             Some(other) => Err(wrong(key, other, "a status")),
@@ -185,7 +229,7 @@ impl Kv for MemoryKv {
 
     async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError> {
         let expires_at_ms = self.expiry(ttl_ms);
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Queue(VecDeque::new()), expires_at_ms: None });
         let Value::Queue(items) = &mut slot.value else { return Err(wrong(key, &slot.value, "a queue")) };
         items.push_back(item.to_vec());
@@ -198,7 +242,7 @@ impl Kv for MemoryKv {
         if max > QUEUE_POP_MAX {
             return Err(KvError::Misuse(format!("queue_pop of {max}; at most {QUEUE_POP_MAX}")));
         }
-        let mut slots = self.live();
+        let mut slots = self.live(&[key])?;
         let Some(slot) = slots.get_mut(key) else { return Ok(Vec::new()) };
         let Value::Queue(items) = &mut slot.value else { return Err(wrong(key, &slot.value, "a queue")) };
         let taken: Vec<Vec<u8>> = items.drain(..max.min(items.len())).collect();
@@ -209,16 +253,150 @@ impl Kv for MemoryKv {
     }
 
     async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> {
-        let slots = self.live();
+        let slots = self.live(&[])?;
         Ok(slots
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, slot)| self.is_live(slot))
             .filter_map(|(k, s)| match s.value {
                 Value::Counter(n) => Some((k.clone(), n)),
                 _ => None,
             })
             .collect())
     }
+
+    async fn record_token(&self, record_key: &str, token: &[u8], list_key: &str, queue_key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let mut slots = self.live(&[record_key, list_key, queue_key])?;
+        match slots.get(record_key).map(|s| &s.value) {
+            Some(Value::Bytes(existing)) => return Ok(Some(existing.clone())),
+            Some(other) => return Err(wrong(record_key, other, "bytes")),
+            None => {}
+        }
+        for key in [list_key, queue_key] {
+            if let Some(slot) = slots.get(key).filter(|s| !matches!(s.value, Value::Queue(_))) {
+                return Err(wrong(key, &slot.value, "a queue"));
+            }
+        }
+        slots.insert(record_key.to_owned(), Slot { value: Value::Bytes(token.to_vec()), expires_at_ms: None });
+        for key in [list_key, queue_key] {
+            let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Queue(VecDeque::new()), expires_at_ms: None });
+            if let Value::Queue(items) = &mut slot.value {
+                items.push_back(token.to_vec());
+            }
+        }
+        Ok(None)
+    }
+
+    async fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        match self.live(&[key])?.get(key).map(|s| &s.value) {
+            None => Ok(None),
+            Some(Value::Bytes(b)) => Ok(Some(b.clone())),
+            Some(other) => Err(wrong(key, other, "bytes")),
+        }
+    }
+
+    async fn list_range(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        let max = bounded(max, LIST_RANGE_MAX, "list_range")?;
+        match self.live(&[key])?.get(key).map(|s| &s.value) {
+            None => Ok(Vec::new()),
+            Some(Value::Queue(items)) => Ok(items.iter().take(max).cloned().collect()),
+            Some(other) => Err(wrong(key, other, "a queue")),
+        }
+    }
+
+    async fn queue_len(&self, key: &str) -> Result<u64, KvError> {
+        match self.live(&[key])?.get(key).map(|s| &s.value) {
+            None => Ok(0),
+            Some(Value::Queue(items)) => Ok(items.len() as u64),
+            Some(other) => Err(wrong(key, other, "a queue")),
+        }
+    }
+
+    async fn queue_claim(&self, queue_key: &str, inflight_key: &str, max: usize, now_ms: u64) -> Result<Vec<Vec<u8>>, KvError> {
+        let max = bounded(max, QUEUE_POP_MAX, "queue_claim")?;
+        let mut slots = self.live(&[queue_key, inflight_key])?;
+        if let Some(slot) = slots.get(inflight_key).filter(|s| !matches!(s.value, Value::Scored(_))) {
+            return Err(wrong(inflight_key, &slot.value, "a scored set"));
+        }
+        let taken: Vec<Vec<u8>> = match slots.get_mut(queue_key).map(|s| &mut s.value) {
+            None => return Ok(Vec::new()),
+            Some(Value::Queue(items)) => items.drain(..max.min(items.len())).collect(),
+            Some(other) => return Err(wrong(queue_key, other, "a queue")),
+        };
+        if matches!(slots.get(queue_key).map(|s| &s.value), Some(Value::Queue(items)) if items.is_empty()) {
+            slots.remove(queue_key);
+        }
+        let slot = slots.entry(inflight_key.to_owned()).or_insert_with(|| Slot { value: Value::Scored(BTreeMap::new()), expires_at_ms: None });
+        if let Value::Scored(members) = &mut slot.value {
+            for item in &taken {
+                members.insert(item.clone(), now_ms);
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn inflight_due(&self, inflight_key: &str, due_ms: u64, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        let max = bounded(max, LIST_RANGE_MAX, "inflight_due")?;
+        match self.live(&[inflight_key])?.get(inflight_key).map(|s| &s.value) {
+            None => Ok(Vec::new()),
+            Some(Value::Scored(members)) => {
+                let mut due: Vec<(&u64, &Vec<u8>)> = members.iter().filter(|(_, s)| **s <= due_ms).map(|(m, s)| (s, m)).collect();
+                due.sort();
+                Ok(due.into_iter().take(max).map(|(_, m)| m.clone()).collect())
+            }
+            Some(other) => Err(wrong(inflight_key, other, "a scored set")),
+        }
+    }
+
+    async fn inflight_remove(&self, inflight_key: &str, member: &[u8]) -> Result<bool, KvError> {
+        let mut slots = self.live(&[inflight_key])?;
+        let removed = match slots.get_mut(inflight_key).map(|s| &mut s.value) {
+            None => return Ok(false),
+            Some(Value::Scored(members)) => members.remove(member).is_some(),
+            Some(other) => return Err(wrong(inflight_key, other, "a scored set")),
+        };
+        if matches!(slots.get(inflight_key).map(|s| &s.value), Some(Value::Scored(m)) if m.is_empty()) {
+            slots.remove(inflight_key);
+        }
+        Ok(removed)
+    }
+
+    async fn inflight_len(&self, inflight_key: &str) -> Result<u64, KvError> {
+        match self.live(&[inflight_key])?.get(inflight_key).map(|s| &s.value) {
+            None => Ok(0),
+            Some(Value::Scored(members)) => Ok(members.len() as u64),
+            Some(other) => Err(wrong(inflight_key, other, "a scored set")),
+        }
+    }
+
+    async fn try_lock(&self, key: &str, owner: &str, ttl_ms: u64) -> Result<bool, KvError> {
+        let expires_at_ms = self.expiry(Some(ttl_ms));
+        let mut slots = self.live(&[key])?;
+        if slots.contains_key(key) {
+            return Ok(false);
+        }
+        slots.insert(key.to_owned(), Slot { value: Value::Lock(owner.to_owned()), expires_at_ms });
+        Ok(true)
+    }
+
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError> {
+        let mut slots = self.live(&[key])?;
+        match slots.get(key).map(|s| &s.value) {
+            Some(Value::Lock(held)) if held == owner => {
+                slots.remove(key);
+                Ok(true)
+            }
+            Some(Value::Lock(_)) | None => Ok(false),
+            Some(other) => Err(wrong(key, other, "a lock")),
+        }
+    }
+}
+
+fn bounded(max: usize, bound: usize, verb: &str) -> Result<usize, KvError> {
+    if max > bound {
+        return Err(KvError::Misuse(format!("{verb} of {max}; at most {bound}")));
+    }
+    Ok(max)
 }
 
 #[cfg(test)]
@@ -274,6 +452,53 @@ mod tests {
             clock.advance(50);
             assert_eq!(kv.status("t").await.ok(), Some(None), "status expired");
         });
+    }
+
+    #[test]
+    fn tokens_are_recorded_once_and_claimed_into_inflight() {
+        run(async |_, kv| {
+            assert_eq!(kv.record_token("r:1", b"t1", "l:u", "q").await.ok(), Some(None));
+            assert_eq!(kv.record_token("r:1", b"other", "l:u", "q").await.ok(), Some(Some(b"t1".to_vec())), "second record returns the first");
+            assert_eq!(kv.record_token("r:2", b"t2", "l:u", "q").await.ok(), Some(None));
+            assert_eq!(kv.list_range("l:u", 10).await.ok(), Some(vec![b"t1".to_vec(), b"t2".to_vec()]));
+            assert_eq!(kv.queue_len("q").await.ok(), Some(2));
+            assert_eq!(kv.queue_claim("q", "inflight", 1, 100).await.ok(), Some(vec![b"t1".to_vec()]));
+            assert_eq!(kv.queue_claim("q", "inflight", 5, 200).await.ok(), Some(vec![b"t2".to_vec()]));
+            assert_eq!(kv.queue_len("q").await.ok(), Some(0));
+            assert_eq!(kv.inflight_len("inflight").await.ok(), Some(2));
+            assert_eq!(kv.inflight_due("inflight", 150, 10).await.ok(), Some(vec![b"t1".to_vec()]));
+            assert_eq!(kv.inflight_due("inflight", 200, 10).await.ok(), Some(vec![b"t1".to_vec(), b"t2".to_vec()]));
+            assert_eq!(kv.inflight_remove("inflight", b"t1").await.ok(), Some(true));
+            assert_eq!(kv.inflight_remove("inflight", b"t1").await.ok(), Some(false));
+            assert_eq!(kv.bytes("r:2").await.ok(), Some(Some(b"t2".to_vec())));
+            assert_eq!(kv.list_range("l:u", 10).await.ok().map(|l| l.len()), Some(2), "the user's list is never consumed");
+        });
+    }
+
+    #[test]
+    fn locks_expire_and_only_the_owner_unlocks() {
+        run(async |clock, kv| {
+            assert_eq!(kv.try_lock("lk", "a", 100).await.ok(), Some(true));
+            assert_eq!(kv.try_lock("lk", "b", 100).await.ok(), Some(false));
+            assert_eq!(kv.unlock("lk", "b").await.ok(), Some(false));
+            clock.advance(100);
+            assert_eq!(kv.try_lock("lk", "b", 100).await.ok(), Some(true), "expired");
+            assert_eq!(kv.unlock("lk", "b").await.ok(), Some(true));
+        });
+    }
+
+    #[test]
+    fn injected_faults_fail_calls() {
+        let clock = Arc::new(ManualClock::new(0));
+        let kv = MemoryKv::new(clock);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        kv.set_faults(KvFaults { down: true, ..KvFaults::default() });
+        assert!(runtime.block_on(kv.incr_by("c", 1)).is_err());
+        kv.set_faults(KvFaults { timeout_after_consume_prefix: Some("s".into()), ..KvFaults::default() });
+        assert!(runtime.block_on(kv.consume_within("s1", 1, 5)).is_err());
+        assert_eq!(runtime.block_on(kv.counter("s1")).ok(), Some(1), "applied before the timeout");
+        kv.set_faults(KvFaults::default());
+        assert!(runtime.block_on(kv.incr_by("c", 1)).is_ok());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::clock::Clock;
 
 mod memory;
 
-pub use memory::MemoryKv;
+pub use memory::{KvFaults, MemoryKv};
 
 /// Most items one [`Kv::queue_pop`] returns.
 pub const QUEUE_POP_MAX: usize = 1024;
@@ -128,7 +128,50 @@ pub trait Kv: Send + Sync + fmt::Debug {
     /// Every counter whose key starts with `prefix`, in key order. Redis: `SCAN MATCH
     /// prefix*` then `GET`; for audits and cleanup, not for hot paths.
     async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError>;
+
+    /// Record an issued token once: set `record_key` to `token` unless it exists,
+    /// and only then append `token` to the user's list and the pending queue.
+    /// Returns the existing token when there was one. Redis: one Lua script
+    /// (`SET NX`, `RPUSH`, `RPUSH`).
+    async fn record_token(&self, record_key: &str, token: &[u8], list_key: &str, queue_key: &str)
+        -> Result<Option<Vec<u8>>, KvError>;
+
+    /// A byte value, if set. Redis: `GET`.
+    async fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+
+    /// The first `max` (≤ [`LIST_RANGE_MAX`]) items of a list, oldest first, without
+    /// removing them. Redis: `LRANGE key 0 max-1`.
+    async fn list_range(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError>;
+
+    /// A queue's length. Redis: `LLEN`.
+    async fn queue_len(&self, key: &str) -> Result<u64, KvError>;
+
+    /// Move up to `max` (≤ [`QUEUE_POP_MAX`]) items from the head of `queue_key`
+    /// into the scored set `inflight_key` with score `now_ms`, atomically, and
+    /// return them. Redis: one Lua script (`LPOP count`, `ZADD`).
+    async fn queue_claim(&self, queue_key: &str, inflight_key: &str, max: usize, now_ms: u64)
+        -> Result<Vec<Vec<u8>>, KvError>;
+
+    /// Up to `max` members of `inflight_key` scored at or before `due_ms`, lowest
+    /// score first. Redis: `ZRANGEBYSCORE key -inf due LIMIT 0 max`.
+    async fn inflight_due(&self, inflight_key: &str, due_ms: u64, max: usize) -> Result<Vec<Vec<u8>>, KvError>;
+
+    /// Remove a member; `true` when it was there. Redis: `ZREM`.
+    async fn inflight_remove(&self, inflight_key: &str, member: &[u8]) -> Result<bool, KvError>;
+
+    /// Members of a scored set. Redis: `ZCARD`.
+    async fn inflight_len(&self, inflight_key: &str) -> Result<u64, KvError>;
+
+    /// Take a lock for `owner` unless someone holds it; it expires after `ttl_ms`.
+    /// Redis: `SET key owner NX PX ttl`.
+    async fn try_lock(&self, key: &str, owner: &str, ttl_ms: u64) -> Result<bool, KvError>;
+
+    /// Release a lock held by `owner`. Redis: one Lua script (compare, `DEL`).
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError>;
 }
+
+/// Most items one [`Kv::list_range`] or [`Kv::inflight_due`] returns.
+pub const LIST_RANGE_MAX: usize = 4096;
 
 /// Open the KV a URL names: only `memory` in this build; Redis comes with its backend.
 pub fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Kv>, KvError> {

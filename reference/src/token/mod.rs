@@ -340,6 +340,19 @@ impl KeyRing {
     }
 }
 
+/// Decode a token's facts WITHOUT verifying anything — for audits that need to
+/// know what a refused token claimed. Never credit on the strength of this.
+pub fn decode_unverified(bytes: &[u8]) -> Option<TokenFacts> {
+    let signed = SignedToken::decode(bytes).ok()?;
+    let body = TokenBody::decode(signed.body.as_slice()).ok()?;
+    TokenFacts::from_body(&body).ok()
+}
+
+/// Public keys from raw bytes (as a run record keeps them).
+pub fn verifying_keys_from_bytes(raw: &BTreeMap<u32, [u8; 32]>) -> BTreeMap<u32, VerifyingKey> {
+    raw.iter().filter_map(|(id, bytes)| VerifyingKey::from_bytes(bytes).ok().map(|k| (*id, k))).collect()
+}
+
 /// Verify `bytes` against `keys` and check the presenter.
 pub fn verify_with(
     keys: &BTreeMap<u32, VerifyingKey>,

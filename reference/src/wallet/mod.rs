@@ -7,15 +7,23 @@
 //! Stock policy (seed 003): a KV error on a consume means the result is unknown,
 //! so that consume is not rolled back (under-issue is allowed, over-issue never);
 //! reservations made before it are released best-effort.
+//!
+//! Scenes with `crediting = "token"` take the token path (`token_mode.rs`): the
+//! same validation and reservations, then a signed token is recorded and returned,
+//! and the credit worker credits it later. The wallet view (`view.rs`) shows
+//! credited entries plus pending tokens, and withdraw force-credits pending tokens
+//! first, so users never see the backlog.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};
-use crate::config::{Activity, ActivityTree, AwardDef, ChildActivity, Scene};
+use crate::config::{Activity, ActivityTree, AwardDef, ChildActivity, Crediting, Scene};
 use crate::keys;
-use crate::kv::{Consume, Hold, Kv, KvError};
+use crate::kv::{Consume, Hold, Kv, KvError, LIST_RANGE_MAX};
+use crate::switches::{Switch, Switches};
+use crate::token::{KeyRing, STATUS_SUCCESS, TokenError, TokenFacts};
 use crate::ledger::{
     AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger, LedgerError,
     WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
@@ -23,12 +31,50 @@ use crate::ledger::{
 use crate::order_no::{OrderNo, OrderNoError};
 use crate::{ActId, ActivityId, ChildId};
 
+mod token_mode;
+mod view;
+
+pub use token_mode::IssuedToken;
+pub use view::{FLOW_ENTRIES_MAX, FlowCursor, FlowItem, FlowKind, WalletView};
+
 /// Longest accepted withdraw number.
 pub const WITHDRAW_NO_LEN_MAX: usize = 64;
+/// Most client tokens one withdraw may present.
+pub const CLIENT_TOKENS_MAX: usize = 256;
+/// How long a withdraw holds the per-user lock at most.
+pub const WITHDRAW_LOCK_TTL_MS: u64 = 5_000;
+
+/// Hex in JSON for byte strings (tokens).
+pub(crate) mod hex_bytes {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub mod list {
+        use serde::ser::SerializeSeq;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(items.len()))?;
+            for item in items {
+                seq.serialize_element(&hex::encode(item))?;
+            }
+            seq.end()
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+            Vec::<String>::deserialize(d)?.into_iter().map(|t| hex::decode(t).map_err(serde::de::Error::custom)).collect()
+        }
+    }
+}
 
 /// An award request as it arrives from upstream, before any validation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssueRequest {
+    /// Which of the eight apps sent it (signed into tokens).
+    pub app_id: u32,
     /// The parent activity; the wallet picks the child.
     pub activity_id: ActivityId,
     /// `${act_id}_${scene_id}_${rain_id}_${award_type}_${stage}`, unparsed.
@@ -50,6 +96,10 @@ pub struct WithdrawRequest {
     pub withdraw_no: String,
     /// Cents to take out, > 0.
     pub amount_cents: i64,
+    /// The client's own copies of its tokens, the backup when server-side token
+    /// data is lost; each is verified and deduplicated by order number.
+    #[serde(default, with = "hex_bytes::list")]
+    pub client_tokens: Vec<Vec<u8>>,
 }
 
 /// Why a request was turned away. Each has a stable machine-readable [`Rejection::code`].
@@ -105,6 +155,15 @@ pub enum Rejection {
     /// The balance cannot cover the withdrawal.
     #[error("balance {balance_cents} cents is less than the {amount_cents} cents asked")]
     InsufficientBalance { balance_cents: u64, amount_cents: u64 },
+    /// Withdrawals are in gray release and this user is not in it yet.
+    #[error("withdrawals are not open for user {act_id} yet")]
+    WithdrawNotOpen { act_id: ActId },
+    /// Another withdraw of this user holds the lock.
+    #[error("another withdraw of user {act_id} is in progress")]
+    WithdrawBusy { act_id: ActId },
+    /// More client tokens than one withdraw may carry.
+    #[error("{count} client tokens presented; at most {max}")]
+    TooManyTokens { count: usize, max: usize },
 }
 
 impl Rejection {
@@ -127,6 +186,9 @@ impl Rejection {
             Rejection::BatchGroupTaken { .. } => "batch_group_taken",
             Rejection::MalformedWithdrawNo { .. } => "malformed_withdraw_no",
             Rejection::InsufficientBalance { .. } => "insufficient_balance",
+            Rejection::WithdrawNotOpen { .. } => "withdraw_not_open",
+            Rejection::WithdrawBusy { .. } => "withdraw_busy",
+            Rejection::TooManyTokens { .. } => "too_many_tokens",
         }
     }
 }
@@ -157,6 +219,21 @@ pub enum IssueOutcome {
         /// Why.
         reason: Rejection,
     },
+    /// Token mode: the award is signed and recorded; crediting happens later.
+    Accepted {
+        /// The token; the client keeps this copy.
+        token: IssuedToken,
+    },
+    /// Token mode: accepted before with the same payload; the same token again.
+    DuplicateToken {
+        /// The token issued the first time.
+        token: IssuedToken,
+    },
+    /// Token mode: the order number was accepted before with another payload.
+    TokenConflict {
+        /// The token issued the first time.
+        first: IssuedToken,
+    },
 }
 
 impl IssueOutcome {
@@ -167,8 +244,32 @@ impl IssueOutcome {
             IssueOutcome::Duplicate { .. } => "duplicate",
             IssueOutcome::Conflict { .. } => "conflict",
             IssueOutcome::Rejected { reason, .. } => reason.code(),
+            IssueOutcome::Accepted { .. } => "accepted",
+            IssueOutcome::DuplicateToken { .. } => "duplicate",
+            IssueOutcome::TokenConflict { .. } => "conflict",
         }
     }
+
+    /// Cash cents this answer promises the user, the first time it is given
+    /// (issued or accepted); 0 for replays, rejections and non-cash awards.
+    pub fn newly_awarded_cents(&self) -> u64 {
+        match self {
+            IssueOutcome::Issued { entry } => entry.cash_delta_cents().max(0) as u64,
+            IssueOutcome::Accepted { token } => token.amount_cents,
+            _ => 0,
+        }
+    }
+}
+
+/// What force-crediting before a withdraw did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ForceCredit {
+    /// Tokens newly credited.
+    pub credited: u32,
+    /// Tokens found credited already.
+    pub already_credited: u32,
+    /// Client tokens refused, by position in the request, with a reason code.
+    pub rejected_tokens: Vec<(usize, String)>,
 }
 
 /// What became of a withdraw request.
@@ -181,6 +282,8 @@ pub enum WithdrawOutcome {
         entry: Entry,
         /// Balance left.
         balance_after_cents: u64,
+        /// What was force-credited first.
+        force: ForceCredit,
     },
     /// Taken out before with the same payload.
     Duplicate {
@@ -192,12 +295,15 @@ pub enum WithdrawOutcome {
         /// The entry of the first time.
         first: Entry,
     },
-    /// Turned away; nothing written.
+    /// Turned away; no withdrawal written (tokens may have been force-credited,
+    /// which only moves money the user already owns into the ledger).
     Rejected {
         /// The child activity, when the request got that far.
         child_id: Option<ChildId>,
         /// Why.
         reason: Rejection,
+        /// What was force-credited first, if anything.
+        force: ForceCredit,
     },
 }
 
@@ -248,18 +354,24 @@ pub enum WalletError {
     /// The KV failed.
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// A token-mode scene was asked for, but the wallet has no signing key.
+    #[error("scene {scene_id} credits by token but no token signing key is configured")]
+    NoTokenKeys { scene_id: u32 },
+    /// A server-side token copy does not verify: the store is corrupt or tampered with.
+    #[error("server-side token for {key} does not verify: {error}")]
+    CorruptToken { key: String, error: TokenError },
 }
 
 /// A reservation to undo if the request does not complete.
 #[derive(Debug)]
-enum Reservation {
+pub(crate) enum Reservation {
     Consumed { key: String, n: u64 },
     Held { key: String, value: String },
 }
 
 /// A request that passed validation.
 #[derive(Debug)]
-struct ValidIssue<'a> {
+pub(crate) struct ValidIssue<'a> {
     activity: &'a Activity,
     child: &'a ChildActivity,
     scene: &'a Scene,
@@ -275,12 +387,42 @@ pub struct Wallet {
     ledger: Arc<dyn Ledger>,
     kv: Arc<dyn Kv>,
     clock: Arc<dyn Clock>,
+    keys: Option<Arc<KeyRing>>,
+    switches: Arc<Switches>,
 }
 
 impl Wallet {
-    /// A wallet over the given tree, stores and clock.
+    /// A wallet over the given tree, stores and clock, with every switch on and no
+    /// token keys (token-mode scenes then fail with [`WalletError::NoTokenKeys`]).
     pub fn new(tree: Arc<ActivityTree>, ledger: Arc<dyn Ledger>, kv: Arc<dyn Kv>, clock: Arc<dyn Clock>) -> Self {
-        Self { tree, ledger, kv, clock }
+        Self { tree, ledger, kv, clock, keys: None, switches: Arc::new(Switches::default()) }
+    }
+
+    /// Sign and verify tokens with `keys`.
+    pub fn with_keys(mut self, keys: Arc<KeyRing>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Use `switches` (shared with whoever flips them).
+    pub fn with_switches(mut self, switches: Arc<Switches>) -> Self {
+        self.switches = switches;
+        self
+    }
+
+    /// The live switches.
+    pub fn switches(&self) -> &Arc<Switches> {
+        &self.switches
+    }
+
+    /// The token keys, if any.
+    pub fn keys(&self) -> Option<&Arc<KeyRing>> {
+        self.keys.as_ref()
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The activity tree.
@@ -305,6 +447,9 @@ impl Wallet {
             Ok(valid) => valid,
             Err((child_id, reason)) => return Ok(IssueOutcome::Rejected { child_id, reason }),
         };
+        if valid.scene.crediting == Crediting::Token && self.switches.is_on(Switch::TokenKv) {
+            return self.issue_token(&valid, request, now_ms).await;
+        }
         let credit = Credit {
             account: AccountKey { child_id: valid.child.id, act_id: valid.order_no.act_id },
             order_no: valid.order_no.clone(),
@@ -312,8 +457,10 @@ impl Wallet {
             at_ms: now_ms,
         };
         // A retry of a credited order must not consume anything again.
-        if let Some(first) = self.ledger.lookup_credit(valid.child.id, &valid.order_no).await? {
-            return Ok(replayed(first, &credit));
+        if self.switches.is_on(Switch::IdempotencyPrecheck) {
+            if let Some(first) = self.ledger.lookup_credit(valid.child.id, &valid.order_no).await? {
+                return Ok(replayed(first, &credit));
+            }
         }
         let mut reservations = Vec::new();
         match self.reserve(&valid, &mut reservations).await {
@@ -349,7 +496,7 @@ impl Wallet {
         }
     }
 
-    fn validate(&self, request: &IssueRequest, now_ms: Millis) -> Result<ValidIssue<'_>, (Option<ChildId>, Rejection)> {
+    pub(crate) fn validate(&self, request: &IssueRequest, now_ms: Millis) -> Result<ValidIssue<'_>, (Option<ChildId>, Rejection)> {
         let order_no: OrderNo = request.order_no.parse().map_err(|e| (None, Rejection::MalformedOrderNo(e)))?;
         let activity = self
             .tree
@@ -382,7 +529,7 @@ impl Wallet {
 
     /// Consume budget, limits and stock. `Ok(Some(reason))` = rejected; what was
     /// reserved so far is in `reservations` for the caller to undo.
-    async fn reserve(&self, valid: &ValidIssue<'_>, reservations: &mut Vec<Reservation>) -> Result<Option<Rejection>, KvError> {
+    pub(crate) async fn reserve(&self, valid: &ValidIssue<'_>, reservations: &mut Vec<Reservation>) -> Result<Option<Rejection>, KvError> {
         let child = valid.child;
         let act_id = valid.order_no.act_id;
         match valid.award_def {
@@ -445,7 +592,7 @@ impl Wallet {
 
     /// Release reservations, newest first. Best effort: a failure leaves a counter
     /// too high, which can only under-issue.
-    async fn undo(&self, reservations: Vec<Reservation>) {
+    pub(crate) async fn undo(&self, reservations: Vec<Reservation>) {
         for reservation in reservations.into_iter().rev() {
             let _ignored = match reservation {
                 Reservation::Consumed { key, n } => self.kv.release(&key, n).await.map(drop),
@@ -454,20 +601,60 @@ impl Wallet {
         }
     }
 
-    /// Withdraw cash from the user's account in the child open now.
+    /// Withdraw cash from the user's account in the child open now: pass the gray
+    /// gate, take the per-user lock, force-credit pending tokens (server list plus
+    /// the client's copies), then withdraw.
     pub async fn withdraw(&self, request: &WithdrawRequest) -> Result<WithdrawOutcome, WalletError> {
         let now_ms = self.clock.now_ms();
-        let child = match self.child_now(request.activity_id, now_ms) {
-            Ok(child) => child,
-            Err(reason) => return Ok(WithdrawOutcome::Rejected { child_id: None, reason }),
+        let (activity, child) = match self.activity_and_child_now(request.activity_id, now_ms) {
+            Ok(found) => found,
+            Err(reason) => return Ok(WithdrawOutcome::Rejected { child_id: None, reason, force: ForceCredit::default() }),
         };
-        let reject = |reason| Ok(WithdrawOutcome::Rejected { child_id: Some(child.id), reason });
+        let reject = |reason| Ok(WithdrawOutcome::Rejected { child_id: Some(child.id), reason, force: ForceCredit::default() });
         if !valid_withdraw_no(&request.withdraw_no) {
             return reject(Rejection::MalformedWithdrawNo { withdraw_no: request.withdraw_no.clone() });
         }
         let amount_cents = match positive_amount(request.amount_cents) {
             Ok(amount) => amount,
             Err(reason) => return reject(reason),
+        };
+        if request.client_tokens.len() > CLIENT_TOKENS_MAX {
+            return reject(Rejection::TooManyTokens { count: request.client_tokens.len(), max: CLIENT_TOKENS_MAX });
+        }
+        if !activity.withdraw_gate.admits(request.act_id) {
+            // Outside the gray release: tokens stay untouched.
+            return reject(Rejection::WithdrawNotOpen { act_id: request.act_id });
+        }
+        let lock_key = keys::withdraw_lock(child.id, request.act_id);
+        let locked = if self.switches.is_on(Switch::DistributedLock) {
+            match self.kv.try_lock(&lock_key, &request.withdraw_no, WITHDRAW_LOCK_TTL_MS).await {
+                Ok(true) => true,
+                Ok(false) => return reject(Rejection::WithdrawBusy { act_id: request.act_id }),
+                // Passive degrade: a lock that cannot be reached is skipped.
+                Err(_) => false,
+            }
+        } else {
+            false
+        };
+        let result = self.force_credit_and_withdraw(activity, child, request, amount_cents, now_ms).await;
+        if locked {
+            let _ignored = self.kv.unlock(&lock_key, &request.withdraw_no).await;
+        }
+        result
+    }
+
+    async fn force_credit_and_withdraw(
+        &self,
+        activity: &Activity,
+        child: &ChildActivity,
+        request: &WithdrawRequest,
+        amount_cents: u64,
+        now_ms: Millis,
+    ) -> Result<WithdrawOutcome, WalletError> {
+        let force = if self.switches.is_on(Switch::ForceCreditOnWithdraw) {
+            self.force_credit(activity, child, request).await?
+        } else {
+            ForceCredit::default()
         };
         let withdrawal = Withdrawal {
             account: AccountKey { child_id: child.id, act_id: request.act_id },
@@ -477,20 +664,85 @@ impl Wallet {
         };
         Ok(match self.ledger.withdraw(&withdrawal).await? {
             LedgerWithdrawOutcome::Withdrawn { entry, balance_after_cents } => {
-                WithdrawOutcome::Withdrawn { entry, balance_after_cents }
+                WithdrawOutcome::Withdrawn { entry, balance_after_cents, force }
             }
             LedgerWithdrawOutcome::Duplicate { entry } => WithdrawOutcome::Duplicate { entry },
             LedgerWithdrawOutcome::Conflict { first } => WithdrawOutcome::Conflict { first },
             LedgerWithdrawOutcome::InsufficientBalance { balance_cents } => WithdrawOutcome::Rejected {
                 child_id: Some(child.id),
                 reason: Rejection::InsufficientBalance { balance_cents, amount_cents },
+                force,
             },
         })
     }
 
+    /// Credit every pending token of the user in `child`: the server list (when the
+    /// token KV is on) and the client's copies, verified and deduplicated.
+    async fn force_credit(&self, activity: &Activity, child: &ChildActivity, request: &WithdrawRequest) -> Result<ForceCredit, WalletError> {
+        let mut report = ForceCredit::default();
+        let mut tokens: std::collections::BTreeMap<OrderNo, (TokenFacts, Vec<u8>)> = std::collections::BTreeMap::new();
+        let token_kv = self.switches.is_on(Switch::TokenKv);
+        if let (Some(keys), true) = (&self.keys, token_kv) {
+            let list_key = keys::user_tokens(child.id, request.act_id);
+            for bytes in self.kv.list_range(&list_key, LIST_RANGE_MAX).await? {
+                let facts = keys.verify(&bytes).map_err(|error| WalletError::CorruptToken { key: list_key.clone(), error })?;
+                tokens.entry(facts.order_no.clone()).or_insert((facts, bytes));
+            }
+        }
+        for (index, bytes) in request.client_tokens.iter().enumerate() {
+            let verified = match &self.keys {
+                Some(keys) => keys.verify_for(bytes, request.act_id, activity.id).map_err(|e| e.code().to_owned()),
+                None => Err("token_no_keys".to_owned()),
+            };
+            match verified {
+                Ok(facts) if facts.child_id != child.id => report.rejected_tokens.push((index, "token_wrong_child".to_owned())),
+                Ok(facts) => {
+                    tokens.entry(facts.order_no.clone()).or_insert((facts, bytes.clone()));
+                }
+                Err(code) => report.rejected_tokens.push((index, code)),
+            }
+        }
+        let mut credits = Vec::new();
+        let mut credited_bytes = Vec::new();
+        for (facts, bytes) in tokens.into_values() {
+            let status_key = keys::token_status(child.id, &facts.order_no.to_string());
+            if token_kv && self.kv.status(&status_key).await? == Some(STATUS_SUCCESS) {
+                report.already_credited += 1;
+                continue;
+            }
+            credits.push(token_mode::credit_of(&facts));
+            credited_bytes.push(bytes);
+        }
+        for (chunk, chunk_bytes) in credits.chunks(crate::ledger::CREDIT_BATCH_MAX).zip(credited_bytes.chunks(crate::ledger::CREDIT_BATCH_MAX)) {
+            let outcomes = self.ledger.credit_batch(chunk).await?;
+            for ((credit, outcome), bytes) in chunk.iter().zip(outcomes).zip(chunk_bytes) {
+                match outcome {
+                    CreditOutcome::Credited { .. } => report.credited += 1,
+                    CreditOutcome::Duplicate { .. } => report.already_credited += 1,
+                    // Credited before with another payload: this copy is not money.
+                    CreditOutcome::Conflict { .. } => {
+                        if let Some(index) = request.client_tokens.iter().position(|t| t == bytes) {
+                            report.rejected_tokens.push((index, "token_conflict".to_owned()));
+                        }
+                        continue;
+                    }
+                }
+                if token_kv {
+                    token_mode::mark_credited(self.kv.as_ref(), child.id, &credit.order_no, bytes).await;
+                }
+            }
+        }
+        Ok(report)
+    }
+
     fn child_now(&self, activity_id: ActivityId, now_ms: Millis) -> Result<&ChildActivity, Rejection> {
+        self.activity_and_child_now(activity_id, now_ms).map(|(_, child)| child)
+    }
+
+    fn activity_and_child_now(&self, activity_id: ActivityId, now_ms: Millis) -> Result<(&Activity, &ChildActivity), Rejection> {
         let activity = self.tree.activity(activity_id).ok_or(Rejection::UnknownActivity { activity_id })?;
-        activity.child_at(now_ms).ok_or(Rejection::NoChildOpen { activity_id, at_ms: now_ms })
+        let child = activity.child_at(now_ms).ok_or(Rejection::NoChildOpen { activity_id, at_ms: now_ms })?;
+        Ok((activity, child))
     }
 
     /// Coupon stock of a template in the child open now, for the strategy side.
@@ -534,7 +786,7 @@ impl Wallet {
     }
 }
 
-fn replayed(first: Entry, credit: &Credit) -> IssueOutcome {
+pub(crate) fn replayed(first: Entry, credit: &Credit) -> IssueOutcome {
     if first.matches_credit(credit) { IssueOutcome::Duplicate { entry: first } } else { IssueOutcome::Conflict { first } }
 }
 
@@ -582,3 +834,13 @@ fn valid_withdraw_no(withdraw_no: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// The ledger credit a token stands for (for the worker).
+pub(crate) fn token_credit(facts: &TokenFacts) -> Credit {
+    token_mode::credit_of(facts)
+}
+
+/// Mark a token credited (for the worker).
+pub(crate) async fn token_mark_credited(kv: &dyn Kv, child_id: ChildId, order_no: &OrderNo, bytes: &[u8]) {
+    token_mode::mark_credited(kv, child_id, order_no, bytes).await;
+}

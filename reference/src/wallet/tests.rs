@@ -109,7 +109,7 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn issue(&self, order_no: &str, award_id: u64, amount_cents: i64) -> IssueOutcome {
-        let request = IssueRequest { activity_id: 2027, order_no: order_no.to_owned(), award_id, amount_cents };
+        let request = IssueRequest { app_id: 1, activity_id: 2027, order_no: order_no.to_owned(), award_id, amount_cents };
         self.runtime.block_on(self.wallet.issue(&request)).expect("no operating error")
     }
 
@@ -119,7 +119,7 @@ impl Fixture {
     }
 
     fn withdraw(&self, act_id: u64, withdraw_no: &str, amount_cents: i64) -> WithdrawOutcome {
-        let request = WithdrawRequest { activity_id: 2027, act_id, withdraw_no: withdraw_no.to_owned(), amount_cents };
+        let request = WithdrawRequest { client_tokens: Vec::new(), activity_id: 2027, act_id, withdraw_no: withdraw_no.to_owned(), amount_cents };
         self.runtime.block_on(self.wallet.withdraw(&request)).expect("no operating error")
     }
 
@@ -147,7 +147,7 @@ fn bad_input_is_rejected_with_a_reason_and_writes_nothing() {
     f.check("7_1_1_1_1", 12, 51, "amount_over_cap");
     f.check("7_2_1_2_1", 21, 5, "amount_not_allowed");
     f.check("7_3_1_3_1", 31, -1, "amount_not_allowed");
-    let request = IssueRequest { activity_id: 1, order_no: "7_1_1_1_1".to_owned(), award_id: 11, amount_cents: 1 };
+    let request = IssueRequest { app_id: 1, activity_id: 1, order_no: "7_1_1_1_1".to_owned(), award_id: 11, amount_cents: 1 };
     let outcome = f.runtime.block_on(f.wallet.issue(&request)).expect("ok");
     assert_eq!(outcome.label(), "unknown_activity");
     assert_eq!(f.entries(), 0);
@@ -256,36 +256,12 @@ mod failures {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::kv::{Consume, Hold, Kv, KvError};
+    use crate::kv::{Hold, Kv, KvFaults};
     use crate::ledger::{
         AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger, LedgerError, LedgerSnapshot,
         WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
     };
     use crate::order_no::OrderNo;
-
-    /// Consumes on `stock:` keys, then reports a timeout: the result is unknown to the wallet.
-    #[derive(Debug)]
-    struct TimeoutAfterStockConsume(MemoryKv);
-
-    #[async_trait]
-    impl Kv for TimeoutAfterStockConsume {
-        async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, KvError> { self.0.incr_by(key, delta).await }
-        async fn counter(&self, key: &str) -> Result<i64, KvError> { self.0.counter(key).await }
-        async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError> {
-            let result = self.0.consume_within(key, n, limit).await;
-            if key.starts_with("stock:") { Err(KvError::Store("timeout".into())) } else { result }
-        }
-        async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> { self.0.release(key, n).await }
-        async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError> { self.0.hold(key, value).await }
-        async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> { self.0.unhold(key, value).await }
-        async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> { self.0.set_add(key, member).await }
-        async fn set_contains(&self, key: &str, member: &str) -> Result<bool, KvError> { self.0.set_contains(key, member).await }
-        async fn put_status(&self, key: &str, status: u8, ttl_ms: Option<u64>) -> Result<(), KvError> { self.0.put_status(key, status, ttl_ms).await }
-        async fn status(&self, key: &str) -> Result<Option<u8>, KvError> { self.0.status(key).await }
-        async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError> { self.0.queue_push(key, item, ttl_ms).await }
-        async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> { self.0.queue_pop(key, max).await }
-        async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> { self.0.counters_with_prefix(prefix).await }
-    }
 
     /// A ledger whose credits always fail.
     #[derive(Debug)]
@@ -319,8 +295,12 @@ mod failures {
 
     #[test]
     fn an_unknown_stock_consume_stays_consumed_and_earlier_reservations_are_released() {
-        let (wallet, runtime) = wallet(Arc::new(MemoryLedger::new()), |clock| Arc::new(TimeoutAfterStockConsume(MemoryKv::new(clock))));
-        let request = IssueRequest { activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
+        let (wallet, runtime) = wallet(Arc::new(MemoryLedger::new()), |clock| {
+            let kv = MemoryKv::new(clock);
+            kv.set_faults(KvFaults { timeout_after_consume_prefix: Some("stock:".into()), ..KvFaults::default() });
+            Arc::new(kv)
+        });
+        let request = IssueRequest { app_id: 1, activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
         let result = runtime.block_on(wallet.issue(&request));
         assert!(matches!(result, Err(WalletError::Kv(_))), "{result:?}");
         assert_eq!(
@@ -336,8 +316,8 @@ mod failures {
     #[test]
     fn a_failed_credit_releases_every_reservation() {
         let (wallet, runtime) = wallet(Arc::new(DownLedger(MemoryLedger::new())), |clock| Arc::new(MemoryKv::new(clock)));
-        let coupon = IssueRequest { activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
-        let cash = IssueRequest { activity_id: 2027, order_no: "7_1_1_1_1".into(), award_id: 11, amount_cents: 300 };
+        let coupon = IssueRequest { app_id: 1, activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
+        let cash = IssueRequest { app_id: 1, activity_id: 2027, order_no: "7_1_1_1_1".into(), award_id: 11, amount_cents: 300 };
         assert!(matches!(runtime.block_on(wallet.issue(&coupon)), Err(WalletError::Ledger(_))));
         assert!(matches!(runtime.block_on(wallet.issue(&cash)), Err(WalletError::Ledger(_))));
         assert!(counters(&wallet, &runtime).iter().all(|(_, n)| *n == 0), "{:?}", counters(&wallet, &runtime));

@@ -61,5 +61,38 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
             }
         }
     }
+    check_tokens(history, &mut found);
     found
+}
+
+/// Every token answer for one (child, order number) carries the same token bytes,
+/// and at most one of them is a first acceptance.
+fn check_tokens(history: &History, found: &mut Vec<Violation>) {
+    let mut first: BTreeMap<(u64, String), (&[u8], usize)> = BTreeMap::new();
+    for event in &history.events {
+        let (token, fresh) = match event {
+            Event::Issue { outcome: IssueOutcome::Accepted { token }, .. } => (token, true),
+            Event::Issue { outcome: IssueOutcome::DuplicateToken { token }, .. } => (token, false),
+            _ => continue,
+        };
+        let key = (token.child_id, token.order_no.to_string());
+        let slot = first.entry(key.clone()).or_insert((token.bytes.as_slice(), 0));
+        if slot.0 != token.bytes.as_slice() {
+            found.push(violation(
+                Invariant::I1Idempotency,
+                format!("child {} order {}", key.0, key.1),
+                "a replay answered with another token than the first".to_owned(),
+            ));
+        }
+        if fresh {
+            slot.1 += 1;
+            if slot.1 == 2 {
+                found.push(violation(
+                    Invariant::I1Idempotency,
+                    format!("child {} order {}", key.0, key.1),
+                    "accepted as a new token more than once".to_owned(),
+                ));
+            }
+        }
+    }
 }

@@ -19,6 +19,8 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                     IssueOutcome::Issued { entry } | IssueOutcome::Duplicate { entry } => Some(entry.account.child_id),
                     IssueOutcome::Conflict { first } => Some(first.account.child_id),
                     IssueOutcome::Rejected { child_id, .. } => *child_id,
+                    IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } => Some(token.child_id),
+                    IssueOutcome::TokenConflict { first } => Some(first.child_id),
                 };
                 (*at_ms, request.activity_id, landed, format!("order {}", request.order_no))
             }
@@ -30,6 +32,10 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                 };
                 (*at_ms, request.activity_id, landed, format!("withdraw {}", request.withdraw_no))
             }
+            Event::View { at_ms, activity_id, act_id, view } => {
+                (*at_ms, *activity_id, Some(view.child_id), format!("view of user {act_id}"))
+            }
+            Event::Switch { .. } | Event::WorkerCrash { .. } => continue,
         };
         let Some(landed) = landed else { continue };
         let open = tree.activity(activity_id).and_then(|a| a.child_at(at_ms)).map(|c| c.id);

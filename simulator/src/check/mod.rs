@@ -3,8 +3,9 @@
 //! call a store; what they know comes in as arguments.
 //!
 //! Implemented here: I1 idempotency, I2 no over-issue, I3 conservation, I4
-//! reconciliation (sync mode: nothing is ever pending) and I6 child-activity
-//! isolation. The rest arrive with the features they check.
+//! reconciliation (sync credits and tokens: issued = credited + pending, pending
+//! drained to 0), I5 wallet view, I6 child-activity isolation and I7 token
+//! integrity. I8 (hot counter) arrives with the counter.
 
 use std::fmt;
 
@@ -18,6 +19,8 @@ mod idempotency;
 mod isolation;
 mod over_issue;
 mod reconciliation;
+mod token_integrity;
+mod view;
 
 /// The invariants of SPEC.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -30,18 +33,24 @@ pub enum Invariant {
     I3Conservation,
     /// Issued = credited + pending, and pending is 0 once quiet.
     I4Reconciliation,
+    /// The wallet view never shows less than awarded; a withdraw sees the full amount owed.
+    I5View,
     /// Child activities never see each other's awards.
     I6Isolation,
+    /// Forged, tampered or foreign tokens are rejected and never credited.
+    I7TokenIntegrity,
 }
 
 impl Invariant {
     /// The invariants this build checks, in order.
-    pub const CHECKED: [Invariant; 5] = [
+    pub const CHECKED: [Invariant; 7] = [
         Invariant::I1Idempotency,
         Invariant::I2NoOverIssue,
         Invariant::I3Conservation,
         Invariant::I4Reconciliation,
+        Invariant::I5View,
         Invariant::I6Isolation,
+        Invariant::I7TokenIntegrity,
     ];
 
     /// `I1` … `I8`.
@@ -51,7 +60,9 @@ impl Invariant {
             Invariant::I2NoOverIssue => "I2",
             Invariant::I3Conservation => "I3",
             Invariant::I4Reconciliation => "I4",
+            Invariant::I5View => "I5",
             Invariant::I6Isolation => "I6",
+            Invariant::I7TokenIntegrity => "I7",
         }
     }
 
@@ -62,7 +73,9 @@ impl Invariant {
             Invariant::I2NoOverIssue => "no over-issue",
             Invariant::I3Conservation => "conservation",
             Invariant::I4Reconciliation => "reconciliation",
+            Invariant::I5View => "wallet view",
             Invariant::I6Isolation => "isolation",
+            Invariant::I7TokenIntegrity => "token integrity",
         }
     }
 }
@@ -95,7 +108,9 @@ pub fn check(invariant: Invariant, tree: &ActivityTree, history: &History, state
         Invariant::I2NoOverIssue => over_issue::check(tree, state),
         Invariant::I3Conservation => conservation::check(state),
         Invariant::I4Reconciliation => reconciliation::check(history, state),
+        Invariant::I5View => view::check(history),
         Invariant::I6Isolation => isolation::check(tree, history, state),
+        Invariant::I7TokenIntegrity => token_integrity::check(history, state),
     }
 }
 

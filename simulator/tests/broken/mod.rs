@@ -209,4 +209,34 @@ impl Kv for LimitlessKv {
     async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> {
         self.inner.counters_with_prefix(prefix).await
     }
+    async fn record_token(&self, record_key: &str, token: &[u8], list_key: &str, queue_key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.record_token(record_key, token, list_key, queue_key).await
+    }
+    async fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.bytes(key).await
+    }
+    async fn list_range(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        self.inner.list_range(key, max).await
+    }
+    async fn queue_len(&self, key: &str) -> Result<u64, KvError> {
+        self.inner.queue_len(key).await
+    }
+    async fn queue_claim(&self, queue_key: &str, inflight_key: &str, max: usize, now_ms: u64) -> Result<Vec<Vec<u8>>, KvError> {
+        self.inner.queue_claim(queue_key, inflight_key, max, now_ms).await
+    }
+    async fn inflight_due(&self, inflight_key: &str, due_ms: u64, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+        self.inner.inflight_due(inflight_key, due_ms, max).await
+    }
+    async fn inflight_remove(&self, inflight_key: &str, member: &[u8]) -> Result<bool, KvError> {
+        self.inner.inflight_remove(inflight_key, member).await
+    }
+    async fn inflight_len(&self, inflight_key: &str) -> Result<u64, KvError> {
+        self.inner.inflight_len(inflight_key).await
+    }
+    async fn try_lock(&self, key: &str, owner: &str, ttl_ms: u64) -> Result<bool, KvError> {
+        self.inner.try_lock(key, owner, ttl_ms).await
+    }
+    async fn unlock(&self, key: &str, owner: &str) -> Result<bool, KvError> {
+        self.inner.unlock(key, owner).await
+    }
 }
