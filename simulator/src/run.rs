@@ -145,10 +145,15 @@ struct Driver<'a> {
     bar: ProgressBar,
 }
 
+/// The key the simulated forger signs with for a run of `seed` (key id 1).
+pub fn forger_keys(seed: u64) -> KeyRing {
+    KeyRing::from_secret(FORGER_KEY_ID, *blake3::hash(&(seed ^ CLIENT_RNG_NAME).to_le_bytes()).as_bytes())
+}
+
 impl<'a> Driver<'a> {
     fn new(scenario: &'a Scenario, seed: u64, wallet: &'a Wallet, clock: &'a ManualClock, progress: bool) -> Self {
         let worker = CreditWorker::for_wallet(wallet, scenario.crediting.worker.clone());
-        let forger = KeyRing::from_secret(FORGER_KEY_ID, *blake3::hash(&(seed ^ CLIENT_RNG_NAME).to_le_bytes()).as_bytes());
+        let forger = forger_keys(seed);
         Self {
             scenario,
             wallet,
@@ -271,8 +276,8 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    /// A token the wallet must refuse: a changed byte, another user's token, a
-    /// raised amount signed with a foreign key, or junk.
+    /// A token the wallet must refuse: a changed byte, another user's token, an
+    /// invented order signed with a foreign key, or junk.
     fn forge(&mut self, act_id: u64) -> Vec<u8> {
         let own = self.client_tokens.get(&act_id).filter(|c| !c.is_empty()).cloned();
         let others: Vec<&Vec<u8>> = self.client_tokens.iter().filter(|(a, _)| **a != act_id).flat_map(|(_, c)| c).collect();
@@ -286,9 +291,10 @@ impl<'a> Driver<'a> {
             (1, _, false) => others[self.rng.random_range(0..others.len())].clone(),
             (2, Some(own), _) => {
                 let real = decode_unverified(&own[0]).expect("the client's own copy decodes");
-                let mut raised = real.clone();
-                raised.amount_cents += 1;
-                self.forger.sign(&raised).expect("the forger signs")
+                // New money: an order number never issued, signed with a foreign key.
+                let mut invented = real.clone();
+                invented.order_no.rain_id = invented.order_no.rain_id.wrapping_add(1_000_000);
+                self.forger.sign(&invented).expect("the forger signs")
             }
             _ => b"not a token".to_vec(),
         }

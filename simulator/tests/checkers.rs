@@ -22,6 +22,9 @@ fn smoke() -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml");
     let mut scenario = Scenario::load(&path).expect("smoke scenario loads");
     scenario.requests = 6000;
+    // Fewer requests over the same minute: slow the worker so a backlog still
+    // builds and views and withdraws meet pending tokens.
+    scenario.crediting.worker.credit_tps = 10;
     scenario
 }
 
@@ -198,6 +201,72 @@ fn i6_catches_a_credit_in_the_wrong_child() {
     expect_caught(&clean, &history, &clean.state, Invariant::I6Isolation, "order", "handled in child 202701");
 }
 
+#[test]
+fn i4_catches_an_uncredited_token_and_an_undrained_backlog() {
+    let clean = clean_run();
+    let mut state = clean.state.clone();
+    let token = clean
+        .history
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Issue { outcome: IssueOutcome::Accepted { token }, .. } => Some(token.clone()),
+            _ => None,
+        })
+        .expect("the clean run accepts tokens");
+    state.ledger.entries.retain(|e| !matches!(&e.kind, EntryKind::Credit { order_no, .. } if *order_no == token.order_no && e.account.child_id == token.child_id));
+    let culprit = format!("order {}", token.order_no);
+    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, &culprit, "token accepted but never credited");
+    state.token_backlog.insert(FORMAL_CHILD, 3);
+    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, "token backlog", "3 token(s) still pending");
+}
+
+#[test]
+fn i5_catches_a_view_that_shows_less_or_more_and_a_short_withdraw() {
+    let clean = clean_run();
+    for (delta, how) in [(-1i64, "shows less"), (1, "shows more")] {
+        let mut history = clean.history.clone();
+        let view = history
+            .events
+            .iter_mut()
+            .find_map(|e| match e {
+                Event::View { view, .. } if view.complete && view.income_cents > 0 => Some(view),
+                _ => None,
+            })
+            .expect("a complete view with money");
+        view.balance_cents = view.balance_cents.saturating_add_signed(delta);
+        expect_caught(&clean, &history, &clean.state, Invariant::I5View, "view of user", how);
+    }
+    let mut history = clean.history.clone();
+    let after = history
+        .events
+        .iter_mut()
+        .find_map(|e| match e {
+            Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { balance_after_cents, .. }, .. } => Some(balance_after_cents),
+            _ => None,
+        })
+        .expect("a withdrawal");
+    *after += 1;
+    expect_caught(&clean, &history, &clean.state, Invariant::I5View, "withdraw", "the amount owed is");
+}
+
+#[test]
+fn i7_catches_a_wallet_that_accepts_a_forged_token() {
+    let clean = clean_run();
+    let mut history = clean.history.clone();
+    let force = history
+        .events
+        .iter_mut()
+        .find_map(|e| match e {
+            Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. }, request, .. }
+                if !force.rejected_tokens.is_empty() && request.client_tokens.len() > force.rejected_tokens[0].0 => Some(force),
+            _ => None,
+        })
+        .expect("a withdraw that presented a forged token");
+    force.rejected_tokens.clear();
+    expect_caught(&clean, &history, &clean.state, Invariant::I7TokenIntegrity, "client token", "accepted a token that fails verification");
+}
+
 // ---- broken wallets, end to end ----
 
 fn run_broken(ledger: Arc<dyn reference::ledger::Ledger>, kv_limits_ignored: bool) -> Vec<Violation> {
@@ -257,4 +326,33 @@ fn a_kv_that_ignores_limits_breaks_i2() {
     let culprits: Vec<&str> = violations.iter().map(|v| v.culprit.as_str()).collect();
     assert!(culprits.iter().any(|c| c.contains("template 7002")), "stock over-issue named: {culprits:?}");
     assert!(culprits.iter().any(|c| c.contains("group rain-exclusive")), "group exclusion named: {culprits:?}");
+}
+
+#[test]
+fn a_kv_that_loses_token_lists_breaks_i5() {
+    let scenario = smoke();
+    let clock = Arc::new(ManualClock::new(scenario.start_ms));
+    let kv = Arc::new(broken::LimitlessKv::with_bug(clock.clone(), broken::KvBug::HideTokenLists));
+    let stores = Stores { ledger: Arc::new(reference::ledger::MemoryLedger::new()), kv, clock, wallet_keys: None };
+    let violations = runtime().block_on(run_on(&scenario, &RunOptions::default(), stores)).expect("run").violations;
+    assert!(fired(&violations, Invariant::I5View), "{violations:#?}");
+    assert!(violations.iter().any(|v| v.invariant == Invariant::I5View && v.detail.contains("shows less")), "{violations:#?}");
+}
+
+#[test]
+fn a_wallet_that_trusts_a_foreign_key_breaks_i7() {
+    let scenario = smoke();
+    let clock = Arc::new(ManualClock::new(scenario.start_ms));
+    let mut wallet_keys = reference::token::KeyRing::dev(scenario.seed);
+    let forger = simulator::run::forger_keys(scenario.seed);
+    wallet_keys.trust(1, forger.verifying_keys()[&1]);
+    let stores = Stores {
+        ledger: Arc::new(reference::ledger::MemoryLedger::new()),
+        kv: Arc::new(reference::kv::MemoryKv::new(clock.clone())),
+        clock,
+        wallet_keys: Some(Arc::new(wallet_keys)),
+    };
+    let violations = runtime().block_on(run_on(&scenario, &RunOptions::default(), stores)).expect("run").violations;
+    let i7: Vec<&Violation> = violations.iter().filter(|v| v.invariant == Invariant::I7TokenIntegrity).collect();
+    assert!(i7.iter().any(|v| v.detail.contains("the ledger credits what the refused token claimed")), "{violations:#?}");
 }

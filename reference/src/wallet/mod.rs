@@ -447,8 +447,17 @@ impl Wallet {
             Ok(valid) => valid,
             Err((child_id, reason)) => return Ok(IssueOutcome::Rejected { child_id, reason }),
         };
-        if valid.scene.crediting == Crediting::Token && self.switches.is_on(Switch::TokenKv) {
-            return self.issue_token(&valid, request, now_ms).await;
+        if valid.scene.crediting == Crediting::Token {
+            if self.switches.is_on(Switch::TokenKv) {
+                return self.issue_token(&valid, request, now_ms).await;
+            }
+            // Token KV switched off: the sync path takes over, but an order accepted
+            // as a token before the switch must still get its first answer. A
+            // best-effort read (passive: on error, go on) keeps a conflicting replay
+            // from being credited with another payload.
+            if let Some(outcome) = self.earlier_token(&valid, request).await {
+                return Ok(outcome);
+            }
         }
         let credit = Credit {
             account: AccountKey { child_id: valid.child.id, act_id: valid.order_no.act_id },

@@ -130,6 +130,25 @@ impl Wallet {
         }
     }
 
+    /// The first answer for an order accepted as a token, if the token record can
+    /// be read; `None` when there is none or the read fails (passive degrade).
+    pub(super) async fn earlier_token(&self, valid: &ValidIssue<'_>, request: &IssueRequest) -> Option<IssueOutcome> {
+        let keys = self.keys.clone()?;
+        let record_key = keys::token_record(valid.child.id, &valid.order_no.to_string());
+        let bytes = self.kv.bytes(&record_key).await.ok()??;
+        let asked = TokenFacts {
+            app_id: i64::from(request.app_id),
+            act_id: valid.order_no.act_id,
+            activity_id: valid.activity.id,
+            child_id: valid.child.id,
+            order_no: valid.order_no.clone(),
+            award_id: request.award_id,
+            amount_cents: valid.award.cash_cents(),
+            open_time_ms: 0,
+        };
+        self.replayed_token(&keys, &record_key, bytes, &asked).ok()
+    }
+
     fn replayed_token(
         &self,
         keys: &crate::token::KeyRing,

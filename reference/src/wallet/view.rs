@@ -148,7 +148,7 @@ impl Wallet {
         let mut pending_cents = 0u64;
         let mut pending_tokens = 0u32;
         for facts in candidates.into_iter().filter(|f| !credited.contains(&f.order_no)) {
-            pending_cents += facts.amount_cents;
+            pending_cents = pending_cents.saturating_add(facts.amount_cents);
             pending_tokens += 1;
             flow.push(FlowItem { at_ms: facts.open_time_ms, kind: FlowKind::Pending, id: facts.order_no.to_string(), amount_cents: facts.amount_cents as i64 });
         }
@@ -157,8 +157,8 @@ impl Wallet {
         Ok(Ok(WalletView {
             child_id: child.id,
             act_id,
-            balance_cents: account.balance_cents + pending_cents,
-            income_cents: account.credited_cents + pending_cents,
+            balance_cents: account.balance_cents.saturating_add(pending_cents),
+            income_cents: account.credited_cents.saturating_add(pending_cents),
             withdrawn_cents: account.withdrawn_cents,
             pending_cents,
             pending_tokens,

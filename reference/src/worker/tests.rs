@@ -330,6 +330,23 @@ fn switches_degrade_as_documented() {
 }
 
 #[test]
+fn a_conflicting_replay_during_the_token_kv_outage_gets_the_first_answer() {
+    // Found by the I4 checker in the smoke run: accepted as a token for 300, then,
+    // with the token KV switched off and the token not yet credited, replayed with
+    // 299 — the sync fallback must not credit the 299.
+    let f = fixture();
+    f.token(7, 1, 300);
+    f.wallet.switches().set(Switch::TokenKv, false);
+    assert_eq!(f.issue(7, 1, 299).label(), "conflict");
+    assert_eq!(f.issue(7, 1, 300).label(), "duplicate");
+    assert_eq!(f.credited_entries(), 0, "nothing credited by the fallback");
+    f.wallet.switches().set(Switch::TokenKv, true);
+    let mut worker = f.worker(WorkerConfig::default());
+    assert_eq!(f.tick(&mut worker).credited, 1);
+    assert_eq!(f.totals(7).1, 300);
+}
+
+#[test]
 fn a_held_withdraw_lock_turns_a_concurrent_withdraw_away() {
     let f = fixture();
     f.token(7, 1, 300);

@@ -154,16 +154,29 @@ impl Ledger for NaiveLedger {
     }
 }
 
-/// A KV whose check-and-consume never says no: stock, budgets and per-user limits
-/// are counted but not enforced.
+/// What a broken KV gets wrong.
+#[derive(Debug, Clone, Copy)]
+pub enum KvBug {
+    /// Check-and-consume never says no and every batch may hold a group: stock,
+    /// budgets, per-user limits and exclusion are counted but not enforced.
+    IgnoreLimits,
+    /// Users' token lists read back empty (lost server-side token data).
+    HideTokenLists,
+}
+
 #[derive(Debug)]
 pub struct LimitlessKv {
     inner: MemoryKv,
+    bug: KvBug,
 }
 
 impl LimitlessKv {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { inner: MemoryKv::new(clock) }
+        Self::with_bug(clock, KvBug::IgnoreLimits)
+    }
+
+    pub fn with_bug(clock: Arc<dyn Clock>, bug: KvBug) -> Self {
+        Self { inner: MemoryKv::new(clock), bug }
     }
 }
 
@@ -175,18 +188,27 @@ impl Kv for LimitlessKv {
     async fn counter(&self, key: &str) -> Result<i64, KvError> {
         self.inner.counter(key).await
     }
-    async fn consume_within(&self, key: &str, n: u64, _limit: u64) -> Result<Consume, KvError> {
-        self.inner.consume_within(key, n, u64::MAX).await
+    async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError> {
+        match self.bug {
+            KvBug::IgnoreLimits => self.inner.consume_within(key, n, u64::MAX).await,
+            KvBug::HideTokenLists => self.inner.consume_within(key, n, limit).await,
+        }
     }
     async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
         self.inner.release(key, n).await
     }
     async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError> {
-        // Every batch may hold the group.
-        self.inner.hold(&format!("{key}:{value}"), value).await
+        match self.bug {
+            // Every batch may hold the group.
+            KvBug::IgnoreLimits => self.inner.hold(&format!("{key}:{value}"), value).await,
+            KvBug::HideTokenLists => self.inner.hold(key, value).await,
+        }
     }
     async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> {
-        self.inner.unhold(&format!("{key}:{value}"), value).await
+        match self.bug {
+            KvBug::IgnoreLimits => self.inner.unhold(&format!("{key}:{value}"), value).await,
+            KvBug::HideTokenLists => self.inner.unhold(key, value).await,
+        }
     }
     async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> {
         self.inner.set_add(key, member).await
@@ -216,7 +238,10 @@ impl Kv for LimitlessKv {
         self.inner.bytes(key).await
     }
     async fn list_range(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
-        self.inner.list_range(key, max).await
+        match self.bug {
+            KvBug::HideTokenLists if key.starts_with("user-tokens:") => Ok(Vec::new()),
+            _ => self.inner.list_range(key, max).await,
+        }
     }
     async fn queue_len(&self, key: &str) -> Result<u64, KvError> {
         self.inner.queue_len(key).await
