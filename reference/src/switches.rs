@@ -73,11 +73,13 @@ impl fmt::Display for Switch {
 #[derive(Debug)]
 pub struct Switches {
     values: [AtomicBool; Switch::ALL.len()],
+    /// Sticky: set the first time a switch goes off, never cleared.
+    ever_off: [AtomicBool; Switch::ALL.len()],
 }
 
 impl Default for Switches {
     fn default() -> Self {
-        Self { values: Switch::ALL.map(|s| AtomicBool::new(s.default_on())) }
+        Self { values: Switch::ALL.map(|s| AtomicBool::new(s.default_on())), ever_off: Switch::ALL.map(|_| AtomicBool::new(false)) }
     }
 }
 
@@ -89,7 +91,18 @@ impl Switches {
 
     /// Flip `switch`.
     pub fn set(&self, switch: Switch, on: bool) {
+        if !on {
+            self.ever_off[switch.index()].store(true, Ordering::SeqCst);
+        }
         self.values[switch.index()].store(on, Ordering::SeqCst);
+    }
+
+    /// Whether `switch` has been off at any time since this registry was made.
+    /// Lets a hot path skip work that only matters after a degradation (e.g. the
+    /// token path's ledger lookup, needed only once orders may have been
+    /// sync-credited while the token KV was off).
+    pub fn has_been_off(&self, switch: Switch) -> bool {
+        self.ever_off[switch.index()].load(Ordering::SeqCst)
     }
 
     /// `(switch, on)` for every switch.
@@ -109,8 +122,12 @@ mod tests {
             assert_eq!(Switch::by_name(switch.name()), Some(switch));
             assert!(switch.doc().starts_with("off"), "{switch}: doc says what off does");
             assert!(switches.is_on(switch));
+            assert!(!switches.has_been_off(switch));
             switches.set(switch, false);
             assert!(!switches.is_on(switch));
+            switches.set(switch, true);
+            assert!(switches.has_been_off(switch), "{switch}: sticky");
+            switches.set(switch, false);
         }
         assert_eq!(Switch::by_name("nope"), None);
         assert!(switches.snapshot().iter().all(|(_, on)| !on));

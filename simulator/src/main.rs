@@ -51,6 +51,12 @@ enum BenchWhat {
         #[arg(long, default_value_t = 20_000)]
         credits: u64,
     },
+    /// Token signing and verification per core, token issuance and async crediting.
+    Tokens {
+        /// Tokens per path.
+        #[arg(long, default_value_t = 20_000)]
+        tokens: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +90,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             }
             print!("{}", reports::render_summary(&output.record));
             Ok(if output.record.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Bench { what: BenchWhat::Tokens { tokens } } => {
+            anyhow::ensure!(tokens > 0, "--tokens must be greater than 0");
+            let dir = tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
+            let rows = simulator::bench::bench_tokens(tokens, dir.path()).await?;
+            print!("{}", simulator::bench::render_tokens(&rows));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchWhat::Ledger { credits } } => {
             anyhow::ensure!(credits > 0, "--credits must be greater than 0");

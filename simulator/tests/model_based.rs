@@ -773,6 +773,7 @@ impl Sut {
         let answer = match &event {
             Event::Issue { outcome, .. } => (outcome.label(), format!("{outcome:?}")),
             Event::Withdraw { outcome, .. } => (outcome.label(), format!("{outcome:?}")),
+            Event::View { .. } | Event::Switch { .. } | Event::WorkerCrash { .. } => unreachable!("not sent"),
         };
         self.history.events.push(event);
         Some(answer)
