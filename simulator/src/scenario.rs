@@ -213,6 +213,8 @@ enum FaultKindName {
     Switch,
 }
 
+// The names are what scenario files say (`after_mark`); the prefix is the point.
+#[allow(clippy::enum_variant_names)]
 #[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 enum CrashPointName {

@@ -466,10 +466,10 @@ impl Wallet {
             at_ms: now_ms,
         };
         // A retry of a credited order must not consume anything again.
-        if self.switches.is_on(Switch::IdempotencyPrecheck) {
-            if let Some(first) = self.ledger.lookup_credit(valid.child.id, &valid.order_no).await? {
-                return Ok(replayed(first, &credit));
-            }
+        if self.switches.is_on(Switch::IdempotencyPrecheck)
+            && let Some(first) = self.ledger.lookup_credit(valid.child.id, &valid.order_no).await?
+        {
+            return Ok(replayed(first, &credit));
         }
         let mut reservations = Vec::new();
         match self.reserve(&valid, &mut reservations).await {

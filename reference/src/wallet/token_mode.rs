@@ -97,10 +97,10 @@ impl Wallet {
             }
             // Credited through the sync path while the token KV was switched off?
             // Only possible after such an outage, so the ledger stays off the hot path.
-            if self.switches.has_been_off(Switch::TokenKv) {
-                if let Some(first) = self.ledger.lookup_credit(child_id, &valid.order_no).await? {
-                    return Ok(replayed(first, &credit_of(&facts)));
-                }
+            if self.switches.has_been_off(Switch::TokenKv)
+                && let Some(first) = self.ledger.lookup_credit(child_id, &valid.order_no).await?
+            {
+                return Ok(replayed(first, &credit_of(&facts)));
             }
         }
         let mut reservations: Vec<Reservation> = Vec::new();
