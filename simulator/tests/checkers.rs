@@ -356,3 +356,24 @@ fn a_wallet_that_trusts_a_foreign_key_breaks_i7() {
     let i7: Vec<&Violation> = violations.iter().filter(|v| v.invariant == Invariant::I7TokenIntegrity).collect();
     assert!(i7.iter().any(|v| v.detail.contains("the ledger credits what the refused token claimed")), "{violations:#?}");
 }
+
+#[test]
+fn i7_does_not_blame_a_withdraw_that_never_ran_force_credit() {
+    // Found by the model-based tests: with force-credit off (or a withdraw turned
+    // away before it), the wallet never looks at client copies, so an empty list of
+    // refusals is right, not a forged token "accepted".
+    let clean = clean_run();
+    let mut history = clean.history.clone();
+    let index = history
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. }, .. } if !force.rejected_tokens.is_empty()))
+        .expect("a withdraw with a refused token");
+    if let Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. }, at_ms, .. } = &mut history.events[index] {
+        force.rejected_tokens.clear();
+        let at_ms = *at_ms;
+        history.events.insert(index, Event::Switch { at_ms, switch: reference::switches::Switch::ForceCreditOnWithdraw, on: false });
+    }
+    let found = check(Invariant::I7TokenIntegrity, &clean.scenario.tree, &history, &clean.state);
+    assert!(found.is_empty(), "{found:#?}");
+}

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use reference::ledger::{Award, EntryKind};
+use reference::switches::Switch;
 use reference::token::{decode_unverified, verify_with, verifying_keys_from_bytes};
-use reference::wallet::{IssueOutcome, WithdrawOutcome};
+use reference::wallet::{IssueOutcome, Rejection, WithdrawOutcome};
 
 use super::{Invariant, Violation, violation};
 use crate::history::{Event, FinalState, History};
@@ -42,10 +43,20 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
             _ => None,
         })
         .collect();
+    let mut force_credit_on = true;
     for event in &history.events {
+        if let Event::Switch { switch: Switch::ForceCreditOnWithdraw, on, .. } = event {
+            force_credit_on = *on;
+        }
         let Event::Withdraw { at_ms, request, outcome } = event else { continue };
+        // Refusals are listed only by a withdraw that reached force-credit: one
+        // turned away before it (gate, lock, bad input, no child) or with
+        // force-credit switched off never looked at the copies.
         let refused: Option<BTreeSet<usize>> = match outcome {
-            WithdrawOutcome::Withdrawn { force, .. } | WithdrawOutcome::Rejected { force, .. } => {
+            WithdrawOutcome::Withdrawn { force, .. }
+            | WithdrawOutcome::Rejected { reason: Rejection::InsufficientBalance { .. }, force, .. }
+                if force_credit_on =>
+            {
                 Some(force.rejected_tokens.iter().map(|(i, _)| *i).collect())
             }
             _ => None,
