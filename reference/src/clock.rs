@@ -23,13 +23,18 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `start_ms`.
     pub fn new(start_ms: Millis) -> Self {
-        Self { now_ms: AtomicU64::new(start_ms) }
+        Self {
+            now_ms: AtomicU64::new(start_ms),
+        }
     }
 
     /// Move to `now_ms`. Time never goes backwards: that would be a bug in the driver.
     pub fn set(&self, now_ms: Millis) {
         let before = self.now_ms.swap(now_ms, Ordering::SeqCst);
-        assert!(now_ms >= before, "virtual time went backwards: {before} -> {now_ms}");
+        assert!(
+            now_ms >= before,
+            "virtual time went backwards: {before} -> {now_ms}"
+        );
     }
 
     /// Move forward by `delta_ms`.

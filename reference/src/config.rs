@@ -49,10 +49,14 @@ impl fmt::Display for ConfigError {
 /// Parse `text` (from `origin`) as TOML into `T`, with errors that carry the file,
 /// line and key path. Shared by every TOML file redrain reads.
 pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| toml_error(text, origin, "", &e))?;
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| toml_error(text, origin, "", &e))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         // `Spanned` adds a private key to the path; readers need the keys they wrote.
-        let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+        let path = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         let path = if path == "." { String::new() } else { path };
         toml_error(text, origin, &path, e.inner())
     })
@@ -72,14 +76,23 @@ pub fn read_config_file(path: &Path) -> Result<(String, String), ConfigError> {
     let origin = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => Ok((text, origin)),
-        Err(e) => Err(ConfigError { origin, line: None, key_path: String::new(), message: format!("cannot read: {e}") }),
+        Err(e) => Err(ConfigError {
+            origin,
+            line: None,
+            key_path: String::new(),
+            message: format!("cannot read: {e}"),
+        }),
     }
 }
 
 /// 1-based line number of byte `offset` in `text`.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Builds validation errors for one file: knows its text so spans become lines.
@@ -96,7 +109,12 @@ impl<'a> Validator<'a> {
     }
 
     /// An error about the key or table at `span`.
-    pub fn error(&self, span: Range<usize>, key_path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        key_path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             origin: self.origin.to_owned(),
             line: Some(line_of(self.text, span.start)),
@@ -109,11 +127,18 @@ impl<'a> Validator<'a> {
 /// Convert a TOML offset date-time to Unix milliseconds.
 pub fn datetime_ms(value: &Datetime) -> Result<Millis, String> {
     let (Some(date), Some(time), Some(offset)) = (value.date, value.time, value.offset) else {
-        return Err(format!("`{value}` needs a date, a time and an offset, like 2027-02-09T19:30:00+08:00"));
+        return Err(format!(
+            "`{value}` needs a date, a time and an offset, like 2027-02-09T19:30:00+08:00"
+        ));
     };
-    let days = days_from_civil(i64::from(date.year), u32::from(date.month), u32::from(date.day));
-    let seconds_of_day =
-        i64::from(time.hour) * 3600 + i64::from(time.minute) * 60 + i64::from(time.second.unwrap_or(0));
+    let days = days_from_civil(
+        i64::from(date.year),
+        u32::from(date.month),
+        u32::from(date.day),
+    );
+    let seconds_of_day = i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second.unwrap_or(0));
     let offset_minutes = match offset {
         Offset::Z => 0,
         Offset::Custom { minutes } => i64::from(minutes),
@@ -214,7 +239,10 @@ fn hundred() -> u8 {
 impl WithdrawGate {
     /// Everyone may withdraw.
     pub fn open() -> Self {
-        Self { gray_percent: 100, allow_list: Vec::new() }
+        Self {
+            gray_percent: 100,
+            allow_list: Vec::new(),
+        }
     }
 
     /// Whether `act_id` may withdraw: on the allow list, or in the first
@@ -295,7 +323,9 @@ pub struct Activity {
 impl Activity {
     /// The child whose window holds `now_ms`.
     pub fn child_at(&self, now_ms: Millis) -> Option<&ChildActivity> {
-        self.children.iter().find(|c| c.start_ms <= now_ms && now_ms < c.end_ms)
+        self.children
+            .iter()
+            .find(|c| c.start_ms <= now_ms && now_ms < c.end_ms)
     }
 
     /// The coupon definition of a template.
@@ -448,7 +478,10 @@ struct PendantFile {
 }
 
 fn build_tree(file: TreeFile, v: &Validator<'_>) -> Result<ActivityTree, ConfigError> {
-    let mut tree = ActivityTree { activities: BTreeMap::new(), child_parent: BTreeMap::new() };
+    let mut tree = ActivityTree {
+        activities: BTreeMap::new(),
+        child_parent: BTreeMap::new(),
+    };
     if file.activity.is_empty() {
         return Err(v.error(0..0, "activity", "at least one [[activity]] is needed"));
     }
@@ -465,7 +498,11 @@ fn build_tree(file: TreeFile, v: &Validator<'_>) -> Result<ActivityTree, ConfigE
             }
         }
         if tree.activities.contains_key(&activity.id) {
-            return Err(v.error(span, format!("{path}.id"), format!("activity id {} appears twice", activity.id)));
+            return Err(v.error(
+                span,
+                format!("{path}.id"),
+                format!("activity id {} appears twice", activity.id),
+            ));
         }
         tree.activities.insert(activity.id, activity);
     }
@@ -479,29 +516,45 @@ fn build_activity(
     v: &Validator<'_>,
 ) -> Result<Activity, ConfigError> {
     if file.per_txn_cap_cents == 0 {
-        return Err(v.error(span.clone(), format!("{path}.per_txn_cap_cents"), "must be greater than 0"));
+        return Err(v.error(
+            span.clone(),
+            format!("{path}.per_txn_cap_cents"),
+            "must be greater than 0",
+        ));
     }
     let children = build_children(&file.child, path, span.clone(), v)?;
     let awards = build_awards(&file, path, v)?;
     let mut scenes = BTreeMap::new();
     if file.scene.is_empty() {
-        return Err(v.error(span, format!("{path}.scene"), "at least one [[activity.scene]] is needed"));
+        return Err(v.error(
+            span,
+            format!("{path}.scene"),
+            "at least one [[activity.scene]] is needed",
+        ));
     }
     for (index, spanned) in file.scene.iter().enumerate() {
         let scene_path = format!("{path}.scene[{index}]");
         let scene = build_scene(spanned.get_ref(), &awards, &scene_path, spanned.span(), v)?;
         if scenes.insert(scene.id, scene).is_some() {
-            return Err(v.error(spanned.span(), format!("{scene_path}.id"), format!(
-                "scene id {} appears twice in this activity",
-                spanned.get_ref().id
-            )));
+            return Err(v.error(
+                spanned.span(),
+                format!("{scene_path}.id"),
+                format!(
+                    "scene id {} appears twice in this activity",
+                    spanned.get_ref().id
+                ),
+            ));
         }
     }
     let withdraw_gate = match file.withdraw {
         None => WithdrawGate::open(),
         Some(gate) => {
             if gate.get_ref().gray_percent > 100 {
-                return Err(v.error(gate.span(), format!("{path}.withdraw.gray_percent"), "must be 0..=100"));
+                return Err(v.error(
+                    gate.span(),
+                    format!("{path}.withdraw.gray_percent"),
+                    "must be 0..=100",
+                ));
             }
             gate.into_inner()
         }
@@ -524,22 +577,37 @@ fn build_children(
     v: &Validator<'_>,
 ) -> Result<Vec<ChildActivity>, ConfigError> {
     if files.is_empty() {
-        return Err(v.error(span, format!("{path}.child"), "at least one [[activity.child]] is needed"));
+        return Err(v.error(
+            span,
+            format!("{path}.child"),
+            "at least one [[activity.child]] is needed",
+        ));
     }
     let mut children: Vec<(ChildActivity, Range<usize>, String)> = Vec::new();
     for (index, spanned) in files.iter().enumerate() {
         let child_path = format!("{path}.child[{index}]");
         let file = spanned.get_ref();
-        let at = |key: &str, message: String| v.error(spanned.span(), format!("{child_path}.{key}"), message);
+        let at = |key: &str, message: String| {
+            v.error(spanned.span(), format!("{child_path}.{key}"), message)
+        };
         let start_ms = datetime_ms(&file.start).map_err(|m| at("start", m))?;
         let end_ms = datetime_ms(&file.end).map_err(|m| at("end", m))?;
         if end_ms <= start_ms {
-            return Err(at("end", format!("end {} must be after start {}", file.end, file.start)));
+            return Err(at(
+                "end",
+                format!("end {} must be after start {}", file.end, file.start),
+            ));
         }
         if file.budget_cents == 0 {
             return Err(at("budget_cents", "must be greater than 0".to_owned()));
         }
-        let child = ChildActivity { id: file.id, stage: file.stage, start_ms, end_ms, budget_cents: file.budget_cents };
+        let child = ChildActivity {
+            id: file.id,
+            stage: file.stage,
+            start_ms,
+            end_ms,
+            budget_cents: file.budget_cents,
+        };
         children.push((child, spanned.span(), child_path));
     }
     children.sort_by_key(|(c, _, _)| c.start_ms);
@@ -555,11 +623,19 @@ fn build_children(
     Ok(children.into_iter().map(|(c, _, _)| c).collect())
 }
 
-fn build_awards(file: &ActivityFile, path: &str, v: &Validator<'_>) -> Result<BTreeMap<u64, AwardDef>, ConfigError> {
+fn build_awards(
+    file: &ActivityFile,
+    path: &str,
+    v: &Validator<'_>,
+) -> Result<BTreeMap<u64, AwardDef>, ConfigError> {
     let mut awards = BTreeMap::new();
     let mut insert = |award_id: u64, def: AwardDef, key_path: String, span: Range<usize>| {
         if awards.insert(award_id, def).is_some() {
-            return Err(v.error(span, key_path, format!("award id {award_id} appears twice in this activity")));
+            return Err(v.error(
+                span,
+                key_path,
+                format!("award id {award_id} appears twice in this activity"),
+            ));
         }
         Ok(())
     };
@@ -567,15 +643,30 @@ fn build_awards(file: &ActivityFile, path: &str, v: &Validator<'_>) -> Result<BT
         let cash = spanned.get_ref();
         let key = format!("{path}.cash[{index}]");
         if cash.max_cents == 0 {
-            return Err(v.error(spanned.span(), format!("{key}.max_cents"), "must be greater than 0"));
+            return Err(v.error(
+                spanned.span(),
+                format!("{key}.max_cents"),
+                "must be greater than 0",
+            ));
         }
         if cash.max_cents > file.per_txn_cap_cents {
-            return Err(v.error(spanned.span(), format!("{key}.max_cents"), format!(
-                "{} exceeds the activity's per_txn_cap_cents {}",
-                cash.max_cents, file.per_txn_cap_cents
-            )));
+            return Err(v.error(
+                spanned.span(),
+                format!("{key}.max_cents"),
+                format!(
+                    "{} exceeds the activity's per_txn_cap_cents {}",
+                    cash.max_cents, file.per_txn_cap_cents
+                ),
+            ));
         }
-        insert(cash.award_id, AwardDef::Cash { max_cents: cash.max_cents }, format!("{key}.award_id"), spanned.span())?;
+        insert(
+            cash.award_id,
+            AwardDef::Cash {
+                max_cents: cash.max_cents,
+            },
+            format!("{key}.award_id"),
+            spanned.span(),
+        )?;
     }
     let mut batches: BTreeMap<&str, &BatchFile> = BTreeMap::new();
     for (index, spanned) in file.batch.iter().enumerate() {
@@ -586,10 +677,18 @@ fn build_awards(file: &ActivityFile, path: &str, v: &Validator<'_>) -> Result<BT
             check_name(group).map_err(|m| v.error(spanned.span(), format!("{key}.group"), m))?;
         }
         if batch.per_user_limit == 0 {
-            return Err(v.error(spanned.span(), format!("{key}.per_user_limit"), "must be at least 1"));
+            return Err(v.error(
+                spanned.span(),
+                format!("{key}.per_user_limit"),
+                "must be at least 1",
+            ));
         }
         if batches.insert(&batch.id, batch).is_some() {
-            return Err(v.error(spanned.span(), format!("{key}.id"), format!("batch `{}` appears twice", batch.id)));
+            return Err(v.error(
+                spanned.span(),
+                format!("{key}.id"),
+                format!("batch `{}` appears twice", batch.id),
+            ));
         }
     }
     let mut templates = BTreeSet::new();
@@ -597,19 +696,31 @@ fn build_awards(file: &ActivityFile, path: &str, v: &Validator<'_>) -> Result<BT
         let coupon = spanned.get_ref();
         let key = format!("{path}.coupon[{index}]");
         let Some(batch) = batches.get(coupon.batch.as_str()) else {
-            return Err(v.error(spanned.span(), format!("{key}.batch"), format!(
-                "batch `{}` is not defined in this activity's [[activity.batch]]",
-                coupon.batch
-            )));
+            return Err(v.error(
+                spanned.span(),
+                format!("{key}.batch"),
+                format!(
+                    "batch `{}` is not defined in this activity's [[activity.batch]]",
+                    coupon.batch
+                ),
+            ));
         };
         if coupon.stock == 0 {
-            return Err(v.error(spanned.span(), format!("{key}.stock"), "must be greater than 0"));
+            return Err(v.error(
+                spanned.span(),
+                format!("{key}.stock"),
+                "must be greater than 0",
+            ));
         }
         if !templates.insert(coupon.template_id) {
-            return Err(v.error(spanned.span(), format!("{key}.template_id"), format!(
-                "template {} appears twice; stock is counted per template",
-                coupon.template_id
-            )));
+            return Err(v.error(
+                spanned.span(),
+                format!("{key}.template_id"),
+                format!(
+                    "template {} appears twice; stock is counted per template",
+                    coupon.template_id
+                ),
+            ));
         }
         let def = CouponDef {
             template_id: coupon.template_id,
@@ -618,21 +729,37 @@ fn build_awards(file: &ActivityFile, path: &str, v: &Validator<'_>) -> Result<BT
             per_user_limit: batch.per_user_limit,
             stock: coupon.stock,
         };
-        insert(coupon.award_id, AwardDef::Coupon(def), format!("{key}.award_id"), spanned.span())?;
+        insert(
+            coupon.award_id,
+            AwardDef::Coupon(def),
+            format!("{key}.award_id"),
+            spanned.span(),
+        )?;
     }
     for (index, spanned) in file.pendant.iter().enumerate() {
         let pendant = spanned.get_ref();
-        let def = AwardDef::Pendant { pendant_id: pendant.pendant_id };
-        insert(pendant.award_id, def, format!("{path}.pendant[{index}].award_id"), spanned.span())?;
+        let def = AwardDef::Pendant {
+            pendant_id: pendant.pendant_id,
+        };
+        insert(
+            pendant.award_id,
+            def,
+            format!("{path}.pendant[{index}].award_id"),
+            spanned.span(),
+        )?;
     }
     Ok(awards)
 }
 
 /// Batch and group names become parts of KV keys: keep them short and plain.
 fn check_name(name: &str) -> Result<(), String> {
-    let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if name.is_empty() || name.len() > 64 || !plain {
-        return Err(format!("`{name}` must be 1 to 64 characters of letters, digits, `-` and `.`"));
+        return Err(format!(
+            "`{name}` must be 1 to 64 characters of letters, digits, `-` and `.`"
+        ));
     }
     Ok(())
 }
@@ -645,30 +772,48 @@ fn build_scene(
     v: &Validator<'_>,
 ) -> Result<Scene, ConfigError> {
     if file.award_ids.is_empty() {
-        return Err(v.error(span, format!("{path}.award_ids"), "a scene needs at least one award id"));
+        return Err(v.error(
+            span,
+            format!("{path}.award_ids"),
+            "a scene needs at least one award id",
+        ));
     }
     for award_id in &file.award_ids {
         let Some(def) = awards.get(award_id) else {
-            return Err(v.error(span, format!("{path}.award_ids"), format!(
-                "award id {award_id} is not defined in this activity"
-            )));
+            return Err(v.error(
+                span,
+                format!("{path}.award_ids"),
+                format!("award id {award_id} is not defined in this activity"),
+            ));
         };
         if def.award_type() != file.award_type {
-            return Err(v.error(span, format!("{path}.award_ids"), format!(
-                "award id {award_id} is a {} award but the scene gives {}",
-                def.award_type(),
-                file.award_type
-            )));
+            return Err(v.error(
+                span,
+                format!("{path}.award_ids"),
+                format!(
+                    "award id {award_id} is a {} award but the scene gives {}",
+                    def.award_type(),
+                    file.award_type
+                ),
+            ));
         }
     }
     if file.rate_limit_qps == Some(0) {
-        return Err(v.error(span, format!("{path}.rate_limit_qps"), "must be greater than 0 (omit it for no limit)"));
+        return Err(v.error(
+            span,
+            format!("{path}.rate_limit_qps"),
+            "must be greater than 0 (omit it for no limit)",
+        ));
     }
     if file.crediting == Crediting::Token && file.award_type != AwardType::Cash {
-        return Err(v.error(span, format!("{path}.crediting"), format!(
-            "token crediting is for cash scenes; this scene gives {}",
-            file.award_type
-        )));
+        return Err(v.error(
+            span,
+            format!("{path}.crediting"),
+            format!(
+                "token crediting is for cash scenes; this scene gives {}",
+                file.award_type
+            ),
+        ));
     }
     if file.bill_text.trim().is_empty() {
         return Err(v.error(span, format!("{path}.bill_text"), "must not be empty"));
@@ -742,7 +887,9 @@ stock = 100
 
     fn check_err(edit: impl Fn(&str) -> String, expected: &str) {
         let text = edit(SAMPLE);
-        let err = ActivityTree::from_toml_str(&text, "tree.toml").expect_err("must be rejected").to_string();
+        let err = ActivityTree::from_toml_str(&text, "tree.toml")
+            .expect_err("must be rejected")
+            .to_string();
         assert!(err.contains(expected), "`{err}` lacks `{expected}`");
     }
 
@@ -753,27 +900,44 @@ stock = 100
         let feb_3 = datetime_ms(&"2027-02-03T12:00:00+08:00".parse().expect("dt")).expect("ms");
         let feb_5 = datetime_ms(&"2027-02-05T00:00:00+08:00".parse().expect("dt")).expect("ms");
         assert_eq!(activity.child_at(feb_3).map(|c| c.id), Some(1));
-        assert_eq!(activity.child_at(feb_5).map(|c| c.id), Some(2), "end is exclusive, start inclusive");
+        assert_eq!(
+            activity.child_at(feb_5).map(|c| c.id),
+            Some(2),
+            "end is exclusive, start inclusive"
+        );
         assert_eq!(activity.child_at(feb_5 - 1).map(|c| c.id), Some(1));
         assert_eq!(activity.child_at(0), None);
-        assert_eq!(tree.child(2).map(|(a, c)| (a.id, c.stage)), Some((2027, Stage::Formal)));
+        assert_eq!(
+            tree.child(2).map(|(a, c)| (a.id, c.stage)),
+            Some((2027, Stage::Formal))
+        );
         assert_eq!(activity.cash_cap_cents(9001), Some(888));
     }
 
     #[test]
     fn the_withdraw_gate_is_a_stable_share_plus_an_allow_list() {
-        let gate = |percent| WithdrawGate { gray_percent: percent, allow_list: vec![7] };
+        let gate = |percent| WithdrawGate {
+            gray_percent: percent,
+            allow_list: vec![7],
+        };
         let admitted = |percent| (1..=10_000u64).filter(|&a| gate(percent).admits(a)).count();
         assert_eq!(admitted(0), 1, "only the allow-listed user");
         assert_eq!(admitted(100), 10_000);
         let ten = admitted(10);
         assert!((900..=1100).contains(&ten), "about 10% of users: {ten}");
-        assert!((1..=10_000u64).filter(|&a| gate(10).admits(a)).all(|a| gate(20).admits(a)), "widening keeps everyone in");
+        assert!(
+            (1..=10_000u64)
+                .filter(|&a| gate(10).admits(a))
+                .all(|a| gate(20).admits(a)),
+            "widening keeps everyone in"
+        );
     }
 
     #[test]
     fn datetimes_convert_to_unix_ms() {
-        let check = |text: &str, ms: u64| assert_eq!(datetime_ms(&text.parse().expect(text)), Ok(ms), "{text}");
+        let check = |text: &str, ms: u64| {
+            assert_eq!(datetime_ms(&text.parse().expect(text)), Ok(ms), "{text}")
+        };
         check("1970-01-01T00:00:00Z", 0);
         check("2027-02-06T00:00:00Z", 1_801_872_000_000);
         check("2027-02-06T08:00:00+08:00", 1_801_872_000_000);
@@ -784,23 +948,86 @@ stock = 100
 
     #[test]
     fn bad_files_name_file_line_and_key() {
-        check_err(|s| s.replace("budget_cents = 100000", "budget_cents = 100000\nbudegt = 1"), "tree.toml:13: activity[0].child[0].budegt: unknown field `budegt`");
-        check_err(|s| s.replace("budget_cents = 100000", "budget_cents = 0"), "tree.toml:7: activity[0].child[0].budget_cents: must be greater than 0");
-        check_err(|s| s.replace("budget_cents = 100000", "budget_cents = -5"), "tree.toml:12: activity[0].child[0].budget_cents: invalid value: integer `-5`");
-        check_err(|s| s.replace("end = 2027-02-05T00:00:00+08:00", "end = 2027-01-05T00:00:00+08:00"), "activity[0].child[0].end: end 2027-01-05T00:00:00+08:00 must be after start");
-        check_err(|s| s.replace("start = 2027-02-05T00:00:00+08:00", "start = 2027-02-04T00:00:00+08:00"), "tree.toml:14: activity[0].child[1].start: window of child 2 overlaps");
-        check_err(|s| s.replace("award_ids = [9101]", "award_ids = [9001]"), "activity[0].scene[1].award_ids: award id 9001 is a cash award but the scene gives coupon");
-        check_err(|s| s.replace("award_ids = [9101]", "award_ids = [4]"), "award id 4 is not defined");
-        check_err(|s| s.replace("max_cents = 888", "max_cents = 30000"), "activity[0].cash[0].max_cents: 30000 exceeds the activity's per_txn_cap_cents 20000");
-        check_err(|s| s.replace("stock = 100", "stock = 0"), "activity[0].coupon[0].stock: must be greater than 0");
-        check_err(|s| s.replace("batch = \"b1\"", "batch = \"b9\""), "batch `b9` is not defined");
-        check_err(|s| s.replace("stage = \"formal\"", "stage = \"final\""), "activity[0].child[1].stage: unknown variant `final`");
-        check_err(|s| s.replace("id = 2\n", "id = 1\n"), "child id 1 is already used");
-        check_err(|s| s.replace("id = 302", "id = 301"), "scene id 301 appears twice");
+        check_err(
+            |s| s.replace("budget_cents = 100000", "budget_cents = 100000\nbudegt = 1"),
+            "tree.toml:13: activity[0].child[0].budegt: unknown field `budegt`",
+        );
+        check_err(
+            |s| s.replace("budget_cents = 100000", "budget_cents = 0"),
+            "tree.toml:7: activity[0].child[0].budget_cents: must be greater than 0",
+        );
+        check_err(
+            |s| s.replace("budget_cents = 100000", "budget_cents = -5"),
+            "tree.toml:12: activity[0].child[0].budget_cents: invalid value: integer `-5`",
+        );
+        check_err(
+            |s| {
+                s.replace(
+                    "end = 2027-02-05T00:00:00+08:00",
+                    "end = 2027-01-05T00:00:00+08:00",
+                )
+            },
+            "activity[0].child[0].end: end 2027-01-05T00:00:00+08:00 must be after start",
+        );
+        check_err(
+            |s| {
+                s.replace(
+                    "start = 2027-02-05T00:00:00+08:00",
+                    "start = 2027-02-04T00:00:00+08:00",
+                )
+            },
+            "tree.toml:14: activity[0].child[1].start: window of child 2 overlaps",
+        );
+        check_err(
+            |s| s.replace("award_ids = [9101]", "award_ids = [9001]"),
+            "activity[0].scene[1].award_ids: award id 9001 is a cash award but the scene gives coupon",
+        );
+        check_err(
+            |s| s.replace("award_ids = [9101]", "award_ids = [4]"),
+            "award id 4 is not defined",
+        );
+        check_err(
+            |s| s.replace("max_cents = 888", "max_cents = 30000"),
+            "activity[0].cash[0].max_cents: 30000 exceeds the activity's per_txn_cap_cents 20000",
+        );
+        check_err(
+            |s| s.replace("stock = 100", "stock = 0"),
+            "activity[0].coupon[0].stock: must be greater than 0",
+        );
+        check_err(
+            |s| s.replace("batch = \"b1\"", "batch = \"b9\""),
+            "batch `b9` is not defined",
+        );
+        check_err(
+            |s| s.replace("stage = \"formal\"", "stage = \"final\""),
+            "activity[0].child[1].stage: unknown variant `final`",
+        );
+        check_err(
+            |s| s.replace("id = 2\n", "id = 1\n"),
+            "child id 1 is already used",
+        );
+        check_err(
+            |s| s.replace("id = 302", "id = 301"),
+            "scene id 301 appears twice",
+        );
         check_err(|_| "[[activity]\n".to_owned(), "tree.toml:1");
-        check_err(|s| s.replace("stock_control = true", "stock_control = true\ncrediting = \"token\""), "activity[0].scene[1].crediting: token crediting is for cash scenes");
-        check_err(|s| s.replace("reconciliation = true", "crediting = \"later\""), "activity[0].scene[0].crediting: unknown variant `later`");
-        check_err(|s| format!("{s}\n[activity.withdraw]\ngray_percent = 101\n"), "activity[0].withdraw.gray_percent: must be 0..=100");
+        check_err(
+            |s| {
+                s.replace(
+                    "stock_control = true",
+                    "stock_control = true\ncrediting = \"token\"",
+                )
+            },
+            "activity[0].scene[1].crediting: token crediting is for cash scenes",
+        );
+        check_err(
+            |s| s.replace("reconciliation = true", "crediting = \"later\""),
+            "activity[0].scene[0].crediting: unknown variant `later`",
+        );
+        check_err(
+            |s| format!("{s}\n[activity.withdraw]\ngray_percent = 101\n"),
+            "activity[0].withdraw.gray_percent: must be 0..=100",
+        );
         check_err(|_| String::new(), "tree.toml:1: missing field `activity`");
     }
 }

@@ -37,7 +37,9 @@ impl AwardType {
 
     /// The award type with this order-number code.
     pub fn from_code(code: u64) -> Option<AwardType> {
-        AwardType::ALL.into_iter().find(|t| u64::from(t.code()) == code)
+        AwardType::ALL
+            .into_iter()
+            .find(|t| u64::from(t.code()) == code)
     }
 
     /// The lowercase name used in config files and reports.
@@ -87,8 +89,13 @@ pub enum OrderNoPart {
 }
 
 impl OrderNoPart {
-    const ALL: [OrderNoPart; 5] =
-        [OrderNoPart::ActId, OrderNoPart::SceneId, OrderNoPart::RainId, OrderNoPart::AwardType, OrderNoPart::Stage];
+    const ALL: [OrderNoPart; 5] = [
+        OrderNoPart::ActId,
+        OrderNoPart::SceneId,
+        OrderNoPart::RainId,
+        OrderNoPart::AwardType,
+        OrderNoPart::Stage,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -115,25 +122,42 @@ pub enum OrderNoError {
     #[error("order number is {len} bytes long; at most {max} are allowed")]
     TooLong { len: usize, max: usize },
     /// Not exactly five `_`-separated parts.
-    #[error("order number `{input}` has {found} part(s); expected 5: act_id_scene_id_rain_id_award_type_stage")]
+    #[error(
+        "order number `{input}` has {found} part(s); expected 5: act_id_scene_id_rain_id_award_type_stage"
+    )]
     PartCount { input: String, found: usize },
     /// A part is empty.
     #[error("order number `{input}`: {part} is empty")]
     Empty { input: String, part: String },
     /// A part has a character other than an ASCII digit.
     #[error("order number `{input}`: {part} `{value}` is not a decimal number")]
-    NotDecimal { input: String, part: String, value: String },
+    NotDecimal {
+        input: String,
+        part: String,
+        value: String,
+    },
     /// A part has a leading zero (it would not round-trip).
     #[error("order number `{input}`: {part} `{value}` has a leading zero")]
-    LeadingZero { input: String, part: String, value: String },
+    LeadingZero {
+        input: String,
+        part: String,
+        value: String,
+    },
     /// A part does not fit its range.
     #[error("order number `{input}`: {part} `{value}` is out of range (at most {max})")]
-    OutOfRange { input: String, part: String, value: String, max: u64 },
+    OutOfRange {
+        input: String,
+        part: String,
+        value: String,
+        max: u64,
+    },
     /// act_id 0 names nobody.
     #[error("order number `{input}`: act_id must not be 0")]
     ZeroActId { input: String },
     /// The award type code is not known.
-    #[error("order number `{input}`: award_type `{value}` is not 1 (cash), 2 (coupon) or 3 (pendant)")]
+    #[error(
+        "order number `{input}`: award_type `{value}` is not 1 (cash), 2 (coupon) or 3 (pendant)"
+    )]
     UnknownAwardType { input: String, value: String },
 }
 
@@ -151,7 +175,15 @@ impl OrderNo {
 
 impl fmt::Display for OrderNo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}_{}_{}_{}_{}", self.act_id, self.scene_id, self.rain_id, self.award_type.code(), self.stage)
+        write!(
+            f,
+            "{}_{}_{}_{}_{}",
+            self.act_id,
+            self.scene_id,
+            self.rain_id,
+            self.award_type.code(),
+            self.stage
+        )
     }
 }
 
@@ -160,24 +192,44 @@ impl FromStr for OrderNo {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         if input.len() > ORDER_NO_LEN_MAX {
-            return Err(OrderNoError::TooLong { len: input.len(), max: ORDER_NO_LEN_MAX });
+            return Err(OrderNoError::TooLong {
+                len: input.len(),
+                max: ORDER_NO_LEN_MAX,
+            });
         }
         let parts: Vec<&str> = input.split('_').collect();
         if parts.len() != OrderNoPart::ALL.len() {
-            return Err(OrderNoError::PartCount { input: input.to_owned(), found: parts.len() });
+            return Err(OrderNoError::PartCount {
+                input: input.to_owned(),
+                found: parts.len(),
+            });
         }
         let mut numbers = [0u64; 5];
-        for (slot, (part, value)) in numbers.iter_mut().zip(OrderNoPart::ALL.into_iter().zip(parts)) {
+        for (slot, (part, value)) in numbers
+            .iter_mut()
+            .zip(OrderNoPart::ALL.into_iter().zip(parts))
+        {
             *slot = parse_part(input, part, value)?;
         }
         let [act_id, scene_id, rain_id, award_code, stage] = numbers;
         if act_id == 0 {
-            return Err(OrderNoError::ZeroActId { input: input.to_owned() });
+            return Err(OrderNoError::ZeroActId {
+                input: input.to_owned(),
+            });
         }
-        let award_type = AwardType::from_code(award_code)
-            .ok_or_else(|| OrderNoError::UnknownAwardType { input: input.to_owned(), value: parts_value(input, 3) })?;
+        let award_type =
+            AwardType::from_code(award_code).ok_or_else(|| OrderNoError::UnknownAwardType {
+                input: input.to_owned(),
+                value: parts_value(input, 3),
+            })?;
         // The casts below cannot truncate: parse_part checked each part's range.
-        Ok(OrderNo { act_id, scene_id: scene_id as u32, rain_id: rain_id as u32, award_type, stage: stage as u32 })
+        Ok(OrderNo {
+            act_id,
+            scene_id: scene_id as u32,
+            rain_id: rain_id as u32,
+            award_type,
+            stage: stage as u32,
+        })
     }
 }
 
@@ -188,7 +240,10 @@ fn parts_value(input: &str, index: usize) -> String {
 fn parse_part(input: &str, part: OrderNoPart, value: &str) -> Result<u64, OrderNoError> {
     let err_fields = || (input.to_owned(), part.name().to_owned(), value.to_owned());
     if value.is_empty() {
-        return Err(OrderNoError::Empty { input: input.to_owned(), part: part.name().to_owned() });
+        return Err(OrderNoError::Empty {
+            input: input.to_owned(),
+            part: part.name().to_owned(),
+        });
     }
     if !value.bytes().all(|b| b.is_ascii_digit()) {
         let (input, part, value) = err_fields();
@@ -207,7 +262,12 @@ fn parse_part(input: &str, part: OrderNoPart, value: &str) -> Result<u64, OrderN
         Ok(n) if n <= max => Ok(n),
         _ => {
             let (input, part, value) = err_fields();
-            Err(OrderNoError::OutOfRange { input, part, value, max })
+            Err(OrderNoError::OutOfRange {
+                input,
+                part,
+                value,
+                max,
+            })
         }
     }
 }
@@ -236,7 +296,10 @@ mod tests {
 
     fn check_err(text: &str, expected_fragment: &str) {
         let err = text.parse::<OrderNo>().expect_err(text).to_string();
-        assert!(err.contains(expected_fragment), "{text}: `{err}` lacks `{expected_fragment}`");
+        assert!(
+            err.contains(expected_fragment),
+            "{text}: `{err}` lacks `{expected_fragment}`"
+        );
     }
 
     #[test]
@@ -244,7 +307,13 @@ mod tests {
         check_ok("10086_301_7_1_2");
         check_ok("1_0_0_2_0");
         check_ok("9223372036854775807_4294967295_4294967295_3_4294967295");
-        let order = OrderNo { act_id: 42, scene_id: 3, rain_id: 0, award_type: AwardType::Coupon, stage: 1 };
+        let order = OrderNo {
+            act_id: 42,
+            scene_id: 3,
+            rain_id: 0,
+            award_type: AwardType::Coupon,
+            stage: 1,
+        };
         assert_eq!(order.to_string().parse::<OrderNo>(), Ok(order));
     }
 
@@ -262,8 +331,14 @@ mod tests {
         check_err("1_2_3_9_2", "award_type `9` is not 1 (cash)");
         check_err("1_2_3_0_2", "award_type `0`");
         check_err("0_2_3_1_2", "act_id must not be 0");
-        check_err("1_4294967296_3_1_2", "scene_id `4294967296` is out of range");
-        check_err("9223372036854775808_1_1_1_1", "act_id `9223372036854775808` is out of range");
+        check_err(
+            "1_4294967296_3_1_2",
+            "scene_id `4294967296` is out of range",
+        );
+        check_err(
+            "9223372036854775808_1_1_1_1",
+            "act_id `9223372036854775808` is out of range",
+        );
         check_err("1_2_3_1_2 ", "stage `2 ` is not a decimal");
         check_err(&"1".repeat(200), "at most 104");
     }

@@ -23,8 +23,13 @@ pub enum Switch {
 
 impl Switch {
     /// Every switch, in registry order.
-    pub const ALL: [Switch; 5] =
-        [Switch::TokenKv, Switch::IdempotencyPrecheck, Switch::DistributedLock, Switch::FlowList, Switch::ForceCreditOnWithdraw];
+    pub const ALL: [Switch; 5] = [
+        Switch::TokenKv,
+        Switch::IdempotencyPrecheck,
+        Switch::DistributedLock,
+        Switch::FlowList,
+        Switch::ForceCreditOnWithdraw,
+    ];
 
     /// The switch's name in configs, CLIs and the admin protocol.
     pub fn name(self) -> &'static str {
@@ -40,11 +45,19 @@ impl Switch {
     /// What turning it off does.
     pub fn doc(self) -> &'static str {
         match self {
-            Switch::TokenKv => "off: token-mode scenes issue through the sync path (one credit per request)",
-            Switch::IdempotencyPrecheck => "off: skip the replay lookup before reserving; the ledger's unique order number decides",
-            Switch::DistributedLock => "off (or lock call fails): withdraw without the per-user lock; the ledger still refuses overdrafts",
+            Switch::TokenKv => {
+                "off: token-mode scenes issue through the sync path (one credit per request)"
+            }
+            Switch::IdempotencyPrecheck => {
+                "off: skip the replay lookup before reserving; the ledger's unique order number decides"
+            }
+            Switch::DistributedLock => {
+                "off (or lock call fails): withdraw without the per-user lock; the ledger still refuses overdrafts"
+            }
             Switch::FlowList => "off: the wallet view shows balance and income only",
-            Switch::ForceCreditOnWithdraw => "off: withdraw takes only the credited balance; pending tokens wait for the worker",
+            Switch::ForceCreditOnWithdraw => {
+                "off: withdraw takes only the credited balance; pending tokens wait for the worker"
+            }
         }
     }
 
@@ -59,7 +72,10 @@ impl Switch {
     }
 
     fn index(self) -> usize {
-        Switch::ALL.iter().position(|s| *s == self).expect("every switch is in ALL")
+        Switch::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("every switch is in ALL")
     }
 }
 
@@ -79,7 +95,10 @@ pub struct Switches {
 
 impl Default for Switches {
     fn default() -> Self {
-        Self { values: Switch::ALL.map(|s| AtomicBool::new(s.default_on())), ever_off: Switch::ALL.map(|_| AtomicBool::new(false)) }
+        Self {
+            values: Switch::ALL.map(|s| AtomicBool::new(s.default_on())),
+            ever_off: Switch::ALL.map(|_| AtomicBool::new(false)),
+        }
     }
 }
 
@@ -107,7 +126,10 @@ impl Switches {
 
     /// `(switch, on)` for every switch.
     pub fn snapshot(&self) -> Vec<(Switch, bool)> {
-        Switch::ALL.into_iter().map(|s| (s, self.is_on(s))).collect()
+        Switch::ALL
+            .into_iter()
+            .map(|s| (s, self.is_on(s)))
+            .collect()
     }
 }
 
@@ -120,7 +142,10 @@ mod tests {
         let switches = Switches::default();
         for switch in Switch::ALL {
             assert_eq!(Switch::by_name(switch.name()), Some(switch));
-            assert!(switch.doc().starts_with("off"), "{switch}: doc says what off does");
+            assert!(
+                switch.doc().starts_with("off"),
+                "{switch}: doc says what off does"
+            );
             assert!(switches.is_on(switch));
             assert!(!switches.has_been_off(switch));
             switches.set(switch, false);

@@ -135,9 +135,27 @@ pub fn render_summary(record: &RunRecord) -> String {
     let mut out = String::new();
     let s = &record.scenario;
     // Writing to a String cannot fail.
-    let _ = writeln!(out, "redrain run · {} · seed {} · {} requests over {} s (virtual)", s.name, s.seed, s.requests, s.duration_ms / 1000);
-    let _ = writeln!(out, "  ledger {} · build {} · history {}", record.ledger_url, record.build, &record.history_hash[..16.min(record.history_hash.len())]);
-    let _ = writeln!(out, "  wall {:.2} s · {:.0} requests/s", record.wall.elapsed_ms as f64 / 1000.0, record.wall.requests_per_s);
+    let _ = writeln!(
+        out,
+        "redrain run · {} · seed {} · {} requests over {} s (virtual)",
+        s.name,
+        s.seed,
+        s.requests,
+        s.duration_ms / 1000
+    );
+    let _ = writeln!(
+        out,
+        "  ledger {} · build {} · history {}",
+        record.ledger_url,
+        record.build,
+        &record.history_hash[..16.min(record.history_hash.len())]
+    );
+    let _ = writeln!(
+        out,
+        "  wall {:.2} s · {:.0} requests/s",
+        record.wall.elapsed_ms as f64 / 1000.0,
+        record.wall.requests_per_s
+    );
     let _ = writeln!(out, "\noutcomes");
     for (kind, count) in &record.outcomes {
         let share = *count as f64 * 100.0 / s.requests.max(1) as f64;
@@ -145,7 +163,11 @@ pub fn render_summary(record: &RunRecord) -> String {
     }
     let t = &record.totals;
     let _ = writeln!(out, "\nledger");
-    let _ = writeln!(out, "  entries {} · accounts {} · coupons {} · pendants {}", t.entries, t.accounts, t.coupons, t.pendants);
+    let _ = writeln!(
+        out,
+        "  entries {} · accounts {} · coupons {} · pendants {}",
+        t.entries, t.accounts, t.coupons, t.pendants
+    );
     let _ = writeln!(
         out,
         "  cash credited {} · withdrawn {} · in balances {}",
@@ -158,7 +180,11 @@ pub fn render_summary(record: &RunRecord) -> String {
         let _ = writeln!(
             out,
             "  accepted {} · credited by worker {} · force-credited on withdraw {} · backlog peak {} · drained in {:.1} s (virtual)",
-            c.accepted, c.credited_by_worker, c.force_credited, c.backlog_peak, c.drain_ms as f64 / 1000.0
+            c.accepted,
+            c.credited_by_worker,
+            c.force_credited,
+            c.backlog_peak,
+            c.drain_ms as f64 / 1000.0
         );
         let _ = writeln!(
             out,
@@ -169,7 +195,11 @@ pub fn render_summary(record: &RunRecord) -> String {
     let _ = writeln!(out, "\ninvariants");
     for verdict in &record.invariants {
         let mark = if verdict.passed { "pass" } else { "FAIL" };
-        let _ = writeln!(out, "  {} {:<16} {mark}  {} violation(s)", verdict.id, verdict.name, verdict.violations);
+        let _ = writeln!(
+            out,
+            "  {} {:<16} {mark}  {} violation(s)",
+            verdict.id, verdict.name, verdict.violations
+        );
         for example in &verdict.examples {
             let _ = writeln!(out, "      {example}");
         }
@@ -187,20 +217,39 @@ mod tests {
     fn record(passed: bool) -> RunRecord {
         RunRecord {
             version: RUN_RECORD_VERSION,
-            scenario: ScenarioInfo { name: "smoke".into(), file: "scenarios/smoke.toml".into(), seed: 7, requests: 10, duration_ms: 60_000 },
+            scenario: ScenarioInfo {
+                name: "smoke".into(),
+                file: "scenarios/smoke.toml".into(),
+                seed: 7,
+                requests: 10,
+                duration_ms: 60_000,
+            },
             build: "redrain 0.1.0".into(),
             ledger_url: "memory".into(),
             history_hash: "ab".repeat(32),
-            outcomes: BTreeMap::from([("issue.issued".to_owned(), 9), ("issue.zero_amount".to_owned(), 1)]),
-            totals: Totals { cash_credited_cents: 12_345, ..Totals::default() },
+            outcomes: BTreeMap::from([
+                ("issue.issued".to_owned(), 9),
+                ("issue.zero_amount".to_owned(), 1),
+            ]),
+            totals: Totals {
+                cash_credited_cents: 12_345,
+                ..Totals::default()
+            },
             crediting: None,
-            wall: Wall { elapsed_ms: 1500, requests_per_s: 6.7 },
+            wall: Wall {
+                elapsed_ms: 1500,
+                requests_per_s: 6.7,
+            },
             invariants: vec![Verdict {
                 id: "I1".into(),
                 name: "idempotency".into(),
                 passed,
                 violations: u64::from(!passed),
-                examples: if passed { vec![] } else { vec!["child 1 order 7_1_1_1_1: posted 2 times".into()] },
+                examples: if passed {
+                    vec![]
+                } else {
+                    vec!["child 1 order 7_1_1_1_1: posted 2 times".into()]
+                },
             }],
             reproduce: "redrain run scenarios/smoke.toml --seed 7".into(),
         }
@@ -216,7 +265,10 @@ mod tests {
         let bad = render_summary(&record(false));
         assert!(bad.contains("FAIL  1 violation(s)"), "{bad}");
         assert!(bad.contains("posted 2 times"), "{bad}");
-        assert!(bad.contains("reproduce with:\n  redrain run scenarios/smoke.toml --seed 7"), "{bad}");
+        assert!(
+            bad.contains("reproduce with:\n  redrain run scenarios/smoke.toml --seed 7"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -93,17 +93,32 @@ impl FinalState {
     pub async fn read(ledger: &dyn Ledger, kv: &dyn Kv) -> Result<Self, WalletError> {
         let ledger = ledger.snapshot().await?;
         let counters = kv.counters_with_prefix("").await?.into_iter().collect();
-        Ok(Self { ledger, counters, token_backlog: BTreeMap::new(), token_keys: BTreeMap::new() })
+        Ok(Self {
+            ledger,
+            counters,
+            token_backlog: BTreeMap::new(),
+            token_keys: BTreeMap::new(),
+        })
     }
 
     /// Also read the token backlog of `children` and record the trusted `keys`.
-    pub async fn with_tokens(mut self, kv: &dyn Kv, children: impl IntoIterator<Item = ChildId>, keys: Option<&KeyRing>) -> Result<Self, WalletError> {
+    pub async fn with_tokens(
+        mut self,
+        kv: &dyn Kv,
+        children: impl IntoIterator<Item = ChildId>,
+        keys: Option<&KeyRing>,
+    ) -> Result<Self, WalletError> {
         for child_id in children {
-            let backlog = kv.queue_len(&keys::pending(child_id)).await? + kv.inflight_len(&keys::inflight(child_id)).await?;
+            let backlog = kv.queue_len(&keys::pending(child_id)).await?
+                + kv.inflight_len(&keys::inflight(child_id)).await?;
             self.token_backlog.insert(child_id, backlog);
         }
         if let Some(ring) = keys {
-            self.token_keys = ring.verifying_keys().into_iter().map(|(id, key)| (id, key.to_bytes())).collect();
+            self.token_keys = ring
+                .verifying_keys()
+                .into_iter()
+                .map(|(id, key)| (id, key.to_bytes()))
+                .collect();
         }
         Ok(self)
     }

@@ -11,7 +11,11 @@ use simulator::run::{RunOptions, run_scenario};
 use simulator::scenario::Scenario;
 
 #[derive(Parser, Debug)]
-#[command(name = "redrain", version, about = "Reward-wallet simulator and load-test harness with a reference wallet")]
+#[command(
+    name = "redrain",
+    version,
+    about = "Reward-wallet simulator and load-test harness with a reference wallet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,7 +65,10 @@ enum BenchWhat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -79,28 +86,51 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { scenario, seed, requests, ledger, json } => {
+        Command::Run {
+            scenario,
+            seed,
+            requests,
+            ledger,
+            json,
+        } => {
             let scenario = Scenario::load(&scenario)?;
             let ci = std::env::var_os("CI").is_some();
-            let options = RunOptions { seed, requests, ledger_url: ledger, progress: !ci };
+            let options = RunOptions {
+                seed,
+                requests,
+                ledger_url: ledger,
+                progress: !ci,
+            };
             let output = run_scenario(&scenario, &options).await?;
             if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&output.record).context("serialising the run record")?;
-                write_atomically(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+                let text = serde_json::to_string_pretty(&output.record)
+                    .context("serialising the run record")?;
+                write_atomically(&path, text.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             print!("{}", reports::render_summary(&output.record));
-            Ok(if output.record.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if output.record.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Bench { what: BenchWhat::Tokens { tokens } } => {
+        Command::Bench {
+            what: BenchWhat::Tokens { tokens },
+        } => {
             anyhow::ensure!(tokens > 0, "--tokens must be greater than 0");
-            let dir = tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
+            let dir =
+                tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
             let rows = simulator::bench::bench_tokens(tokens, dir.path()).await?;
             print!("{}", simulator::bench::render_tokens(&rows));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { what: BenchWhat::Ledger { credits } } => {
+        Command::Bench {
+            what: BenchWhat::Ledger { credits },
+        } => {
             anyhow::ensure!(credits > 0, "--credits must be greater than 0");
-            let dir = tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
+            let dir =
+                tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
             let rows = simulator::bench::bench_ledger(credits, dir.path()).await?;
             print!("{}", simulator::bench::render(&rows));
             Ok(ExitCode::SUCCESS)
@@ -110,7 +140,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Write to a temporary file beside `path`, then rename: a failed run leaves no half file.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut file, bytes)?;
     file.persist(path).map_err(|e| e.error)?;

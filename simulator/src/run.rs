@@ -19,7 +19,9 @@ use reference::token::{KeyRing, decode_unverified};
 use reference::wallet::{CLIENT_TOKENS_MAX, IssueOutcome, Wallet, WithdrawOutcome};
 use reference::worker::{CreditWorker, TickReport};
 use reference::{Clock, ManualClock, kv, ledger};
-use reports::{CreditingSummary, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, Totals, Verdict, Wall};
+use reports::{
+    CreditingSummary, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, Totals, Verdict, Wall,
+};
 
 use crate::check::{self, Invariant, Violation};
 use crate::history::{Event, FinalState, History};
@@ -50,7 +52,12 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { seed: None, requests: None, ledger_url: "memory".to_owned(), progress: false }
+        Self {
+            seed: None,
+            requests: None,
+            ledger_url: "memory".to_owned(),
+            progress: false,
+        }
     }
 }
 
@@ -83,20 +90,40 @@ pub struct RunOutput {
 
 /// The build that is running, for records and reproduction lines.
 pub fn build_id() -> String {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     format!("redrain {} ({profile})", env!("CARGO_PKG_VERSION"))
 }
 
 /// Run `scenario` with `options` on fresh stores named by the options.
 pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<RunOutput> {
-    let ledger = ledger::open(&options.ledger_url).await.context("opening the ledger")?;
+    let ledger = ledger::open(&options.ledger_url)
+        .await
+        .context("opening the ledger")?;
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
     let kv = kv::open("memory", clock.clone()).context("opening the KV")?;
-    run_on(scenario, options, Stores { ledger, kv, clock, wallet_keys: None }).await
+    run_on(
+        scenario,
+        options,
+        Stores {
+            ledger,
+            kv,
+            clock,
+            wallet_keys: None,
+        },
+    )
+    .await
 }
 
 /// Run `scenario` on the given stores.
-pub async fn run_on(scenario: &Scenario, options: &RunOptions, stores: Stores) -> anyhow::Result<RunOutput> {
+pub async fn run_on(
+    scenario: &Scenario,
+    options: &RunOptions,
+    stores: Stores,
+) -> anyhow::Result<RunOutput> {
     let mut scenario = scenario.clone();
     if let Some(requests) = options.requests {
         scenario.requests = requests;
@@ -107,7 +134,12 @@ pub async fn run_on(scenario: &Scenario, options: &RunOptions, stores: Stores) -
         None => None,
     };
     let tree = Arc::new(scenario.tree.clone());
-    let mut wallet = Wallet::new(tree.clone(), stores.ledger.clone(), stores.kv.clone(), stores.clock.clone());
+    let mut wallet = Wallet::new(
+        tree.clone(),
+        stores.ledger.clone(),
+        stores.kv.clone(),
+        stores.clock.clone(),
+    );
     if let Some(wallet_keys) = stores.wallet_keys.clone().or_else(|| keys.clone()) {
         wallet = wallet.with_keys(wallet_keys);
     }
@@ -115,8 +147,13 @@ pub async fn run_on(scenario: &Scenario, options: &RunOptions, stores: Stores) -
     let mut driver = Driver::new(&scenario, seed, &wallet, &stores.clock, options.progress);
     driver.run(Workload::new(&scenario, seed)).await?;
     let elapsed = started.elapsed();
-    let Driver { history, summary, .. } = driver;
-    let children = tree.activities().flat_map(|a| a.children.iter().map(|c| c.id)).collect::<Vec<_>>();
+    let Driver {
+        history, summary, ..
+    } = driver;
+    let children = tree
+        .activities()
+        .flat_map(|a| a.children.iter().map(|c| c.id))
+        .collect::<Vec<_>>();
     let state = FinalState::read(stores.ledger.as_ref(), stores.kv.as_ref())
         .await
         .context("reading the final state")?
@@ -124,8 +161,22 @@ pub async fn run_on(scenario: &Scenario, options: &RunOptions, stores: Stores) -
         .await
         .context("reading the token backlog")?;
     let violations = check::check_all(&scenario.tree, &history, &state);
-    let record = record(&scenario, seed, options, &history, &state, &violations, summary, elapsed.as_millis() as u64);
-    Ok(RunOutput { record, history, state, violations })
+    let record = record(
+        &scenario,
+        seed,
+        options,
+        &history,
+        &state,
+        &violations,
+        summary,
+        elapsed.as_millis() as u64,
+    );
+    Ok(RunOutput {
+        record,
+        history,
+        state,
+        violations,
+    })
 }
 
 /// The loop's state: wallet, worker, client copies, history.
@@ -147,11 +198,20 @@ struct Driver<'a> {
 
 /// The key the simulated forger signs with for a run of `seed` (key id 1).
 pub fn forger_keys(seed: u64) -> KeyRing {
-    KeyRing::from_secret(FORGER_KEY_ID, *blake3::hash(&(seed ^ CLIENT_RNG_NAME).to_le_bytes()).as_bytes())
+    KeyRing::from_secret(
+        FORGER_KEY_ID,
+        *blake3::hash(&(seed ^ CLIENT_RNG_NAME).to_le_bytes()).as_bytes(),
+    )
 }
 
 impl<'a> Driver<'a> {
-    fn new(scenario: &'a Scenario, seed: u64, wallet: &'a Wallet, clock: &'a ManualClock, progress: bool) -> Self {
+    fn new(
+        scenario: &'a Scenario,
+        seed: u64,
+        wallet: &'a Wallet,
+        clock: &'a ManualClock,
+        progress: bool,
+    ) -> Self {
         let worker = CreditWorker::for_wallet(wallet, scenario.crediting.worker.clone());
         let forger = forger_keys(seed);
         Self {
@@ -206,7 +266,11 @@ impl<'a> Driver<'a> {
                 }
                 FaultKind::Switch(switch, on) => {
                     self.wallet.switches().set(switch, on);
-                    self.history.events.push(Event::Switch { at_ms: now_ms, switch, on });
+                    self.history.events.push(Event::Switch {
+                        at_ms: now_ms,
+                        switch,
+                        on,
+                    });
                 }
             }
             self.next_fault += 1;
@@ -214,17 +278,25 @@ impl<'a> Driver<'a> {
     }
 
     async fn tick(&mut self, now_ms: u64) -> anyhow::Result<()> {
-        let Some(worker) = &mut self.worker else { return Ok(()) };
+        let Some(worker) = &mut self.worker else {
+            return Ok(());
+        };
         let report: TickReport = worker.tick(now_ms).await.context("credit worker tick")?;
         self.summary.credited_by_worker += report.credited;
         self.summary.requeued += report.requeued;
         self.summary.failed_attempts += report.failed_attempts;
         if report.crashed {
-            let point = worker.crash_point_hit().unwrap_or(reference::worker::CrashPoint::AfterClaim);
-            self.history.events.push(Event::WorkerCrash { at_ms: now_ms, point });
+            let point = worker
+                .crash_point_hit()
+                .unwrap_or(reference::worker::CrashPoint::AfterClaim);
+            self.history.events.push(Event::WorkerCrash {
+                at_ms: now_ms,
+                point,
+            });
             self.summary.worker_crashes += 1;
             // The process restarts with nothing but the shared stores.
-            self.worker = CreditWorker::for_wallet(self.wallet, self.scenario.crediting.worker.clone());
+            self.worker =
+                CreditWorker::for_wallet(self.wallet, self.scenario.crediting.worker.clone());
         }
         if let Some(worker) = &self.worker {
             let backlog = worker.backlog().await.context("reading the backlog")?;
@@ -237,8 +309,14 @@ impl<'a> Driver<'a> {
         let at_ms = self.clock.now_ms();
         let event = match request {
             Request::Issue(request) => {
-                let outcome = self.wallet.issue(&request).await.with_context(|| format!("issuing {}", request.order_no))?;
-                if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } = &outcome {
+                let outcome = self
+                    .wallet
+                    .issue(&request)
+                    .await
+                    .with_context(|| format!("issuing {}", request.order_no))?;
+                if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } =
+                    &outcome
+                {
                     let copies = self.client_tokens.entry(token.act_id).or_default();
                     if !copies.contains(&token.bytes) {
                         copies.push(token.bytes.clone());
@@ -247,26 +325,54 @@ impl<'a> Driver<'a> {
                         self.summary.accepted += 1;
                     }
                 }
-                Event::Issue { at_ms, request, outcome }
+                Event::Issue {
+                    at_ms,
+                    request,
+                    outcome,
+                }
             }
             Request::Withdraw(mut request) => {
-                let copies = self.client_tokens.get(&request.act_id).cloned().unwrap_or_default();
+                let copies = self
+                    .client_tokens
+                    .get(&request.act_id)
+                    .cloned()
+                    .unwrap_or_default();
                 let keep = copies.len().min(CLIENT_TOKENS_MAX - 1);
                 request.client_tokens = copies[copies.len() - keep..].to_vec();
                 if self.rng.random::<f64>() < self.scenario.traffic.forged_token_rate {
                     request.client_tokens.push(self.forge(request.act_id));
                     self.summary.forged_presented += 1;
                 }
-                let outcome = self.wallet.withdraw(&request).await.with_context(|| format!("withdrawing {}", request.withdraw_no))?;
-                if let WithdrawOutcome::Withdrawn { force, .. } | WithdrawOutcome::Rejected { force, .. } = &outcome {
+                let outcome = self
+                    .wallet
+                    .withdraw(&request)
+                    .await
+                    .with_context(|| format!("withdrawing {}", request.withdraw_no))?;
+                if let WithdrawOutcome::Withdrawn { force, .. }
+                | WithdrawOutcome::Rejected { force, .. } = &outcome
+                {
                     self.summary.force_credited += u64::from(force.credited);
                 }
-                Event::Withdraw { at_ms, request, outcome }
+                Event::Withdraw {
+                    at_ms,
+                    request,
+                    outcome,
+                }
             }
             Request::View { act_id } => {
                 let activity_id = self.scenario.activity_id;
-                match self.wallet.view(activity_id, act_id, None, VIEW_PAGE_LIMIT).await.context("viewing the wallet")? {
-                    Ok(view) => Event::View { at_ms, activity_id, act_id, view },
+                match self
+                    .wallet
+                    .view(activity_id, act_id, None, VIEW_PAGE_LIMIT)
+                    .await
+                    .context("viewing the wallet")?
+                {
+                    Ok(view) => Event::View {
+                        at_ms,
+                        activity_id,
+                        act_id,
+                        view,
+                    },
                     // No child open: nothing to show, nothing to check.
                     Err(_) => return Ok(()),
                 }
@@ -279,8 +385,17 @@ impl<'a> Driver<'a> {
     /// A token the wallet must refuse: a changed byte, another user's token, an
     /// invented order signed with a foreign key, or junk.
     fn forge(&mut self, act_id: u64) -> Vec<u8> {
-        let own = self.client_tokens.get(&act_id).filter(|c| !c.is_empty()).cloned();
-        let others: Vec<&Vec<u8>> = self.client_tokens.iter().filter(|(a, _)| **a != act_id).flat_map(|(_, c)| c).collect();
+        let own = self
+            .client_tokens
+            .get(&act_id)
+            .filter(|c| !c.is_empty())
+            .cloned();
+        let others: Vec<&Vec<u8>> = self
+            .client_tokens
+            .iter()
+            .filter(|(a, _)| **a != act_id)
+            .flat_map(|(_, c)| c)
+            .collect();
         match (self.rng.random_range(0..4u8), own, others.is_empty()) {
             (0, Some(own), _) => {
                 let mut tampered = own[self.rng.random_range(0..own.len())].clone();
@@ -302,7 +417,9 @@ impl<'a> Driver<'a> {
 
     /// Tick until nothing is pending or inflight, bounded by the plan.
     async fn drain(&mut self) -> anyhow::Result<()> {
-        let Some(worker) = &self.worker else { return Ok(()) };
+        let Some(worker) = &self.worker else {
+            return Ok(());
+        };
         let drain_started_ms = self.clock.now_ms();
         let mut backlog = worker.backlog().await?;
         while backlog > 0 || self.worker.as_ref().is_some_and(CreditWorker::has_retry) {
@@ -329,8 +446,10 @@ fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} requests ({per_sec}, eta {eta})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} requests ({per_sec}, eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }
@@ -352,7 +471,11 @@ fn event_label(event: &Event) -> String {
         Event::Issue { outcome, .. } => format!("issue.{}", outcome.label()),
         Event::Withdraw { outcome, .. } => format!("withdraw.{}", outcome.label()),
         Event::View { .. } => "view".to_owned(),
-        Event::Switch { switch, on, .. } => format!("switch.{}.{}", switch.name(), if *on { "on" } else { "off" }),
+        Event::Switch { switch, on, .. } => format!(
+            "switch.{}.{}",
+            switch.name(),
+            if *on { "on" } else { "off" }
+        ),
         Event::WorkerCrash { .. } => "fault.worker_crash".to_owned(),
     }
 }
@@ -372,35 +495,65 @@ fn record(
     for event in &history.events {
         *outcomes.entry(event_label(event)).or_default() += 1;
     }
-    let mut totals = Totals { entries: state.ledger.entries.len() as u64, accounts: state.ledger.accounts.len() as u64, ..Totals::default() };
+    let mut totals = Totals {
+        entries: state.ledger.entries.len() as u64,
+        accounts: state.ledger.accounts.len() as u64,
+        ..Totals::default()
+    };
     for entry in &state.ledger.entries {
         match &entry.kind {
-            EntryKind::Credit { award: Award::Cash { amount_cents }, .. } => {
-                totals.cash_credited_cents = totals.cash_credited_cents.saturating_add(*amount_cents);
+            EntryKind::Credit {
+                award: Award::Cash { amount_cents },
+                ..
+            } => {
+                totals.cash_credited_cents =
+                    totals.cash_credited_cents.saturating_add(*amount_cents);
             }
-            EntryKind::Credit { award: Award::Coupon { .. }, .. } => totals.coupons += 1,
-            EntryKind::Credit { award: Award::Pendant { .. }, .. } => totals.pendants += 1,
+            EntryKind::Credit {
+                award: Award::Coupon { .. },
+                ..
+            } => totals.coupons += 1,
+            EntryKind::Credit {
+                award: Award::Pendant { .. },
+                ..
+            } => totals.pendants += 1,
             EntryKind::Withdrawal { amount_cents, .. } => {
-                totals.cash_withdrawn_cents = totals.cash_withdrawn_cents.saturating_add(*amount_cents);
+                totals.cash_withdrawn_cents =
+                    totals.cash_withdrawn_cents.saturating_add(*amount_cents);
             }
         }
     }
     // A broken store can report anything; the record must still be written.
-    totals.balance_cents = state.ledger.accounts.iter().fold(0u64, |sum, a| sum.saturating_add(a.balance_cents));
+    totals.balance_cents = state
+        .ledger
+        .accounts
+        .iter()
+        .fold(0u64, |sum, a| sum.saturating_add(a.balance_cents));
     let invariants = Invariant::CHECKED
         .into_iter()
         .map(|invariant| {
-            let mine: Vec<&Violation> = violations.iter().filter(|v| v.invariant == invariant).collect();
+            let mine: Vec<&Violation> = violations
+                .iter()
+                .filter(|v| v.invariant == invariant)
+                .collect();
             Verdict {
                 id: invariant.id().to_owned(),
                 name: invariant.name().to_owned(),
                 passed: mine.is_empty(),
                 violations: mine.len() as u64,
-                examples: mine.iter().take(EXAMPLES_MAX).map(|v| format!("{}: {}", v.culprit, v.detail)).collect(),
+                examples: mine
+                    .iter()
+                    .take(EXAMPLES_MAX)
+                    .map(|v| format!("{}: {}", v.culprit, v.detail))
+                    .collect(),
             }
         })
         .collect();
-    let mut reproduce = format!("redrain run {} --seed {seed} --ledger {}", scenario.path.display(), options.ledger_url);
+    let mut reproduce = format!(
+        "redrain run {} --seed {seed} --ledger {}",
+        scenario.path.display(),
+        options.ledger_url
+    );
     if let Some(requests) = options.requests {
         reproduce.push_str(&format!(" --requests {requests}"));
     }
@@ -422,7 +575,10 @@ fn record(
         outcomes,
         totals,
         crediting: uses_tokens.then_some(crediting),
-        wall: Wall { elapsed_ms, requests_per_s: requests as f64 * 1000.0 / elapsed_ms.max(1) as f64 },
+        wall: Wall {
+            elapsed_ms,
+            requests_per_s: requests as f64 * 1000.0 / elapsed_ms.max(1) as f64,
+        },
         invariants,
         reproduce,
     }

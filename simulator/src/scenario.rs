@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use reference::config::{ConfigError, Crediting, Validator, datetime_ms, parse_toml, read_config_file};
+use reference::config::{
+    ConfigError, Crediting, Validator, datetime_ms, parse_toml, read_config_file,
+};
 use reference::switches::Switch;
 use reference::token::KeyRing;
 use reference::worker::{CrashPoint, WorkerConfig};
@@ -244,22 +246,39 @@ impl Scenario {
         let v = Validator::new(&origin, &text);
         let run_span = file.run.span();
         let run = file.run.into_inner();
-        let at_run = |key: &str, message: String| v.error(run_span.clone(), format!("run.{key}"), message);
-        let tree_path = path.parent().unwrap_or(Path::new(".")).join(&run.activity_file);
+        let at_run =
+            |key: &str, message: String| v.error(run_span.clone(), format!("run.{key}"), message);
+        let tree_path = path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&run.activity_file);
         let tree = ActivityTree::from_file(&tree_path).map_err(|e| match e.line {
             // The tree file could not be read at all: point at the key naming it.
-            None => at_run("activity_file", format!("{}: {}", tree_path.display(), e.message)),
+            None => at_run(
+                "activity_file",
+                format!("{}: {}", tree_path.display(), e.message),
+            ),
             Some(_) => e,
         })?;
         if tree.activity(run.activity_id).is_none() {
-            return Err(at_run("activity_id", format!("activity {} is not in {}", run.activity_id, tree_path.display())));
+            return Err(at_run(
+                "activity_id",
+                format!(
+                    "activity {} is not in {}",
+                    run.activity_id,
+                    tree_path.display()
+                ),
+            ));
         }
         let start_ms = datetime_ms(&run.start).map_err(|m| at_run("start", m))?;
         if run.duration_s == 0 {
             return Err(at_run("duration_s", "must be greater than 0".to_owned()));
         }
         if run.requests == 0 || run.requests > REQUESTS_MAX {
-            return Err(at_run("requests", format!("{} is not in 1..={REQUESTS_MAX}", run.requests)));
+            return Err(at_run(
+                "requests",
+                format!("{} is not in 1..={REQUESTS_MAX}", run.requests),
+            ));
         }
         if run.users == 0 || run.users > reference::order_no::ACT_ID_MAX {
             return Err(at_run("users", format!("{} must be at least 1", run.users)));
@@ -267,33 +286,59 @@ impl Scenario {
         let mix_span = file.mix.span();
         let mix = file.mix.into_inner();
         if mix.total() == 0 {
-            return Err(v.error(mix_span, "mix", "at least one weight must be greater than 0"));
+            return Err(v.error(
+                mix_span,
+                "mix",
+                "at least one weight must be greater than 0",
+            ));
         }
         let traffic_span = file.traffic.span();
         let traffic = file.traffic.into_inner();
-        let at_traffic = |key: &str, message: String| v.error(traffic_span.clone(), format!("traffic.{key}"), message);
+        let at_traffic = |key: &str, message: String| {
+            v.error(traffic_span.clone(), format!("traffic.{key}"), message)
+        };
         for (key, rate) in [
             ("duplicate_rate", traffic.duplicate_rate),
             ("conflict_rate", traffic.conflict_rate),
             ("malformed_rate", traffic.malformed_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
-                return Err(at_traffic(key, format!("{rate} is not a share between 0 and 1")));
+                return Err(at_traffic(
+                    key,
+                    format!("{rate} is not a share between 0 and 1"),
+                ));
             }
         }
         if traffic.duplicate_rate + traffic.conflict_rate + traffic.malformed_rate > 1.0 {
-            return Err(at_traffic("duplicate_rate", "duplicate, conflict and malformed rates add up to more than 1".to_owned()));
+            return Err(at_traffic(
+                "duplicate_rate",
+                "duplicate, conflict and malformed rates add up to more than 1".to_owned(),
+            ));
         }
         if traffic.rains == 0 || traffic.stages == 0 {
-            return Err(at_traffic("rains", "rains and stages must be at least 1".to_owned()));
+            return Err(at_traffic(
+                "rains",
+                "rains and stages must be at least 1".to_owned(),
+            ));
         }
         if mix.withdraw > 0 && traffic.withdraw_max_cents == 0 {
-            return Err(at_traffic("withdraw_max_cents", "must be greater than 0 when the mix has withdrawals".to_owned()));
+            return Err(at_traffic(
+                "withdraw_max_cents",
+                "must be greater than 0 when the mix has withdrawals".to_owned(),
+            ));
         }
         if !(0.0..=1.0).contains(&traffic.forged_token_rate) {
-            return Err(at_traffic("forged_token_rate", format!("{} is not a share between 0 and 1", traffic.forged_token_rate)));
+            return Err(at_traffic(
+                "forged_token_rate",
+                format!(
+                    "{} is not a share between 0 and 1",
+                    traffic.forged_token_rate
+                ),
+            ));
         }
-        let has_token_scenes = tree.activities().any(|a| a.scenes.values().any(|s| s.crediting == Crediting::Token));
+        let has_token_scenes = tree
+            .activities()
+            .any(|a| a.scenes.values().any(|s| s.crediting == Crediting::Token));
         let token_keys = match file.tokens {
             None if has_token_scenes => {
                 return Err(v.error(0..0, "tokens.keys", format!(
@@ -305,35 +350,69 @@ impl Scenario {
             Some(tokens) => Some(match tokens.get_ref().keys.as_str() {
                 "dev" => KeySource::Dev,
                 "env" => KeySource::Env,
-                "" => return Err(v.error(tokens.span(), "tokens.keys", "must be \"dev\", \"env\" or a key file path")),
+                "" => {
+                    return Err(v.error(
+                        tokens.span(),
+                        "tokens.keys",
+                        "must be \"dev\", \"env\" or a key file path",
+                    ));
+                }
                 file => KeySource::File(path.parent().unwrap_or(Path::new(".")).join(file)),
             }),
         };
         let crediting = match file.crediting {
-            None => CreditingPlan { worker: WorkerConfig::default(), tick_interval_ms: default_tick_interval_ms(), drain_ms_max: default_drain_s_max() * 1000 },
+            None => CreditingPlan {
+                worker: WorkerConfig::default(),
+                tick_interval_ms: default_tick_interval_ms(),
+                drain_ms_max: default_drain_s_max() * 1000,
+            },
             Some(spanned) => {
                 let span = spanned.span();
                 let c = spanned.into_inner();
-                let at = |key: &str, m: String| v.error(span.clone(), format!("crediting.{key}"), m);
+                let at =
+                    |key: &str, m: String| v.error(span.clone(), format!("crediting.{key}"), m);
                 if c.batch_max == 0 || c.batch_max > reference::ledger::CREDIT_BATCH_MAX {
-                    return Err(at("batch_max", format!("{} is not in 1..={}", c.batch_max, reference::ledger::CREDIT_BATCH_MAX)));
+                    return Err(at(
+                        "batch_max",
+                        format!(
+                            "{} is not in 1..={}",
+                            c.batch_max,
+                            reference::ledger::CREDIT_BATCH_MAX
+                        ),
+                    ));
                 }
                 if c.tick_interval_ms == 0 {
                     return Err(at("tick_interval_ms", "must be greater than 0".to_owned()));
                 }
                 if c.processing_timeout_ms == 0 {
-                    return Err(at("processing_timeout_ms", "must be greater than 0".to_owned()));
+                    return Err(at(
+                        "processing_timeout_ms",
+                        "must be greater than 0".to_owned(),
+                    ));
                 }
-                let worker = WorkerConfig { batch_max: c.batch_max, credit_tps: c.credit_tps, processing_timeout_ms: c.processing_timeout_ms, ..WorkerConfig::default() };
-                CreditingPlan { worker, tick_interval_ms: c.tick_interval_ms, drain_ms_max: c.drain_s_max * 1000 }
+                let worker = WorkerConfig {
+                    batch_max: c.batch_max,
+                    credit_tps: c.credit_tps,
+                    processing_timeout_ms: c.processing_timeout_ms,
+                    ..WorkerConfig::default()
+                };
+                CreditingPlan {
+                    worker,
+                    tick_interval_ms: c.tick_interval_ms,
+                    drain_ms_max: c.drain_s_max * 1000,
+                }
             }
         };
         let mut faults = Vec::new();
         for (index, spanned) in file.fault.iter().enumerate() {
             let f = spanned.get_ref();
-            let at = |key: &str, m: String| v.error(spanned.span(), format!("fault[{index}].{key}"), m);
+            let at =
+                |key: &str, m: String| v.error(spanned.span(), format!("fault[{index}].{key}"), m);
             if f.at_s * 1000 >= run.duration_s * 1000 {
-                return Err(at("at_s", format!("{} s is not inside the run's {} s", f.at_s, run.duration_s)));
+                return Err(at(
+                    "at_s",
+                    format!("{} s is not inside the run's {} s", f.at_s, run.duration_s),
+                ));
             }
             let kind = match (f.kind, f.point, &f.switch, f.on) {
                 (FaultKindName::WorkerCrash, Some(point), None, None) => FaultKind::WorkerCrash(match point {
@@ -351,7 +430,10 @@ impl Scenario {
                 }
                 (FaultKindName::Switch, _, _, _) => return Err(at("switch", "a switch fault takes `switch` and `on` and nothing else".to_owned())),
             };
-            faults.push(Fault { at_ms: f.at_s * 1000, kind });
+            faults.push(Fault {
+                at_ms: f.at_s * 1000,
+                kind,
+            });
         }
         faults.sort_by_key(|f| f.at_ms);
         Ok(Scenario {

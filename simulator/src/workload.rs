@@ -68,7 +68,13 @@ fn mix64(mut z: u64) -> u64 {
 /// The payload draw of an order number: same seed and order, same award.
 fn payload_draw(seed: u64, order_no: &OrderNo) -> u64 {
     let mut h = mix64(seed);
-    for part in [order_no.act_id, u64::from(order_no.scene_id), u64::from(order_no.rain_id), u64::from(order_no.award_type.code()), u64::from(order_no.stage)] {
+    for part in [
+        order_no.act_id,
+        u64::from(order_no.scene_id),
+        u64::from(order_no.rain_id),
+        u64::from(order_no.award_type.code()),
+        u64::from(order_no.stage),
+    ] {
         h = mix64(h ^ part);
     }
     h
@@ -77,13 +83,28 @@ fn payload_draw(seed: u64, order_no: &OrderNo) -> u64 {
 impl<'a> Workload<'a> {
     /// The workload of `scenario` with `seed`.
     pub fn new(scenario: &'a Scenario, seed: u64) -> Self {
-        let activity = scenario.tree.activity(scenario.activity_id).expect("Scenario::load checked the activity");
+        let activity = scenario
+            .tree
+            .activity(scenario.activity_id)
+            .expect("Scenario::load checked the activity");
         let payload_seed = mix64(seed ^ RNG_NAME ^ 1);
-        Self { scenario, activity, rng: ChaCha8Rng::seed_from_u64(seed ^ RNG_NAME), index: 0, recent: Vec::new(), payload_seed }
+        Self {
+            scenario,
+            activity,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ RNG_NAME),
+            index: 0,
+            recent: Vec::new(),
+            payload_seed,
+        }
     }
 
     fn fresh_issue(&mut self, award_type: AwardType) -> Option<IssueRequest> {
-        let scenes: Vec<_> = self.activity.scenes.values().filter(|s| s.award_type == award_type).collect();
+        let scenes: Vec<_> = self
+            .activity
+            .scenes
+            .values()
+            .filter(|s| s.award_type == award_type)
+            .collect();
         if scenes.is_empty() {
             return None;
         }
@@ -99,7 +120,8 @@ impl<'a> Workload<'a> {
         // share an order number carry the same payload, so they are a duplicate,
         // not a conflict. Conflicts come only from `conflict_rate`.
         let draw = payload_draw(self.payload_seed, &order_no);
-        let award_id = scene.award_ids[usize::try_from(draw % scene.award_ids.len() as u64).unwrap_or(0)];
+        let award_id =
+            scene.award_ids[usize::try_from(draw % scene.award_ids.len() as u64).unwrap_or(0)];
         let amount_cents = match self.activity.awards.get(&award_id) {
             Some(AwardDef::Cash { .. }) => {
                 let cap = self.activity.cash_cap_cents(award_id).unwrap_or(1);
@@ -107,7 +129,13 @@ impl<'a> Workload<'a> {
             }
             _ => 0,
         };
-        Some(IssueRequest { app_id: 1, activity_id: self.activity.id, order_no: order_no.to_string(), award_id, amount_cents })
+        Some(IssueRequest {
+            app_id: 1,
+            activity_id: self.activity.id,
+            order_no: order_no.to_string(),
+            award_id,
+            amount_cents,
+        })
     }
 
     fn malformed(&mut self) -> IssueRequest {
@@ -120,7 +148,11 @@ impl<'a> Workload<'a> {
             0 => base.order_no = base.order_no.replacen('_', "-", 1),
             1 => base.order_no.push_str("_9"),
             2 => base.amount_cents = -base.amount_cents.max(1),
-            3 => base.amount_cents = i64::try_from(self.activity.per_txn_cap_cents).unwrap_or(i64::MAX).saturating_add(1),
+            3 => {
+                base.amount_cents = i64::try_from(self.activity.per_txn_cap_cents)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(1)
+            }
             4 => base.order_no = base.order_no.replacen('_', "_4000000", 1),
             _ => base.award_id = u64::MAX,
         }
@@ -128,11 +160,16 @@ impl<'a> Workload<'a> {
     }
 
     fn withdraw(&mut self) -> WithdrawRequest {
-        WithdrawRequest { client_tokens: Vec::new(),
+        WithdrawRequest {
+            client_tokens: Vec::new(),
             activity_id: self.activity.id,
             act_id: self.rng.random_range(1..=self.scenario.users),
             withdraw_no: format!("w{}", self.index),
-            amount_cents: i64::try_from(self.rng.random_range(1..=self.scenario.traffic.withdraw_max_cents)).unwrap_or(1),
+            amount_cents: i64::try_from(
+                self.rng
+                    .random_range(1..=self.scenario.traffic.withdraw_max_cents),
+            )
+            .unwrap_or(1),
         }
     }
 
@@ -153,7 +190,11 @@ impl<'a> Workload<'a> {
             return Pick::Award(AwardType::Pendant);
         }
         bound += mix.withdraw;
-        if pick < bound { Pick::Withdraw } else { Pick::View }
+        if pick < bound {
+            Pick::Withdraw
+        } else {
+            Pick::View
+        }
     }
 
     fn next_request(&mut self) -> Request {
@@ -163,7 +204,11 @@ impl<'a> Workload<'a> {
             let mut again = self.recent[self.rng.random_range(0..self.recent.len())].clone();
             if roll >= traffic.duplicate_rate {
                 // Same order number, another payload.
-                again.amount_cents = if again.amount_cents > 1 { again.amount_cents - 1 } else { again.amount_cents + 1 };
+                again.amount_cents = if again.amount_cents > 1 {
+                    again.amount_cents - 1
+                } else {
+                    again.amount_cents + 1
+                };
             }
             return Request::Issue(again);
         }
@@ -173,7 +218,11 @@ impl<'a> Workload<'a> {
         let issue = match self.pick_kind() {
             Pick::Award(award_type) => self.fresh_issue(award_type),
             Pick::Withdraw => None,
-            Pick::View => return Request::View { act_id: self.rng.random_range(1..=self.scenario.users) },
+            Pick::View => {
+                return Request::View {
+                    act_id: self.rng.random_range(1..=self.scenario.users),
+                };
+            }
         };
         match issue {
             Some(issue) => {
@@ -197,7 +246,8 @@ impl Iterator for Workload<'_> {
         if self.index >= self.scenario.requests {
             return None;
         }
-        let offset = u128::from(self.index) * u128::from(self.scenario.duration_ms) / u128::from(self.scenario.requests);
+        let offset = u128::from(self.index) * u128::from(self.scenario.duration_ms)
+            / u128::from(self.scenario.requests);
         let at_ms = self.scenario.start_ms + u64::try_from(offset).expect("offset < duration");
         let request = self.next_request();
         self.index += 1;

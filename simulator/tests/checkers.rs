@@ -29,7 +29,10 @@ fn smoke() -> Scenario {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
 }
 
 struct Clean {
@@ -40,24 +43,50 @@ struct Clean {
 
 fn clean_run() -> Clean {
     let scenario = smoke();
-    let output = runtime().block_on(run_scenario(&scenario, &RunOptions::default())).expect("run");
-    assert!(output.violations.is_empty(), "the clean run must be clean: {:?}", output.violations);
-    Clean { scenario, history: output.history, state: output.state }
+    let output = runtime()
+        .block_on(run_scenario(&scenario, &RunOptions::default()))
+        .expect("run");
+    assert!(
+        output.violations.is_empty(),
+        "the clean run must be clean: {:?}",
+        output.violations
+    );
+    Clean {
+        scenario,
+        history: output.history,
+        state: output.state,
+    }
 }
 
 /// Run `invariant`'s checker and require a violation whose culprit contains `culprit`
 /// and whose detail contains `detail`.
-fn expect_caught(clean: &Clean, history: &History, state: &FinalState, invariant: Invariant, culprit: &str, detail: &str) {
+fn expect_caught(
+    clean: &Clean,
+    history: &History,
+    state: &FinalState,
+    invariant: Invariant,
+    culprit: &str,
+    detail: &str,
+) {
     let found = check(invariant, &clean.scenario.tree, history, state);
     assert!(
-        found.iter().any(|v| v.culprit.contains(culprit) && v.detail.contains(detail)),
+        found
+            .iter()
+            .any(|v| v.culprit.contains(culprit) && v.detail.contains(detail)),
         "{} did not report `{culprit}` / `{detail}`; it reported {found:#?}",
         invariant.id()
     );
 }
 
 fn next_seq(state: &FinalState) -> u64 {
-    state.ledger.entries.iter().map(|e| e.seq).max().unwrap_or(0) + 1
+    state
+        .ledger
+        .entries
+        .iter()
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0)
+        + 1
 }
 
 fn first_credit(state: &FinalState, want: impl Fn(&Award) -> bool) -> Entry {
@@ -89,20 +118,39 @@ fn i1_catches_a_double_posting_and_a_replay_with_another_answer() {
     let mut twice = entry.clone();
     twice.seq = next_seq(&state);
     state.ledger.entries.push(twice);
-    let EntryKind::Credit { order_no, .. } = &entry.kind else { unreachable!("a credit") };
-    expect_caught(&clean, &clean.history, &state, Invariant::I1Idempotency, &format!("order {order_no}"), "posted 2 times");
+    let EntryKind::Credit { order_no, .. } = &entry.kind else {
+        unreachable!("a credit")
+    };
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I1Idempotency,
+        &format!("order {order_no}"),
+        "posted 2 times",
+    );
 
     let mut history = clean.history.clone();
     let replay = history
         .events
         .iter_mut()
         .find_map(|e| match e {
-            Event::Issue { outcome: IssueOutcome::Duplicate { entry }, .. } => Some(entry),
+            Event::Issue {
+                outcome: IssueOutcome::Duplicate { entry },
+                ..
+            } => Some(entry),
             _ => None,
         })
         .expect("the clean run has duplicates");
     replay.seq += 1;
-    expect_caught(&clean, &history, &clean.state, Invariant::I1Idempotency, "order", "a replay must return the first outcome");
+    expect_caught(
+        &clean,
+        &history,
+        &clean.state,
+        Invariant::I1Idempotency,
+        "order",
+        "a replay must return the first outcome",
+    );
 }
 
 #[test]
@@ -110,60 +158,170 @@ fn i2_catches_every_kind_of_over_issue() {
     let clean = clean_run();
     // Stock: more coupons of template 7002 than its stock of 500.
     let mut state = clean.state.clone();
-    let coupon = first_credit(&state, |a| matches!(a, Award::Coupon { template_id: 7002, .. }));
+    let coupon = first_credit(&state, |a| {
+        matches!(
+            a,
+            Award::Coupon {
+                template_id: 7002,
+                ..
+            }
+        )
+    });
     for (seq, i) in (next_seq(&state)..).zip(0..600u32) {
-        state.ledger.entries.push(with_order(&coupon, seq, 100_000 + u64::from(i), 0));
+        state
+            .ledger
+            .entries
+            .push(with_order(&coupon, seq, 100_000 + u64::from(i), 0));
     }
-    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, &format!("child {FORMAL_CHILD} template 7002"), "stock is 500");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I2NoOverIssue,
+        &format!("child {FORMAL_CHILD} template 7002"),
+        "stock is 500",
+    );
 
     // Per-user per-batch limit: a second travel coupon (limit 1) for the same user.
     let mut state = clean.state.clone();
     let second = with_order(&coupon, next_seq(&state), coupon.account.act_id, 999);
     state.ledger.entries.push(second);
-    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "batch rain-travel", "limit is 1");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I2NoOverIssue,
+        "batch rain-travel",
+        "limit is 1",
+    );
 
     // Group exclusion: the same user also gets a food coupon (same group).
     let mut state = clean.state.clone();
     let mut food = with_order(&coupon, next_seq(&state), coupon.account.act_id, 998);
     food.kind = match food.kind {
-        EntryKind::Credit { order_no, .. } => EntryKind::Credit { order_no, award: Award::Coupon { template_id: 7001, batch: "rain-food".into() } },
+        EntryKind::Credit { order_no, .. } => EntryKind::Credit {
+            order_no,
+            award: Award::Coupon {
+                template_id: 7001,
+                batch: "rain-food".into(),
+            },
+        },
         other => other,
     };
     state.ledger.entries.push(food);
-    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "group rain-exclusive", "at most one");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I2NoOverIssue,
+        "group rain-exclusive",
+        "at most one",
+    );
 
     // Per-transaction cap and budget, on the ledger and on the KV counter.
     let mut state = clean.state.clone();
-    let cash = state.ledger.entries.iter_mut().find(|e| matches!(&e.kind, EntryKind::Credit { award: Award::Cash { .. }, .. })).expect("cash");
+    let cash = state
+        .ledger
+        .entries
+        .iter_mut()
+        .find(|e| {
+            matches!(
+                &e.kind,
+                EntryKind::Credit {
+                    award: Award::Cash { .. },
+                    ..
+                }
+            )
+        })
+        .expect("cash");
     if let EntryKind::Credit { award, .. } = &mut cash.kind {
-        *award = Award::Cash { amount_cents: 20_001 };
+        *award = Award::Cash {
+            amount_cents: 20_001,
+        };
     }
-    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "order", "over the per-transaction cap of 20000");
-    state.counters.insert(keys::budget(FORMAL_CHILD), 2_000_000_001);
-    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "kv budget:202703", "over the budget");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I2NoOverIssue,
+        "order",
+        "over the per-transaction cap of 20000",
+    );
+    state
+        .counters
+        .insert(keys::budget(FORMAL_CHILD), 2_000_000_001);
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I2NoOverIssue,
+        "kv budget:202703",
+        "over the budget",
+    );
     state.counters.insert(keys::stock(FORMAL_CHILD, 7003), 4001);
-    expect_caught(&clean, &clean.history, &state, Invariant::I2NoOverIssue, "kv stock:202703:7003", "over the stock of 4000");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I2NoOverIssue,
+        "kv stock:202703:7003",
+        "over the stock of 4000",
+    );
 }
 
 #[test]
 fn i3_catches_a_skewed_account_and_an_overdraft() {
     let clean = clean_run();
     let mut state = clean.state.clone();
-    let account = state.ledger.accounts.iter_mut().find(|a| a.balance_cents > 0).expect("an account with money");
+    let account = state
+        .ledger
+        .accounts
+        .iter_mut()
+        .find(|a| a.balance_cents > 0)
+        .expect("an account with money");
     account.balance_cents += 1;
     let who = format!("user {}", account.key.act_id);
-    expect_caught(&clean, &clean.history, &state, Invariant::I3Conservation, &who, "entries say");
-    expect_caught(&clean, &clean.history, &state, Invariant::I3Conservation, "ledger totals", "entries sum to");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I3Conservation,
+        &who,
+        "entries say",
+    );
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I3Conservation,
+        "ledger totals",
+        "entries sum to",
+    );
 
     let mut state = clean.state.clone();
-    let account = *state.ledger.accounts.iter().find(|a| a.balance_cents > 0).expect("an account with money");
+    let account = *state
+        .ledger
+        .accounts
+        .iter()
+        .find(|a| a.balance_cents > 0)
+        .expect("an account with money");
     state.ledger.entries.push(Entry {
         seq: next_seq(&state),
         account: account.key,
         at_ms: clean.scenario.start_ms,
-        kind: EntryKind::Withdrawal { withdraw_no: "overdraft".into(), amount_cents: account.balance_cents + 1 },
+        kind: EntryKind::Withdrawal {
+            withdraw_no: "overdraft".into(),
+            amount_cents: account.balance_cents + 1,
+        },
     });
-    expect_caught(&clean, &clean.history, &state, Invariant::I3Conservation, &format!("user {}", account.key.act_id), "balance went to -1 cents");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I3Conservation,
+        &format!("user {}", account.key.act_id),
+        "balance went to -1 cents",
+    );
 }
 
 #[test]
@@ -171,13 +329,27 @@ fn i4_catches_a_lost_credit_and_a_phantom_credit() {
     let clean = clean_run();
     let mut state = clean.state.clone();
     let lost = state.ledger.entries.remove(10);
-    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, "child", &format!("answered as posted (entry {})", lost.seq));
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I4Reconciliation,
+        "child",
+        &format!("answered as posted (entry {})", lost.seq),
+    );
 
     let mut state = clean.state.clone();
     let coupon = first_credit(&state, |a| matches!(a, Award::Pendant { .. }));
     let phantom = with_order(&coupon, next_seq(&state), 424_242, 7);
     state.ledger.entries.push(phantom.clone());
-    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, "order 424242_", "no request was answered with it");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I4Reconciliation,
+        "order 424242_",
+        "no request was answered with it",
+    );
 }
 
 #[test]
@@ -186,19 +358,36 @@ fn i6_catches_a_credit_in_the_wrong_child() {
     let mut state = clean.state.clone();
     state.ledger.entries[3].account.child_id = TEST_CHILD;
     let seq = state.ledger.entries[3].seq;
-    expect_caught(&clean, &clean.history, &state, Invariant::I6Isolation, &format!("entry {seq}"), &format!("into child {TEST_CHILD}"));
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I6Isolation,
+        &format!("entry {seq}"),
+        &format!("into child {TEST_CHILD}"),
+    );
 
     let mut history = clean.history.clone();
     let issued = history
         .events
         .iter_mut()
         .find_map(|e| match e {
-            Event::Issue { outcome: IssueOutcome::Issued { entry }, .. } => Some(entry),
+            Event::Issue {
+                outcome: IssueOutcome::Issued { entry },
+                ..
+            } => Some(entry),
             _ => None,
         })
         .expect("an issued event");
     issued.account.child_id = TEST_CHILD;
-    expect_caught(&clean, &history, &clean.state, Invariant::I6Isolation, "order", "handled in child 202701");
+    expect_caught(
+        &clean,
+        &history,
+        &clean.state,
+        Invariant::I6Isolation,
+        "order",
+        "handled in child 202701",
+    );
 }
 
 #[test]
@@ -210,15 +399,32 @@ fn i4_catches_an_uncredited_token_and_an_undrained_backlog() {
         .events
         .iter()
         .find_map(|e| match e {
-            Event::Issue { outcome: IssueOutcome::Accepted { token }, .. } => Some(token.clone()),
+            Event::Issue {
+                outcome: IssueOutcome::Accepted { token },
+                ..
+            } => Some(token.clone()),
             _ => None,
         })
         .expect("the clean run accepts tokens");
     state.ledger.entries.retain(|e| !matches!(&e.kind, EntryKind::Credit { order_no, .. } if *order_no == token.order_no && e.account.child_id == token.child_id));
     let culprit = format!("order {}", token.order_no);
-    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, &culprit, "token accepted but never credited");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I4Reconciliation,
+        &culprit,
+        "token accepted but never credited",
+    );
     state.token_backlog.insert(FORMAL_CHILD, 3);
-    expect_caught(&clean, &clean.history, &state, Invariant::I4Reconciliation, "token backlog", "3 token(s) still pending");
+    expect_caught(
+        &clean,
+        &clean.history,
+        &state,
+        Invariant::I4Reconciliation,
+        "token backlog",
+        "3 token(s) still pending",
+    );
 }
 
 #[test]
@@ -235,19 +441,40 @@ fn i5_catches_a_view_that_shows_less_or_more_and_a_short_withdraw() {
             })
             .expect("a complete view with money");
         view.balance_cents = view.balance_cents.saturating_add_signed(delta);
-        expect_caught(&clean, &history, &clean.state, Invariant::I5View, "view of user", how);
+        expect_caught(
+            &clean,
+            &history,
+            &clean.state,
+            Invariant::I5View,
+            "view of user",
+            how,
+        );
     }
     let mut history = clean.history.clone();
     let after = history
         .events
         .iter_mut()
         .find_map(|e| match e {
-            Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { balance_after_cents, .. }, .. } => Some(balance_after_cents),
+            Event::Withdraw {
+                outcome:
+                    reference::wallet::WithdrawOutcome::Withdrawn {
+                        balance_after_cents,
+                        ..
+                    },
+                ..
+            } => Some(balance_after_cents),
             _ => None,
         })
         .expect("a withdrawal");
     *after += 1;
-    expect_caught(&clean, &history, &clean.state, Invariant::I5View, "withdraw", "the amount owed is");
+    expect_caught(
+        &clean,
+        &history,
+        &clean.state,
+        Invariant::I5View,
+        "withdraw",
+        "the amount owed is",
+    );
 }
 
 #[test]
@@ -258,18 +485,35 @@ fn i7_catches_a_wallet_that_accepts_a_forged_token() {
         .events
         .iter_mut()
         .find_map(|e| match e {
-            Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. }, request, .. }
-                if !force.rejected_tokens.is_empty() && request.client_tokens.len() > force.rejected_tokens[0].0 => Some(force),
+            Event::Withdraw {
+                outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. },
+                request,
+                ..
+            } if !force.rejected_tokens.is_empty()
+                && request.client_tokens.len() > force.rejected_tokens[0].0 =>
+            {
+                Some(force)
+            }
             _ => None,
         })
         .expect("a withdraw that presented a forged token");
     force.rejected_tokens.clear();
-    expect_caught(&clean, &history, &clean.state, Invariant::I7TokenIntegrity, "client token", "accepted a token that fails verification");
+    expect_caught(
+        &clean,
+        &history,
+        &clean.state,
+        Invariant::I7TokenIntegrity,
+        "client token",
+        "accepted a token that fails verification",
+    );
 }
 
 // ---- broken wallets, end to end ----
 
-fn run_broken(ledger: Arc<dyn reference::ledger::Ledger>, kv_limits_ignored: bool) -> Vec<Violation> {
+fn run_broken(
+    ledger: Arc<dyn reference::ledger::Ledger>,
+    kv_limits_ignored: bool,
+) -> Vec<Violation> {
     let mut scenario = smoke();
     if kv_limits_ignored {
         // Long enough for the travel coupons (stock 500) to run out.
@@ -281,8 +525,16 @@ fn run_broken(ledger: Arc<dyn reference::ledger::Ledger>, kv_limits_ignored: boo
     } else {
         Arc::new(reference::kv::MemoryKv::new(clock.clone()))
     };
-    let stores = Stores { ledger, kv, clock, wallet_keys: None };
-    runtime().block_on(run_on(&scenario, &RunOptions::default(), stores)).expect("run").violations
+    let stores = Stores {
+        ledger,
+        kv,
+        clock,
+        wallet_keys: None,
+    };
+    runtime()
+        .block_on(run_on(&scenario, &RunOptions::default(), stores))
+        .expect("run")
+        .violations
 }
 
 fn fired(violations: &[Violation], invariant: Invariant) -> bool {
@@ -292,51 +544,105 @@ fn fired(violations: &[Violation], invariant: Invariant) -> bool {
 #[test]
 fn the_honest_naive_ledger_passes() {
     let violations = run_broken(Arc::new(broken::NaiveLedger::new(None)), false);
-    assert!(violations.is_empty(), "the harness itself must not cry wolf: {violations:#?}");
+    assert!(
+        violations.is_empty(),
+        "the harness itself must not cry wolf: {violations:#?}"
+    );
 }
 
 #[test]
 fn a_ledger_without_idempotency_breaks_i1() {
-    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::NoIdempotency))), false);
-    assert!(fired(&violations, Invariant::I1Idempotency), "{violations:#?}");
+    let violations = run_broken(
+        Arc::new(broken::NaiveLedger::new(Some(broken::Bug::NoIdempotency))),
+        false,
+    );
+    assert!(
+        fired(&violations, Invariant::I1Idempotency),
+        "{violations:#?}"
+    );
 }
 
 #[test]
 fn a_ledger_that_overdraws_breaks_i3() {
-    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::Overdraft))), false);
-    assert!(fired(&violations, Invariant::I3Conservation), "{violations:#?}");
+    let violations = run_broken(
+        Arc::new(broken::NaiveLedger::new(Some(broken::Bug::Overdraft))),
+        false,
+    );
+    assert!(
+        fired(&violations, Invariant::I3Conservation),
+        "{violations:#?}"
+    );
 }
 
 #[test]
 fn a_ledger_that_loses_credits_breaks_i4() {
-    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::LoseEvery(97)))), false);
-    assert!(fired(&violations, Invariant::I4Reconciliation), "{violations:#?}");
+    let violations = run_broken(
+        Arc::new(broken::NaiveLedger::new(Some(broken::Bug::LoseEvery(97)))),
+        false,
+    );
+    assert!(
+        fired(&violations, Invariant::I4Reconciliation),
+        "{violations:#?}"
+    );
 }
 
 #[test]
 fn a_ledger_that_posts_to_the_wrong_child_breaks_i6() {
-    let violations = run_broken(Arc::new(broken::NaiveLedger::new(Some(broken::Bug::WrongChild(TEST_CHILD)))), false);
-    assert!(fired(&violations, Invariant::I6Isolation), "{violations:#?}");
+    let violations = run_broken(
+        Arc::new(broken::NaiveLedger::new(Some(broken::Bug::WrongChild(
+            TEST_CHILD,
+        )))),
+        false,
+    );
+    assert!(
+        fired(&violations, Invariant::I6Isolation),
+        "{violations:#?}"
+    );
 }
 
 #[test]
 fn a_kv_that_ignores_limits_breaks_i2() {
     let violations = run_broken(Arc::new(broken::NaiveLedger::new(None)), true);
-    assert!(fired(&violations, Invariant::I2NoOverIssue), "{violations:#?}");
+    assert!(
+        fired(&violations, Invariant::I2NoOverIssue),
+        "{violations:#?}"
+    );
     let culprits: Vec<&str> = violations.iter().map(|v| v.culprit.as_str()).collect();
-    assert!(culprits.iter().any(|c| c.contains("template 7002")), "stock over-issue named: {culprits:?}");
-    assert!(culprits.iter().any(|c| c.contains("group rain-exclusive")), "group exclusion named: {culprits:?}");
+    assert!(
+        culprits.iter().any(|c| c.contains("template 7002")),
+        "stock over-issue named: {culprits:?}"
+    );
+    assert!(
+        culprits.iter().any(|c| c.contains("group rain-exclusive")),
+        "group exclusion named: {culprits:?}"
+    );
 }
 
 #[test]
 fn a_kv_that_loses_token_lists_breaks_i5() {
     let scenario = smoke();
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
-    let kv = Arc::new(broken::LimitlessKv::with_bug(clock.clone(), broken::KvBug::HideTokenLists));
-    let stores = Stores { ledger: Arc::new(reference::ledger::MemoryLedger::new()), kv, clock, wallet_keys: None };
-    let violations = runtime().block_on(run_on(&scenario, &RunOptions::default(), stores)).expect("run").violations;
+    let kv = Arc::new(broken::LimitlessKv::with_bug(
+        clock.clone(),
+        broken::KvBug::HideTokenLists,
+    ));
+    let stores = Stores {
+        ledger: Arc::new(reference::ledger::MemoryLedger::new()),
+        kv,
+        clock,
+        wallet_keys: None,
+    };
+    let violations = runtime()
+        .block_on(run_on(&scenario, &RunOptions::default(), stores))
+        .expect("run")
+        .violations;
     assert!(fired(&violations, Invariant::I5View), "{violations:#?}");
-    assert!(violations.iter().any(|v| v.invariant == Invariant::I5View && v.detail.contains("shows less")), "{violations:#?}");
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.invariant == Invariant::I5View && v.detail.contains("shows less")),
+        "{violations:#?}"
+    );
 }
 
 #[test]
@@ -352,9 +658,20 @@ fn a_wallet_that_trusts_a_foreign_key_breaks_i7() {
         clock,
         wallet_keys: Some(Arc::new(wallet_keys)),
     };
-    let violations = runtime().block_on(run_on(&scenario, &RunOptions::default(), stores)).expect("run").violations;
-    let i7: Vec<&Violation> = violations.iter().filter(|v| v.invariant == Invariant::I7TokenIntegrity).collect();
-    assert!(i7.iter().any(|v| v.detail.contains("the ledger credits what the refused token claimed")), "{violations:#?}");
+    let violations = runtime()
+        .block_on(run_on(&scenario, &RunOptions::default(), stores))
+        .expect("run")
+        .violations;
+    let i7: Vec<&Violation> = violations
+        .iter()
+        .filter(|v| v.invariant == Invariant::I7TokenIntegrity)
+        .collect();
+    assert!(
+        i7.iter().any(|v| v
+            .detail
+            .contains("the ledger credits what the refused token claimed")),
+        "{violations:#?}"
+    );
 }
 
 #[test]
@@ -369,11 +686,28 @@ fn i7_does_not_blame_a_withdraw_that_never_ran_force_credit() {
         .iter()
         .position(|e| matches!(e, Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. }, .. } if !force.rejected_tokens.is_empty()))
         .expect("a withdraw with a refused token");
-    if let Event::Withdraw { outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. }, at_ms, .. } = &mut history.events[index] {
+    if let Event::Withdraw {
+        outcome: reference::wallet::WithdrawOutcome::Withdrawn { force, .. },
+        at_ms,
+        ..
+    } = &mut history.events[index]
+    {
         force.rejected_tokens.clear();
         let at_ms = *at_ms;
-        history.events.insert(index, Event::Switch { at_ms, switch: reference::switches::Switch::ForceCreditOnWithdraw, on: false });
+        history.events.insert(
+            index,
+            Event::Switch {
+                at_ms,
+                switch: reference::switches::Switch::ForceCreditOnWithdraw,
+                on: false,
+            },
+        );
     }
-    let found = check(Invariant::I7TokenIntegrity, &clean.scenario.tree, &history, &clean.state);
+    let found = check(
+        Invariant::I7TokenIntegrity,
+        &clean.scenario.tree,
+        &history,
+        &clean.state,
+    );
     assert!(found.is_empty(), "{found:#?}");
 }

@@ -175,8 +175,9 @@ award_id = 31
 pendant_id = 5
 "#;
 
-static TREE_PARSED: LazyLock<Arc<ActivityTree>> =
-    LazyLock::new(|| Arc::new(ActivityTree::from_toml_str(TREE, "model_based.rs").expect("the test tree is valid")));
+static TREE_PARSED: LazyLock<Arc<ActivityTree>> = LazyLock::new(|| {
+    Arc::new(ActivityTree::from_toml_str(TREE, "model_based.rs").expect("the test tree is valid"))
+});
 
 const ACTIVITY_ID: u64 = 2027;
 /// 2027-02-01T00:00:00Z, where the first child opens and every case starts.
@@ -208,10 +209,18 @@ const STATUS_PROCESSING: u8 = 2;
 /// The seed's token status once credited.
 const STATUS_SUCCESS: u8 = 8;
 /// What a tampered token may be refused as: the flipped bit decides which check fails first.
-const FORGERY_CODES: [&str; 4] = ["token_malformed", "token_unknown_key", "token_bad_signature", "token_bad_body"];
+const FORGERY_CODES: [&str; 4] = [
+    "token_malformed",
+    "token_unknown_key",
+    "token_bad_signature",
+    "token_bad_body",
+];
 /// Bytes that are no token at all, with the code the wallet refuses each with.
-const JUNK_TOKENS: [(&[u8], &str); 3] =
-    [(b"junk", "token_malformed"), (b"", "token_bad_signature"), (&[0xab; 600], "token_too_long")];
+const JUNK_TOKENS: [(&[u8], &str); 3] = [
+    (b"junk", "token_malformed"),
+    (b"", "token_bad_signature"),
+    (&[0xab; 600], "token_too_long"),
+];
 
 fn worker_config() -> WorkerConfig {
     WorkerConfig {
@@ -233,9 +242,24 @@ struct ChildSpec {
 }
 
 const CHILDREN: [ChildSpec; 3] = [
-    ChildSpec { id: 1, start_ms: START_MS, end_ms: START_MS + 5_000, budget_cents: 1500 },
-    ChildSpec { id: 2, start_ms: START_MS + 5_000, end_ms: START_MS + 10_000, budget_cents: 1500 },
-    ChildSpec { id: 3, start_ms: START_MS + 10_000, end_ms: START_MS + 15_000, budget_cents: 2000 },
+    ChildSpec {
+        id: 1,
+        start_ms: START_MS,
+        end_ms: START_MS + 5_000,
+        budget_cents: 1500,
+    },
+    ChildSpec {
+        id: 2,
+        start_ms: START_MS + 5_000,
+        end_ms: START_MS + 10_000,
+        budget_cents: 1500,
+    },
+    ChildSpec {
+        id: 3,
+        start_ms: START_MS + 10_000,
+        end_ms: START_MS + 15_000,
+        budget_cents: 2000,
+    },
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -250,11 +274,41 @@ struct SceneSpec {
 }
 
 const SCENES: [SceneSpec; 5] = [
-    SceneSpec { id: 1, award_code: 1, award_ids: &[11, 12], stock_control: false, token: false },
-    SceneSpec { id: 2, award_code: 2, award_ids: &[21, 22, 23], stock_control: true, token: false },
-    SceneSpec { id: 3, award_code: 3, award_ids: &[31], stock_control: false, token: false },
-    SceneSpec { id: 4, award_code: 2, award_ids: &[24], stock_control: false, token: false },
-    SceneSpec { id: TOKEN_SCENE_ID, award_code: 1, award_ids: &[11, 12], stock_control: false, token: true },
+    SceneSpec {
+        id: 1,
+        award_code: 1,
+        award_ids: &[11, 12],
+        stock_control: false,
+        token: false,
+    },
+    SceneSpec {
+        id: 2,
+        award_code: 2,
+        award_ids: &[21, 22, 23],
+        stock_control: true,
+        token: false,
+    },
+    SceneSpec {
+        id: 3,
+        award_code: 3,
+        award_ids: &[31],
+        stock_control: false,
+        token: false,
+    },
+    SceneSpec {
+        id: 4,
+        award_code: 2,
+        award_ids: &[24],
+        stock_control: false,
+        token: false,
+    },
+    SceneSpec {
+        id: TOKEN_SCENE_ID,
+        award_code: 1,
+        award_ids: &[11, 12],
+        stock_control: false,
+        token: true,
+    },
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -278,14 +332,44 @@ const AWARDS: [(u64, AwardSpec); 7] = [
     (12, AwardSpec::Cash { max_cents: 50 }),
     (
         21,
-        AwardSpec::Coupon(CouponSpec { template_id: 701, batch: "b1", group: Some("g"), per_user_limit: 2, stock: 3 }),
+        AwardSpec::Coupon(CouponSpec {
+            template_id: 701,
+            batch: "b1",
+            group: Some("g"),
+            per_user_limit: 2,
+            stock: 3,
+        }),
     ),
     (
         22,
-        AwardSpec::Coupon(CouponSpec { template_id: 702, batch: "b2", group: Some("g"), per_user_limit: 1, stock: 2 }),
+        AwardSpec::Coupon(CouponSpec {
+            template_id: 702,
+            batch: "b2",
+            group: Some("g"),
+            per_user_limit: 1,
+            stock: 2,
+        }),
     ),
-    (23, AwardSpec::Coupon(CouponSpec { template_id: 703, batch: "b3", group: None, per_user_limit: 1, stock: 2 })),
-    (24, AwardSpec::Coupon(CouponSpec { template_id: 704, batch: "b4", group: None, per_user_limit: 2, stock: 1 })),
+    (
+        23,
+        AwardSpec::Coupon(CouponSpec {
+            template_id: 703,
+            batch: "b3",
+            group: None,
+            per_user_limit: 1,
+            stock: 2,
+        }),
+    ),
+    (
+        24,
+        AwardSpec::Coupon(CouponSpec {
+            template_id: 704,
+            batch: "b4",
+            group: None,
+            per_user_limit: 2,
+            stock: 1,
+        }),
+    ),
     (31, AwardSpec::Pendant { pendant_id: 5 }),
 ];
 
@@ -297,11 +381,16 @@ fn scene(id: u64) -> Option<&'static SceneSpec> {
 }
 
 fn award(id: u64) -> Option<&'static AwardSpec> {
-    AWARDS.iter().find(|(award_id, _)| *award_id == id).map(|(_, spec)| spec)
+    AWARDS
+        .iter()
+        .find(|(award_id, _)| *award_id == id)
+        .map(|(_, spec)| spec)
 }
 
 fn child_at(now_ms: u64) -> Option<&'static ChildSpec> {
-    CHILDREN.iter().find(|c| c.start_ms <= now_ms && now_ms < c.end_ms)
+    CHILDREN
+        .iter()
+        .find(|c| c.start_ms <= now_ms && now_ms < c.end_ms)
 }
 
 // ---- the model ----
@@ -319,7 +408,10 @@ struct OrderKey {
 impl OrderKey {
     /// The canonical text (the grammar admits no other spelling of a valid number).
     fn text(&self) -> String {
-        format!("{}_{}_{}_{}_{}", self.act_id, self.scene_id, self.rain_id, self.award_code, self.stage)
+        format!(
+            "{}_{}_{}_{}_{}",
+            self.act_id, self.scene_id, self.rain_id, self.award_code, self.stage
+        )
     }
 }
 
@@ -328,7 +420,9 @@ impl OrderKey {
 /// text is at most 56 bytes, so the wallet's length limit needs no rule of its own.
 fn parse_order_no(text: &str) -> Option<OrderKey> {
     let parts: Vec<&str> = text.split('_').collect();
-    let [act, scene_id, rain, code, stage] = parts.as_slice() else { return None };
+    let [act, scene_id, rain, code, stage] = parts.as_slice() else {
+        return None;
+    };
     let number = |part: &str, max: u64| -> Option<u64> {
         let digits = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
         let leading_zero = part.len() > 1 && part.starts_with('0');
@@ -351,7 +445,9 @@ fn parse_order_no(text: &str) -> Option<OrderKey> {
 fn valid_withdraw_no(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= WITHDRAW_NO_LEN_MAX
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What a credit gives; a replay must give exactly this again to be a duplicate.
@@ -412,7 +508,10 @@ struct SwitchModel {
 
 impl Default for SwitchModel {
     fn default() -> Self {
-        Self { token_kv: true, force_credit: true }
+        Self {
+            token_kv: true,
+            force_credit: true,
+        }
     }
 }
 
@@ -432,9 +531,18 @@ enum ClientToken {
     /// The client's copy of the token issued for this (child, order).
     Copy { child: u64, order: OrderKey },
     /// That copy with bit `bit` of byte `at % len` flipped.
-    Tampered { child: u64, order: OrderKey, at: usize, bit: u8 },
+    Tampered {
+        child: u64,
+        order: OrderKey,
+        at: usize,
+        bit: u8,
+    },
     /// A token claiming `order` for `amount_cents`, signed with the forger's key.
-    Forged { child: u64, order: OrderKey, amount_cents: u64 },
+    Forged {
+        child: u64,
+        order: OrderKey,
+        amount_cents: u64,
+    },
     /// One of [`JUNK_TOKENS`].
     Junk(usize),
 }
@@ -566,7 +674,12 @@ struct Prediction {
 
 impl Prediction {
     fn plain(label: &'static str) -> Self {
-        Self { label, account: None, balance_cents: 0, detail: Detail::Nothing }
+        Self {
+            label,
+            account: None,
+            balance_cents: 0,
+            detail: Detail::Nothing,
+        }
     }
 }
 
@@ -608,7 +721,10 @@ struct Model {
 
 impl Model {
     fn initial() -> Self {
-        Self { now_ms: START_MS, ..Self::default() }
+        Self {
+            now_ms: START_MS,
+            ..Self::default()
+        }
     }
 
     fn account(&self, account: (u64, u64)) -> AccountModel {
@@ -624,7 +740,9 @@ impl Model {
         self.tokens
             .iter()
             .filter(|((c, order), t)| {
-                *c == child && t.act_id == act_id && !self.credits.contains_key(&(*c, order.clone()))
+                *c == child
+                    && t.act_id == act_id
+                    && !self.credits.contains_key(&(*c, order.clone()))
             })
             .fold((0, 0), |(cents, n), (_, t)| (cents + t.amount_cents, n + 1))
     }
@@ -665,10 +783,13 @@ impl Model {
     /// (what I7 verifies independently; the child is the wallet's own check).
     fn verifies(&self, copy: &ClientToken, act_id: u64) -> bool {
         match copy {
-            ClientToken::Copy { child, order } => {
-                self.tokens.get(&(*child, order.clone())).is_some_and(|t| t.act_id == act_id)
+            ClientToken::Copy { child, order } => self
+                .tokens
+                .get(&(*child, order.clone()))
+                .is_some_and(|t| t.act_id == act_id),
+            ClientToken::Tampered { .. } | ClientToken::Forged { .. } | ClientToken::Junk(_) => {
+                false
             }
-            ClientToken::Tampered { .. } | ClientToken::Forged { .. } | ClientToken::Junk(_) => false,
         }
     }
 
@@ -693,7 +814,10 @@ impl Model {
                 self.now_ms += ms;
                 None
             }
-            Transition::Issue(r) | Transition::Replay(r) | Transition::ConflictReplay(r) | Transition::Malformed(r) => {
+            Transition::Issue(r)
+            | Transition::Replay(r)
+            | Transition::ConflictReplay(r)
+            | Transition::Malformed(r) => {
                 self.issue_requests.push(r.clone());
                 Some(self.issue(r))
             }
@@ -704,7 +828,10 @@ impl Model {
             Transition::Tick { after_ms } => {
                 self.now_ms += after_ms;
                 let report = self.tick(None);
-                Some(Prediction { detail: Detail::Tick(report), ..Prediction::plain("ticked") })
+                Some(Prediction {
+                    detail: Detail::Tick(report),
+                    ..Prediction::plain("ticked")
+                })
             }
             Transition::WorkerCrash(point) => {
                 let report = self.tick(Some(*point));
@@ -712,7 +839,10 @@ impl Model {
                 // there; either way a new worker starts with an empty memory.
                 self.worker = WorkerModel::default();
                 let label = if report.crashed { "crashed" } else { "ticked" };
-                Some(Prediction { detail: Detail::Tick(report), ..Prediction::plain(label) })
+                Some(Prediction {
+                    detail: Detail::Tick(report),
+                    ..Prediction::plain(label)
+                })
             }
             Transition::Drain => Some(self.drain()),
             Transition::View { act_id } => Some(self.view(*act_id)),
@@ -730,28 +860,51 @@ impl Model {
     /// Validation, then the replay checks, then reservations; the first failing
     /// rule names the outcome, as in `Wallet::issue`.
     fn issue(&mut self, request: &IssueRequest) -> Prediction {
-        let Some(order) = parse_order_no(&request.order_no) else { return Prediction::plain("malformed_order_no") };
+        let Some(order) = parse_order_no(&request.order_no) else {
+            return Prediction::plain("malformed_order_no");
+        };
         if request.activity_id != ACTIVITY_ID {
             return Prediction::plain("unknown_activity");
         }
-        let Some(child) = child_at(self.now_ms) else { return Prediction::plain("no_child_open") };
+        let Some(child) = child_at(self.now_ms) else {
+            return Prediction::plain("no_child_open");
+        };
         let account = (child.id, order.act_id);
         let label = self.issue_in(child, order, request);
-        Prediction { label, account: Some(account), balance_cents: self.balance(account), detail: Detail::Nothing }
+        Prediction {
+            label,
+            account: Some(account),
+            balance_cents: self.balance(account),
+            detail: Detail::Nothing,
+        }
     }
 
-    fn issue_in(&mut self, child: &ChildSpec, order: OrderKey, request: &IssueRequest) -> &'static str {
-        let Some(scene) = scene(order.scene_id) else { return "unknown_scene" };
+    fn issue_in(
+        &mut self,
+        child: &ChildSpec,
+        order: OrderKey,
+        request: &IssueRequest,
+    ) -> &'static str {
+        let Some(scene) = scene(order.scene_id) else {
+            return "unknown_scene";
+        };
         if scene.award_code != order.award_code {
             return "award_type_mismatch";
         }
-        let Some(def) = scene.award_ids.contains(&request.award_id).then(|| award(request.award_id)).flatten() else {
+        let Some(def) = scene
+            .award_ids
+            .contains(&request.award_id)
+            .then(|| award(request.award_id))
+            .flatten()
+        else {
             return "unknown_award";
         };
         let payload = match (def, request.amount_cents) {
             (AwardSpec::Cash { .. }, 0) => return "zero_amount",
             (AwardSpec::Cash { .. }, n) if n < 0 => return "negative_amount",
-            (AwardSpec::Cash { max_cents }, n) if n.unsigned_abs() > (*max_cents).min(PER_TXN_CAP_CENTS) => {
+            (AwardSpec::Cash { max_cents }, n)
+                if n.unsigned_abs() > (*max_cents).min(PER_TXN_CAP_CENTS) =>
+            {
                 return "amount_over_cap";
             }
             (AwardSpec::Cash { .. }, n) => Payload::Cash(n.unsigned_abs()),
@@ -764,12 +917,17 @@ impl Model {
         // token KV switched off, through the passive read — and a token replay must
         // name the same award id and amount.
         if let Some(first) = self.tokens.get(&credit_key).filter(|_| scene.token) {
-            let same = first.award_id == request.award_id && first.amount_cents == payload_cash(payload);
+            let same =
+                first.award_id == request.award_id && first.amount_cents == payload_cash(payload);
             return if same { "duplicate" } else { "conflict" };
         }
         // The ledger's replay check compares the award only (cash: the amount).
         if let Some(first) = self.credits.get(&credit_key) {
-            return if *first == payload { "duplicate" } else { "conflict" };
+            return if *first == payload {
+                "duplicate"
+            } else {
+                "conflict"
+            };
         }
         let act_id = credit_key.1.act_id;
         match def {
@@ -789,9 +947,16 @@ impl Model {
             AwardSpec::Pendant { .. } => {}
         }
         if scene.token && self.switches.token_kv {
-            let token =
-                TokenModel { act_id, award_id: request.award_id, amount_cents: payload_cash(payload), status: None };
-            self.queues.entry(child.id).or_default().push_back(credit_key.1.clone());
+            let token = TokenModel {
+                act_id,
+                award_id: request.award_id,
+                amount_cents: payload_cash(payload),
+                status: None,
+            };
+            self.queues
+                .entry(child.id)
+                .or_default()
+                .push_back(credit_key.1.clone());
             self.tokens.insert(credit_key, token);
             return "accepted";
         }
@@ -800,7 +965,10 @@ impl Model {
     }
 
     fn post_credit(&mut self, key: CreditKey, payload: Payload) {
-        self.accounts.entry((key.0, key.1.act_id)).or_default().credited_cents += payload_cash(payload);
+        self.accounts
+            .entry((key.0, key.1.act_id))
+            .or_default()
+            .credited_cents += payload_cash(payload);
         self.credits.insert(key, payload);
         self.entries += 1;
     }
@@ -815,7 +983,10 @@ impl Model {
         act_id: u64,
     ) -> Option<&'static str> {
         let group_key = coupon.group.map(|group| (child.id, group, act_id));
-        if group_key.and_then(|key| self.group_holds.get(&key)).is_some_and(|held| *held != coupon.batch) {
+        if group_key
+            .and_then(|key| self.group_holds.get(&key))
+            .is_some_and(|held| *held != coupon.batch)
+        {
             return Some("batch_group_taken");
         }
         let batch_key = (child.id, coupon.batch, act_id);
@@ -839,18 +1010,31 @@ impl Model {
     /// Child by time, withdraw number, amount, then force-credit, then the ledger:
     /// replay check before the balance check, as in `Wallet::withdraw`.
     fn withdraw(&mut self, call: &WithdrawCall) -> Prediction {
-        let untouched =
-            |label| Prediction { detail: Detail::Force(ForceExpect::default()), ..Prediction::plain(label) };
+        let untouched = |label| Prediction {
+            detail: Detail::Force(ForceExpect::default()),
+            ..Prediction::plain(label)
+        };
         if call.request.activity_id != ACTIVITY_ID {
             return untouched("unknown_activity");
         }
-        let Some(child) = child_at(self.now_ms) else { return untouched("no_child_open") };
+        let Some(child) = child_at(self.now_ms) else {
+            return untouched("no_child_open");
+        };
         let account = (child.id, call.request.act_id);
         let (label, force) = self.withdraw_in(child, call);
-        Prediction { label, account: Some(account), balance_cents: self.balance(account), detail: Detail::Force(force) }
+        Prediction {
+            label,
+            account: Some(account),
+            balance_cents: self.balance(account),
+            detail: Detail::Force(force),
+        }
     }
 
-    fn withdraw_in(&mut self, child: &ChildSpec, call: &WithdrawCall) -> (&'static str, ForceExpect) {
+    fn withdraw_in(
+        &mut self,
+        child: &ChildSpec,
+        call: &WithdrawCall,
+    ) -> (&'static str, ForceExpect) {
         let request = &call.request;
         if !valid_withdraw_no(&request.withdraw_no) {
             return ("malformed_withdraw_no", ForceExpect::default());
@@ -869,7 +1053,14 @@ impl Model {
         };
         let key = (child.id, request.withdraw_no.clone());
         if let Some(&first) = self.withdrawals.get(&key) {
-            return (if first == (request.act_id, amount) { "duplicate" } else { "conflict" }, force);
+            return (
+                if first == (request.act_id, amount) {
+                    "duplicate"
+                } else {
+                    "conflict"
+                },
+                force,
+            );
         }
         let account = self.accounts.entry((child.id, request.act_id)).or_default();
         if account.balance() < amount {
@@ -889,7 +1080,10 @@ impl Model {
         let mut orders: BTreeSet<OrderKey> = BTreeSet::new();
         if token_kv {
             orders.extend(
-                self.tokens.iter().filter(|((c, _), t)| *c == child && t.act_id == act_id).map(|((_, o), _)| o.clone()),
+                self.tokens
+                    .iter()
+                    .filter(|((c, _), t)| *c == child && t.act_id == act_id)
+                    .map(|((_, o), _)| o.clone()),
             );
         }
         // The first position of each credited order among the copies, for conflicts.
@@ -897,8 +1091,11 @@ impl Model {
         for (index, copy) in copies.iter().enumerate() {
             let refusal = match copy {
                 ClientToken::Copy { child: c, order } => {
-                    let owner =
-                        self.tokens.get(&(*c, order.clone())).expect("preconditions: copies name issued tokens").act_id;
+                    let owner = self
+                        .tokens
+                        .get(&(*c, order.clone()))
+                        .expect("preconditions: copies name issued tokens")
+                        .act_id;
                     if owner != act_id {
                         Some(Refusal::Code("token_wrong_act_id"))
                     } else if *c != child {
@@ -919,16 +1116,24 @@ impl Model {
         }
         for order in orders {
             let key = (child, order);
-            let token = self.tokens.get(&key).expect("orders come from the token table").clone();
+            let token = self
+                .tokens
+                .get(&key)
+                .expect("orders come from the token table")
+                .clone();
             if token_kv && token.status == Some(TokenStatus::Success) {
                 report.already_credited += 1;
                 continue;
             }
             match self.credits.get(&key) {
-                Some(first) if *first == Payload::Cash(token.amount_cents) => report.already_credited += 1,
+                Some(first) if *first == Payload::Cash(token.amount_cents) => {
+                    report.already_credited += 1
+                }
                 Some(_) => {
                     if let Some(index) = positions.get(&key.1) {
-                        report.rejected.push((*index, Refusal::Code("token_conflict")));
+                        report
+                            .rejected
+                            .push((*index, Refusal::Code("token_conflict")));
                     }
                     continue;
                 }
@@ -987,7 +1192,10 @@ impl Model {
         }
         let mut todo = Vec::new();
         for key in batch {
-            let token = self.tokens.get_mut(&key).expect("queued tokens are accepted tokens");
+            let token = self
+                .tokens
+                .get_mut(&key)
+                .expect("queued tokens are accepted tokens");
             if token.status == Some(TokenStatus::Success) {
                 self.inflight.entry(key.0).or_default().remove(&key.1);
                 report.already_credited += 1;
@@ -1005,7 +1213,11 @@ impl Model {
         }
         let mut outcomes = Vec::new();
         for key in &todo {
-            let amount = self.tokens.get(key).expect("todo holds accepted tokens").amount_cents;
+            let amount = self
+                .tokens
+                .get(key)
+                .expect("todo holds accepted tokens")
+                .amount_cents;
             outcomes.push(match self.credits.get(key) {
                 Some(first) if *first == Payload::Cash(amount) => "duplicate",
                 Some(_) => "conflict",
@@ -1036,12 +1248,18 @@ impl Model {
         let due_ms = self.now_ms.saturating_sub(PROCESSING_TIMEOUT_MS);
         for child in CHILDREN.iter().map(|c| c.id) {
             let members = self.inflight.entry(child).or_default();
-            let mut due: Vec<(u64, OrderKey)> =
-                members.iter().filter(|(_, at)| **at <= due_ms).map(|(order, at)| (*at, order.clone())).collect();
+            let mut due: Vec<(u64, OrderKey)> = members
+                .iter()
+                .filter(|(_, at)| **at <= due_ms)
+                .map(|(order, at)| (*at, order.clone()))
+                .collect();
             due.sort();
             for (_, order) in due {
                 members.remove(&order);
-                let status = self.tokens.get(&(child, order.clone())).and_then(|t| t.status);
+                let status = self
+                    .tokens
+                    .get(&(child, order.clone()))
+                    .and_then(|t| t.status);
                 if status != Some(TokenStatus::Success) {
                     self.queues.entry(child).or_default().push_back(order);
                     report.requeued += 1;
@@ -1063,25 +1281,43 @@ impl Model {
             }
             self.now_ms += DRAIN_STEP_MS;
         }
-        let label = if self.total_backlog() == 0 { "drained" } else { "not_drained" };
-        Prediction { detail: Detail::Drain { rounds, total }, ..Prediction::plain(label) }
+        let label = if self.total_backlog() == 0 {
+            "drained"
+        } else {
+            "not_drained"
+        };
+        Prediction {
+            detail: Detail::Drain { rounds, total },
+            ..Prediction::plain(label)
+        }
     }
 
     /// The wallet page: ledger totals plus the tokens not yet in the ledger, which
     /// only the token KV knows about.
     fn view(&self, act_id: u64) -> Prediction {
-        let Some(child) = child_at(self.now_ms) else { return Prediction::plain("no_child_open") };
+        let Some(child) = child_at(self.now_ms) else {
+            return Prediction::plain("no_child_open");
+        };
         let account = self.account((child.id, act_id));
-        let (pending_cents, pending_tokens) =
-            if self.switches.token_kv { self.unpaid(child.id, act_id) } else { (0, 0) };
+        let (pending_cents, pending_tokens) = if self.switches.token_kv {
+            self.unpaid(child.id, act_id)
+        } else {
+            (0, 0)
+        };
         // The flow: credited cash, withdrawals and pending tokens (coupons and
         // pendants are no cash lines).
         let cash_credits = self
             .credits
             .iter()
-            .filter(|((c, order), payload)| *c == child.id && order.act_id == act_id && payload_cash(**payload) > 0)
+            .filter(|((c, order), payload)| {
+                *c == child.id && order.act_id == act_id && payload_cash(**payload) > 0
+            })
             .count();
-        let withdrawals = self.withdrawals.iter().filter(|((c, _), (act, _))| *c == child.id && *act == act_id).count();
+        let withdrawals = self
+            .withdrawals
+            .iter()
+            .filter(|((c, _), (act, _))| *c == child.id && *act == act_id)
+            .count();
         let lines = cash_credits + withdrawals + pending_tokens as usize;
         let view = ViewExpect {
             balance_cents: account.balance() + pending_cents,
@@ -1103,15 +1339,28 @@ impl Model {
 
     /// The KV counters the wallet must hold, zeros left out.
     fn counters(&self) -> BTreeMap<String, i64> {
-        let budget = self.budget_used.iter().map(|(child, n)| (keys::budget(*child), *n));
-        let stock = self.stock_used.iter().map(|((child, template), n)| (keys::stock(*child, *template), *n));
-        let batch =
-            self.user_batch.iter().map(|((child, batch, act_id), n)| (keys::user_batch(*child, batch, *act_id), *n));
+        let budget = self
+            .budget_used
+            .iter()
+            .map(|(child, n)| (keys::budget(*child), *n));
+        let stock = self
+            .stock_used
+            .iter()
+            .map(|((child, template), n)| (keys::stock(*child, *template), *n));
+        let batch = self
+            .user_batch
+            .iter()
+            .map(|((child, batch, act_id), n)| (keys::user_batch(*child, batch, *act_id), *n));
         budget
             .chain(stock)
             .chain(batch)
             .filter(|(_, n)| *n != 0)
-            .map(|(key, n)| (key, i64::try_from(n).expect("model counters stay far below i64::MAX")))
+            .map(|(key, n)| {
+                (
+                    key,
+                    i64::try_from(n).expect("model counters stay far below i64::MAX"),
+                )
+            })
             .collect()
     }
 
@@ -1192,50 +1441,71 @@ fn issue_request() -> impl Strategy<Value = IssueRequest> {
         8 => Just(TOKEN_SCENE_ID),
     ];
     let wrong_type = prop_oneof![19 => Just(None), 1 => (1..=3u64).prop_map(Some)];
-    let foreign_award = prop_oneof![19 => Just(None), 1 => select(AWARD_IDS_ANY.to_vec()).prop_map(Some)];
-    let amounts = (cash_amount(), small_cash_amount(), no_cash_amount(), token_cash_amount());
-    (1..=4u64, scene_id, 0..=2u64, 0..=1u64, wrong_type, any::<Index>(), foreign_award, amounts).prop_map(
-        |(
-            act_id,
-            scene_id,
-            rain_id,
-            stage,
-            wrong_type,
-            pick,
-            foreign_award,
-            (cash, small_cash, no_cash, token_cash),
-        )| {
-            let spec = scene(scene_id);
-            let award_code = wrong_type.unwrap_or_else(|| spec.map_or(1, |s| s.award_code));
-            let award_id = foreign_award.unwrap_or_else(|| spec.map_or(11, |s| *pick.get(s.award_ids)));
-            let amount_cents = match award(award_id) {
-                Some(AwardSpec::Cash { max_cents }) if *max_cents < PER_TXN_CAP_CENTS => small_cash,
-                Some(AwardSpec::Cash { .. }) if spec.is_some_and(|s| s.token) => token_cash,
-                Some(AwardSpec::Cash { .. }) => cash,
-                _ => no_cash,
-            };
-            IssueRequest {
-                app_id: 1,
-                activity_id: ACTIVITY_ID,
-                order_no: format!("{act_id}_{scene_id}_{rain_id}_{award_code}_{stage}"),
-                award_id,
-                amount_cents,
-            }
-        },
+    let foreign_award =
+        prop_oneof![19 => Just(None), 1 => select(AWARD_IDS_ANY.to_vec()).prop_map(Some)];
+    let amounts = (
+        cash_amount(),
+        small_cash_amount(),
+        no_cash_amount(),
+        token_cash_amount(),
+    );
+    (
+        1..=4u64,
+        scene_id,
+        0..=2u64,
+        0..=1u64,
+        wrong_type,
+        any::<Index>(),
+        foreign_award,
+        amounts,
     )
+        .prop_map(
+            |(
+                act_id,
+                scene_id,
+                rain_id,
+                stage,
+                wrong_type,
+                pick,
+                foreign_award,
+                (cash, small_cash, no_cash, token_cash),
+            )| {
+                let spec = scene(scene_id);
+                let award_code = wrong_type.unwrap_or_else(|| spec.map_or(1, |s| s.award_code));
+                let award_id =
+                    foreign_award.unwrap_or_else(|| spec.map_or(11, |s| *pick.get(s.award_ids)));
+                let amount_cents = match award(award_id) {
+                    Some(AwardSpec::Cash { max_cents }) if *max_cents < PER_TXN_CAP_CENTS => {
+                        small_cash
+                    }
+                    Some(AwardSpec::Cash { .. }) if spec.is_some_and(|s| s.token) => token_cash,
+                    Some(AwardSpec::Cash { .. }) => cash,
+                    _ => no_cash,
+                };
+                IssueRequest {
+                    app_id: 1,
+                    activity_id: ACTIVITY_ID,
+                    order_no: format!("{act_id}_{scene_id}_{rain_id}_{award_code}_{stage}"),
+                    award_id,
+                    amount_cents,
+                }
+            },
+        )
 }
 
 /// A well-formed token-scene award, so cases build backlogs worth crediting,
 /// across children too.
 fn token_request() -> impl Strategy<Value = IssueRequest> {
     let award = prop_oneof![3 => (Just(11u64), 1..=300i64), 1 => (Just(12u64), 1..=50i64)];
-    (1..=4u64, 0..=2u64, 0..=1u64, award).prop_map(|(act_id, rain_id, stage, (award_id, amount_cents))| IssueRequest {
-        app_id: 1,
-        activity_id: ACTIVITY_ID,
-        order_no: format!("{act_id}_{TOKEN_SCENE_ID}_{rain_id}_1_{stage}"),
-        award_id,
-        amount_cents,
-    })
+    (1..=4u64, 0..=2u64, 0..=1u64, award).prop_map(
+        |(act_id, rain_id, stage, (award_id, amount_cents))| IssueRequest {
+            app_id: 1,
+            activity_id: ACTIVITY_ID,
+            order_no: format!("{act_id}_{TOKEN_SCENE_ID}_{rain_id}_1_{stage}"),
+            award_id,
+            amount_cents,
+        },
+    )
 }
 
 const MALFORMED_ORDER_NOS: &[&str] = &[
@@ -1266,8 +1536,14 @@ const MALFORMED_ORDER_NOS: &[&str] = &[
 ];
 
 /// Texts at the edge of the grammar that do parse.
-const EDGE_ORDER_NOS: &[&str] =
-    &["9223372036854775807_1_0_1_0", "1_1_4294967295_1_4294967295", "2_2_0_2_0", "3_4_0_2_0", "4_3_0_3_0", "1_6_0_1_0"];
+const EDGE_ORDER_NOS: &[&str] = &[
+    "9223372036854775807_1_0_1_0",
+    "1_1_4294967295_1_4294967295",
+    "2_2_0_2_0",
+    "3_4_0_2_0",
+    "4_3_0_3_0",
+    "1_6_0_1_0",
+];
 
 fn malformed_request() -> impl Strategy<Value = IssueRequest> {
     let order_no = prop_oneof![
@@ -1276,15 +1552,21 @@ fn malformed_request() -> impl Strategy<Value = IssueRequest> {
         2 => select(EDGE_ORDER_NOS).prop_map(str::to_owned),
     ];
     let activity_id = prop_oneof![9 => Just(ACTIVITY_ID), 1 => Just(1u64)];
-    (activity_id, order_no, select(AWARD_IDS_ANY.to_vec()), prop_oneof![Just(0i64), cash_amount()]).prop_map(
-        |(activity_id, order_no, award_id, amount_cents)| IssueRequest {
-            app_id: 1,
-            activity_id,
-            order_no,
-            award_id,
-            amount_cents,
-        },
+    (
+        activity_id,
+        order_no,
+        select(AWARD_IDS_ANY.to_vec()),
+        prop_oneof![Just(0i64), cash_amount()],
     )
+        .prop_map(
+            |(activity_id, order_no, award_id, amount_cents)| IssueRequest {
+                app_id: 1,
+                activity_id,
+                order_no,
+                award_id,
+                amount_cents,
+            },
+        )
 }
 
 fn conflict_replay(sent: Vec<IssueRequest>) -> impl Strategy<Value = IssueRequest> {
@@ -1309,9 +1591,17 @@ fn conflict_replay(sent: Vec<IssueRequest>) -> impl Strategy<Value = IssueReques
 const WITHDRAW_NOS: [&str; 4] = ["w0", "w1", "w2", "w3"];
 
 fn plain_withdraw(act_id: u64, withdraw_no: String, amount_cents: i64) -> WithdrawCall {
-    let request =
-        WithdrawRequest { activity_id: ACTIVITY_ID, act_id, withdraw_no, amount_cents, client_tokens: Vec::new() };
-    WithdrawCall { request, copies: Vec::new() }
+    let request = WithdrawRequest {
+        activity_id: ACTIVITY_ID,
+        act_id,
+        withdraw_no,
+        amount_cents,
+        client_tokens: Vec::new(),
+    };
+    WithdrawCall {
+        request,
+        copies: Vec::new(),
+    }
 }
 
 fn withdraw_request() -> impl Strategy<Value = WithdrawCall> {
@@ -1333,15 +1623,20 @@ fn withdraw_request() -> impl Strategy<Value = WithdrawCall> {
 
 /// Cents to ask for: `percent` of what is owed, rounded up; a little when nothing is.
 fn share_of(owed: u64, percent: u64) -> i64 {
-    let cents = if owed == 0 { percent } else { (owed * percent).div_ceil(100) };
+    let cents = if owed == 0 {
+        percent
+    } else {
+        (owed * percent).div_ceil(100)
+    };
     i64::try_from(cents).expect("balances stay far below i64::MAX")
 }
 
 /// A withdrawal by a user owed money in the open child, mostly within what is owed.
 fn funded_withdraw(funded: Vec<(u64, u64)>) -> impl Strategy<Value = WithdrawCall> {
     let withdraw_no = select(WITHDRAW_NOS.to_vec()).prop_map(str::to_owned);
-    (select(funded), withdraw_no, 1..=110u64)
-        .prop_map(|((act_id, owed), withdraw_no, percent)| plain_withdraw(act_id, withdraw_no, share_of(owed, percent)))
+    (select(funded), withdraw_no, 1..=110u64).prop_map(|((act_id, owed), withdraw_no, percent)| {
+        plain_withdraw(act_id, withdraw_no, share_of(owed, percent))
+    })
 }
 
 /// What withdraws with client copies can draw on, taken from the model.
@@ -1371,12 +1666,23 @@ impl TokenPool {
         let mut own: BTreeMap<u64, Vec<(u64, OrderKey)>> = BTreeMap::new();
         for ((c, order), token) in &state.tokens {
             if *c == child {
-                own.entry(token.act_id).or_default().push((*c, order.clone()));
+                own.entry(token.act_id)
+                    .or_default()
+                    .push((*c, order.clone()));
             }
         }
         let holders = own.keys().copied().collect();
-        let owed = (1..=4u64).map(|act_id| (act_id, state.owed(child, act_id))).collect();
-        Some(Self { child, all, holders, own, owed, force_credit: state.switches.force_credit })
+        let owed = (1..=4u64)
+            .map(|act_id| (act_id, state.owed(child, act_id)))
+            .collect();
+        Some(Self {
+            child,
+            all,
+            holders,
+            own,
+            owed,
+            force_credit: state.switches.force_credit,
+        })
     }
 
     /// Copies a client may present: mostly its own, sometimes another user's or
@@ -1388,26 +1694,44 @@ impl TokenPool {
             // See `Model::force_credit_runs`.
             return match own.is_empty() {
                 true => Just(Vec::new()).boxed(),
-                false => prop::collection::vec(select(own).prop_map(copy), 0..=CLIENT_COPIES_MAX).boxed(),
+                false => {
+                    prop::collection::vec(select(own).prop_map(copy), 0..=CLIENT_COPIES_MAX).boxed()
+                }
             };
         }
         let child = self.child;
-        let fresh = OrderKey { act_id, scene_id: TOKEN_SCENE_ID, rain_id: 9, award_code: 1, stage: 0 };
+        let fresh = OrderKey {
+            act_id,
+            scene_id: TOKEN_SCENE_ID,
+            rain_id: 9,
+            award_code: 1,
+            stage: 0,
+        };
         let mut claims: Vec<OrderKey> = own.iter().map(|(_, order)| order.clone()).collect();
         claims.push(fresh);
-        let forged = (select(claims), 1..=1000u64).prop_map(move |(order, amount_cents)| ClientToken::Forged {
-            child,
-            order,
-            amount_cents,
+        let forged = (select(claims), 1..=1000u64).prop_map(move |(order, amount_cents)| {
+            ClientToken::Forged {
+                child,
+                order,
+                amount_cents,
+            }
         });
         let mut arms: Vec<(u32, BoxedStrategy<ClientToken>)> = vec![
             (1, forged.boxed()),
-            (1, (0..JUNK_TOKENS.len()).prop_map(ClientToken::Junk).boxed()),
+            (
+                1,
+                (0..JUNK_TOKENS.len()).prop_map(ClientToken::Junk).boxed(),
+            ),
             (2, select(self.all.clone()).prop_map(copy).boxed()),
             (
                 1,
                 (select(self.all.clone()), 0..512usize, 0..8u8)
-                    .prop_map(|((child, order), at, bit)| ClientToken::Tampered { child, order, at, bit })
+                    .prop_map(|((child, order), at, bit)| ClientToken::Tampered {
+                        child,
+                        order,
+                        at,
+                        bit,
+                    })
                     .boxed(),
             ),
         ];
@@ -1427,9 +1751,12 @@ impl TokenPool {
             .prop_flat_map(move |act_id| {
                 let owed = self.owed.get(&act_id).copied().unwrap_or(0);
                 let withdraw_no = select(WITHDRAW_NOS.to_vec()).prop_map(str::to_owned);
-                (self.copies(act_id), withdraw_no, 1..=110u64).prop_map(move |(copies, withdraw_no, percent)| {
-                    WithdrawCall { copies, ..plain_withdraw(act_id, withdraw_no, share_of(owed, percent)) }
-                })
+                (self.copies(act_id), withdraw_no, 1..=110u64).prop_map(
+                    move |(copies, withdraw_no, percent)| WithdrawCall {
+                        copies,
+                        ..plain_withdraw(act_id, withdraw_no, share_of(owed, percent))
+                    },
+                )
             })
             .boxed()
     }
@@ -1455,8 +1782,15 @@ fn switch_flip(now: SwitchModel) -> impl Strategy<Value = Transition> {
     let switch = select(vec![Switch::TokenKv, Switch::ForceCreditOnWithdraw]);
     // Mostly a real flip, sometimes setting what is already set.
     (switch, prop::bool::weighted(0.85)).prop_map(move |(switch, flip)| {
-        let current = if switch == Switch::TokenKv { now.token_kv } else { now.force_credit };
-        Transition::SwitchFlip { switch, on: current != flip }
+        let current = if switch == Switch::TokenKv {
+            now.token_kv
+        } else {
+            now.force_credit
+        };
+        Transition::SwitchFlip {
+            switch,
+            on: current != flip,
+        }
     })
 }
 
@@ -1477,46 +1811,108 @@ impl ReferenceStateMachine for ModelMachine {
             (10, issue_request().prop_map(Transition::Issue).boxed()),
             (4, token_request().prop_map(Transition::Issue).boxed()),
             (4, withdraw_request().prop_map(Transition::Withdraw).boxed()),
-            (2, advance_ms().prop_map(|ms| Transition::AdvanceTime { ms }).boxed()),
-            (1, malformed_request().prop_map(Transition::Malformed).boxed()),
+            (
+                2,
+                advance_ms()
+                    .prop_map(|ms| Transition::AdvanceTime { ms })
+                    .boxed(),
+            ),
+            (
+                1,
+                malformed_request().prop_map(Transition::Malformed).boxed(),
+            ),
             (1, switch_flip(state.switches).boxed()),
-            (1, (1..=4u64).prop_map(|act_id| Transition::View { act_id }).boxed()),
+            (
+                1,
+                (1..=4u64)
+                    .prop_map(|act_id| Transition::View { act_id })
+                    .boxed(),
+            ),
         ];
         if !state.issue_requests.is_empty() {
-            arms.push((3, select(state.issue_requests.clone()).prop_map(Transition::Replay).boxed()));
-            arms.push((2, conflict_replay(state.issue_requests.clone()).prop_map(Transition::ConflictReplay).boxed()));
+            arms.push((
+                3,
+                select(state.issue_requests.clone())
+                    .prop_map(Transition::Replay)
+                    .boxed(),
+            ));
+            arms.push((
+                2,
+                conflict_replay(state.issue_requests.clone())
+                    .prop_map(Transition::ConflictReplay)
+                    .boxed(),
+            ));
         }
         let funded: Vec<(u64, u64)> = child_at(state.now_ms)
             .map(|child| {
-                (1..=4u64).map(|act_id| (act_id, state.owed(child.id, act_id))).filter(|(_, owed)| *owed > 0).collect()
+                (1..=4u64)
+                    .map(|act_id| (act_id, state.owed(child.id, act_id)))
+                    .filter(|(_, owed)| *owed > 0)
+                    .collect()
             })
             .unwrap_or_default();
         if !funded.is_empty() {
-            arms.push((3, funded_withdraw(funded).prop_map(Transition::Withdraw).boxed()));
+            arms.push((
+                3,
+                funded_withdraw(funded)
+                    .prop_map(Transition::Withdraw)
+                    .boxed(),
+            ));
         }
         if !state.withdraw_requests.is_empty() {
-            arms.push((1, select(state.withdraw_requests.clone()).prop_map(Transition::WithdrawReplay).boxed()));
+            arms.push((
+                1,
+                select(state.withdraw_requests.clone())
+                    .prop_map(Transition::WithdrawReplay)
+                    .boxed(),
+            ));
         }
         if !state.tokens.is_empty() {
             let holders: Vec<u64> = state.tokens.values().map(|t| t.act_id).collect();
-            arms.push((3, tick_after_ms().prop_map(|after_ms| Transition::Tick { after_ms }).boxed()));
+            arms.push((
+                3,
+                tick_after_ms()
+                    .prop_map(|after_ms| Transition::Tick { after_ms })
+                    .boxed(),
+            ));
             arms.push((1, Just(Transition::Drain).boxed()));
-            arms.push((2, select(holders).prop_map(|act_id| Transition::View { act_id }).boxed()));
-            let points: Vec<CrashPoint> = [CrashPoint::AfterClaim, CrashPoint::AfterMark, CrashPoint::AfterCredit]
-                .into_iter()
-                .filter(|point| state.crash_is_followable(*point))
-                .collect();
+            arms.push((
+                2,
+                select(holders)
+                    .prop_map(|act_id| Transition::View { act_id })
+                    .boxed(),
+            ));
+            let points: Vec<CrashPoint> = [
+                CrashPoint::AfterClaim,
+                CrashPoint::AfterMark,
+                CrashPoint::AfterCredit,
+            ]
+            .into_iter()
+            .filter(|point| state.crash_is_followable(*point))
+            .collect();
             if !points.is_empty() {
                 // A crash with nothing to claim is a plain restart: worth less.
                 let queued = state.queues.values().any(|q| !q.is_empty());
-                arms.push((if queued { 4 } else { 1 }, select(points).prop_map(Transition::WorkerCrash).boxed()));
+                arms.push((
+                    if queued { 4 } else { 1 },
+                    select(points).prop_map(Transition::WorkerCrash).boxed(),
+                ));
             }
             if state.inflight.values().any(|members| !members.is_empty()) {
                 // Let the claims of a dead worker reach the processing timeout, and
                 // step around it by less than the scan interval.
-                let near = PROCESSING_TIMEOUT_MS - SCAN_INTERVAL_MS..=PROCESSING_TIMEOUT_MS + SCAN_INTERVAL_MS;
-                arms.push((2, near.prop_map(|ms| Transition::AdvanceTime { ms }).boxed()));
-                arms.push((1, (1..SCAN_INTERVAL_MS).prop_map(|ms| Transition::AdvanceTime { ms }).boxed()));
+                let near = PROCESSING_TIMEOUT_MS - SCAN_INTERVAL_MS
+                    ..=PROCESSING_TIMEOUT_MS + SCAN_INTERVAL_MS;
+                arms.push((
+                    2,
+                    near.prop_map(|ms| Transition::AdvanceTime { ms }).boxed(),
+                ));
+                arms.push((
+                    1,
+                    (1..SCAN_INTERVAL_MS)
+                        .prop_map(|ms| Transition::AdvanceTime { ms })
+                        .boxed(),
+                ));
             }
         }
         if let Some(pool) = TokenPool::of(state) {
@@ -1533,14 +1929,16 @@ impl ReferenceStateMachine for ModelMachine {
         match transition {
             Transition::Withdraw(call) | Transition::WithdrawReplay(call) => {
                 let issued = call.copies.iter().all(|copy| match copy {
-                    ClientToken::Copy { child, order } | ClientToken::Tampered { child, order, .. } => {
+                    ClientToken::Copy { child, order }
+                    | ClientToken::Tampered { child, order, .. } => {
                         state.tokens.contains_key(&(*child, order.clone()))
                     }
                     ClientToken::Forged { .. } | ClientToken::Junk(_) => true,
                 });
                 let act_id = call.request.act_id;
                 issued
-                    && (call.copies.iter().all(|c| state.verifies(c, act_id)) || state.force_credit_runs(&call.request))
+                    && (call.copies.iter().all(|c| state.verifies(c, act_id))
+                        || state.force_credit_runs(&call.request))
             }
             Transition::WorkerCrash(point) => state.crash_is_followable(*point),
             _ => true,
@@ -1600,7 +1998,11 @@ struct Answer {
 
 impl Answer {
     fn new(label: &'static str, shown: String, observed: Observed) -> Self {
-        Self { label, shown, observed }
+        Self {
+            label,
+            shown,
+            observed,
+        }
     }
 }
 
@@ -1631,13 +2033,24 @@ impl Sut {
             .build()
             .expect("a current-thread runtime builds");
         let clock = Arc::new(ManualClock::new(start_ms));
-        let ledger = runtime.block_on(reference::ledger::open(ledger_url)).expect("the test ledger opens");
+        let ledger = runtime
+            .block_on(reference::ledger::open(ledger_url))
+            .expect("the test ledger opens");
         let kv = Arc::new(MemoryKv::new(clock.clone()));
-        let wallet =
-            Wallet::new(TREE_PARSED.clone(), ledger, kv, clock.clone()).with_keys(Arc::new(KeyRing::dev(KEY_SEED)));
+        let wallet = Wallet::new(TREE_PARSED.clone(), ledger, kv, clock.clone())
+            .with_keys(Arc::new(KeyRing::dev(KEY_SEED)));
         let worker = start_worker(&wallet);
         let forger = KeyRing::dev(FORGER_SEED);
-        Self { wallet, worker, forger, copies: BTreeMap::new(), clock, history: History::default(), steps: 0, runtime }
+        Self {
+            wallet,
+            worker,
+            forger,
+            copies: BTreeMap::new(),
+            clock,
+            history: History::default(),
+            steps: 0,
+            runtime,
+        }
     }
 
     /// Carry out one step; `None` for a time step.
@@ -1648,29 +2061,52 @@ impl Sut {
                 self.clock.advance(*ms);
                 return None;
             }
-            Transition::Issue(r) | Transition::Replay(r) | Transition::ConflictReplay(r) | Transition::Malformed(r) => {
+            Transition::Issue(r)
+            | Transition::Replay(r)
+            | Transition::ConflictReplay(r)
+            | Transition::Malformed(r) => {
                 // The test stores live in this process; an operating error is a bug worth a panic.
-                let outcome = self.runtime.block_on(self.wallet.issue(r)).expect("no operating error");
-                if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } = &outcome {
+                let outcome = self
+                    .runtime
+                    .block_on(self.wallet.issue(r))
+                    .expect("no operating error");
+                if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } =
+                    &outcome
+                {
                     self.copies
                         .entry((token.child_id, token.order_no.to_string()))
                         .or_insert_with(|| token.bytes.clone());
                 }
-                let answer = Answer::new(outcome.label(), format!("{outcome:?}"), Observed::Nothing);
-                self.history.events.push(Event::Issue { at_ms, request: r.clone(), outcome });
+                let answer =
+                    Answer::new(outcome.label(), format!("{outcome:?}"), Observed::Nothing);
+                self.history.events.push(Event::Issue {
+                    at_ms,
+                    request: r.clone(),
+                    outcome,
+                });
                 answer
             }
             Transition::Withdraw(call) | Transition::WithdrawReplay(call) => {
                 let request = self.resolve(call);
-                let outcome = self.runtime.block_on(self.wallet.withdraw(&request)).expect("no operating error");
+                let outcome = self
+                    .runtime
+                    .block_on(self.wallet.withdraw(&request))
+                    .expect("no operating error");
                 let force = match &outcome {
-                    WithdrawOutcome::Withdrawn { force, .. } | WithdrawOutcome::Rejected { force, .. } => {
-                        Some(force.clone())
-                    }
+                    WithdrawOutcome::Withdrawn { force, .. }
+                    | WithdrawOutcome::Rejected { force, .. } => Some(force.clone()),
                     WithdrawOutcome::Duplicate { .. } | WithdrawOutcome::Conflict { .. } => None,
                 };
-                let answer = Answer::new(outcome.label(), format!("{outcome:?}"), Observed::Force(force));
-                self.history.events.push(Event::Withdraw { at_ms, request, outcome });
+                let answer = Answer::new(
+                    outcome.label(),
+                    format!("{outcome:?}"),
+                    Observed::Force(force),
+                );
+                self.history.events.push(Event::Withdraw {
+                    at_ms,
+                    request,
+                    outcome,
+                });
                 answer
             }
             Transition::Tick { after_ms } => {
@@ -1686,7 +2122,10 @@ impl Sut {
                 self.worker.crash_at(*point);
                 let report = self.tick();
                 if report.crashed {
-                    self.history.events.push(Event::WorkerCrash { at_ms, point: *point });
+                    self.history.events.push(Event::WorkerCrash {
+                        at_ms,
+                        point: *point,
+                    });
                 }
                 // The process is gone (at the point, or right after the tick).
                 self.worker = start_worker(&self.wallet);
@@ -1698,11 +2137,22 @@ impl Sut {
             }
             Transition::Drain => self.drain(),
             Transition::View { act_id } => {
-                let view = self.runtime.block_on(self.wallet.view(ACTIVITY_ID, *act_id, None, VIEW_PAGE_LIMIT));
+                let view = self.runtime.block_on(self.wallet.view(
+                    ACTIVITY_ID,
+                    *act_id,
+                    None,
+                    VIEW_PAGE_LIMIT,
+                ));
                 match view.expect("no operating error") {
-                    Err(reason) => Answer::new(reason.code(), format!("{reason:?}"), Observed::Nothing),
+                    Err(reason) => {
+                        Answer::new(reason.code(), format!("{reason:?}"), Observed::Nothing)
+                    }
                     Ok(view) => {
-                        let answer = Answer::new("viewed", format!("{view:?}"), Observed::View(view.clone()));
+                        let answer = Answer::new(
+                            "viewed",
+                            format!("{view:?}"),
+                            Observed::View(view.clone()),
+                        );
                         self.history.events.push(Event::View {
                             at_ms,
                             activity_id: ACTIVITY_ID,
@@ -1715,14 +2165,20 @@ impl Sut {
             }
             Transition::SwitchFlip { switch, on } => {
                 self.wallet.switches().set(*switch, *on);
-                self.history.events.push(Event::Switch { at_ms, switch: *switch, on: *on });
+                self.history.events.push(Event::Switch {
+                    at_ms,
+                    switch: *switch,
+                    on: *on,
+                });
                 Answer::new("switched", format!("{switch} {on}"), Observed::Nothing)
             }
         })
     }
 
     fn tick(&mut self) -> TickReport {
-        self.runtime.block_on(self.worker.tick(self.clock.now_ms())).expect("no operating error")
+        self.runtime
+            .block_on(self.worker.tick(self.clock.now_ms()))
+            .expect("no operating error")
     }
 
     fn drain(&mut self) -> Answer {
@@ -1731,14 +2187,25 @@ impl Sut {
         let backlog = loop {
             rounds += 1;
             total.add(TickExpect::of(&self.tick()));
-            let backlog = self.runtime.block_on(self.worker.backlog()).expect("no operating error");
+            let backlog = self
+                .runtime
+                .block_on(self.worker.backlog())
+                .expect("no operating error");
             if backlog == 0 || rounds == DRAIN_ROUNDS_MAX {
                 break backlog;
             }
             self.clock.advance(DRAIN_STEP_MS);
         };
-        let label = if backlog == 0 { "drained" } else { "not_drained" };
-        Answer::new(label, format!("{rounds} tick(s), {total:?}, backlog {backlog}"), Observed::Drain { rounds, total })
+        let label = if backlog == 0 {
+            "drained"
+        } else {
+            "not_drained"
+        };
+        Answer::new(
+            label,
+            format!("{rounds} tick(s), {total:?}, backlog {backlog}"),
+            Observed::Drain { rounds, total },
+        )
     }
 
     /// The request with the client copies as bytes.
@@ -1746,7 +2213,10 @@ impl Sut {
         let issued = |child: u64, order: &OrderKey| -> Vec<u8> {
             let copy = self.copies.get(&(child, order.text()));
             copy.cloned().unwrap_or_else(|| {
-                panic!("the harness is out of step: no token for child {child} order {}", order.text())
+                panic!(
+                    "the harness is out of step: no token for child {child} order {}",
+                    order.text()
+                )
             })
         };
         let client_tokens = call
@@ -1754,19 +2224,31 @@ impl Sut {
             .iter()
             .map(|copy| match copy {
                 ClientToken::Copy { child, order } => issued(*child, order),
-                ClientToken::Tampered { child, order, at, bit } => {
+                ClientToken::Tampered {
+                    child,
+                    order,
+                    at,
+                    bit,
+                } => {
                     let mut bytes = issued(*child, order);
                     let index = at % bytes.len();
                     bytes[index] ^= 1 << bit;
                     bytes
                 }
-                ClientToken::Forged { child, order, amount_cents } => {
+                ClientToken::Forged {
+                    child,
+                    order,
+                    amount_cents,
+                } => {
                     let facts = TokenFacts {
                         app_id: 1,
                         act_id: order.act_id,
                         activity_id: ACTIVITY_ID,
                         child_id: *child,
-                        order_no: order.text().parse().expect("the model names valid order numbers"),
+                        order_no: order
+                            .text()
+                            .parse()
+                            .expect("the model names valid order numbers"),
                         award_id: 11,
                         amount_cents: *amount_cents,
                         open_time_ms: self.clock.now_ms(),
@@ -1776,11 +2258,18 @@ impl Sut {
                 ClientToken::Junk(k) => JUNK_TOKENS[*k].0.to_vec(),
             })
             .collect();
-        WithdrawRequest { client_tokens, ..call.request.clone() }
+        WithdrawRequest {
+            client_tokens,
+            ..call.request.clone()
+        }
     }
 
     fn balance(&self, (child_id, act_id): (u64, u64)) -> u64 {
-        let account = self.runtime.block_on(self.wallet.ledger().account(AccountKey { child_id, act_id }));
+        let account = self.runtime.block_on(
+            self.wallet
+                .ledger()
+                .account(AccountKey { child_id, act_id }),
+        );
         account.expect("the ledger reads an account").balance_cents
     }
 
@@ -1788,8 +2277,12 @@ impl Sut {
         let kv = self.wallet.kv().as_ref();
         let keys = self.wallet.keys().map(Arc::as_ref);
         let children = CHILDREN.iter().map(|c| c.id);
-        let read =
-            async { FinalState::read(self.wallet.ledger().as_ref(), kv).await?.with_tokens(kv, children, keys).await };
+        let read = async {
+            FinalState::read(self.wallet.ledger().as_ref(), kv)
+                .await?
+                .with_tokens(kv, children, keys)
+                .await
+        };
         self.runtime.block_on(read).expect("the stores read back")
     }
 
@@ -1800,8 +2293,13 @@ impl Sut {
             .tokens
             .keys()
             .map(|(child, order)| {
-                let status = self.runtime.block_on(kv.status(&keys::token_status(*child, &order.text())));
-                ((*child, order.text()), status.expect("the KV reads a status"))
+                let status = self
+                    .runtime
+                    .block_on(kv.status(&keys::token_status(*child, &order.text())));
+                (
+                    (*child, order.text()),
+                    status.expect("the KV reads a status"),
+                )
             })
             .collect()
     }
@@ -1821,22 +2319,54 @@ fn compare_detail(step: usize, transition: &Transition, answer: &Answer, expecte
             );
             let indices: Vec<usize> = force.rejected_tokens.iter().map(|(i, _)| *i).collect();
             let expected_indices: Vec<usize> = expect.rejected.iter().map(|(i, _)| *i).collect();
-            assert_eq!(indices, expected_indices, "{at}: refused client copies in {}", answer.shown);
-            for ((index, code), (_, refusal)) in force.rejected_tokens.iter().zip(&expect.rejected) {
-                assert!(refusal.admits(code), "{at}: copy #{index} refused as {code}, expected {refusal:?}");
+            assert_eq!(
+                indices, expected_indices,
+                "{at}: refused client copies in {}",
+                answer.shown
+            );
+            for ((index, code), (_, refusal)) in force.rejected_tokens.iter().zip(&expect.rejected)
+            {
+                assert!(
+                    refusal.admits(code),
+                    "{at}: copy #{index} refused as {code}, expected {refusal:?}"
+                );
             }
         }
         (Detail::Tick(expect), Observed::Tick(report)) => {
-            assert_eq!(TickExpect::of(report), *expect, "{at}: tick report (left: worker, right: model)");
-            assert_eq!(report.failed_attempts, 0, "{at}: the ledger never fails here");
+            assert_eq!(
+                TickExpect::of(report),
+                *expect,
+                "{at}: tick report (left: worker, right: model)"
+            );
+            assert_eq!(
+                report.failed_attempts, 0,
+                "{at}: the ledger never fails here"
+            );
         }
-        (Detail::Drain { rounds, total }, Observed::Drain { rounds: got_rounds, total: got_total }) => {
-            assert_eq!((got_rounds, got_total), (rounds, total), "{at}: drain (left: worker, right: model)");
+        (
+            Detail::Drain { rounds, total },
+            Observed::Drain {
+                rounds: got_rounds,
+                total: got_total,
+            },
+        ) => {
+            assert_eq!(
+                (got_rounds, got_total),
+                (rounds, total),
+                "{at}: drain (left: worker, right: model)"
+            );
         }
         (Detail::View(expect), Observed::View(view)) => {
-            assert_eq!(ViewExpect::of(view), *expect, "{at}: view totals (left: wallet, right: model)");
+            assert_eq!(
+                ViewExpect::of(view),
+                *expect,
+                "{at}: view totals (left: wallet, right: model)"
+            );
         }
-        (expected, _) => panic!("{at}: the harness is out of step: {} vs {expected:?}", answer.shown),
+        (expected, _) => panic!(
+            "{at}: the harness is out of step: {} vs {expected:?}",
+            answer.shown
+        ),
     }
 }
 
@@ -1860,10 +2390,16 @@ impl<B: Backend> StateMachineTest for WalletTest<B> {
             (None, None) => return sut,
             (Some(answer), Some(expected)) => (answer, expected),
             (answer, expected) => {
-                panic!("step {step} {transition:?}: the harness is out of step: {answer:?} vs {expected:?}")
+                panic!(
+                    "step {step} {transition:?}: the harness is out of step: {answer:?} vs {expected:?}"
+                )
             }
         };
-        assert_eq!(answer.label, expected.label, "step {step} {transition:?}: the wallet answered {}", answer.shown);
+        assert_eq!(
+            answer.label, expected.label,
+            "step {step} {transition:?}: the wallet answered {}",
+            answer.shown
+        );
         if let Some(account) = expected.account {
             assert_eq!(
                 sut.balance(account),
@@ -1878,10 +2414,20 @@ impl<B: Backend> StateMachineTest for WalletTest<B> {
 
     fn check_invariants(sut: &Sut, model: &Model) {
         let step = sut.steps;
-        assert_eq!(sut.clock.now_ms(), model.now_ms, "step {step}: wallet clock and model clock");
+        assert_eq!(
+            sut.clock.now_ms(),
+            model.now_ms,
+            "step {step}: wallet clock and model clock"
+        );
         let state = sut.final_state();
-        let backlog: BTreeMap<u64, u64> = CHILDREN.iter().map(|c| (c.id, model.backlog(c.id))).collect();
-        assert_eq!(state.token_backlog, backlog, "step {step}: token backlog by child (left: KV, right: model)");
+        let backlog: BTreeMap<u64, u64> = CHILDREN
+            .iter()
+            .map(|c| (c.id, model.backlog(c.id)))
+            .collect();
+        assert_eq!(
+            state.token_backlog, backlog,
+            "step {step}: token backlog by child (left: KV, right: model)"
+        );
         let mut violations = check_all(sut.wallet.tree(), &sut.history, &state);
         // I4 expects a quiet end state and reports any token backlog. Mid-case the
         // backlog is legitimate whenever the model predicts one (and it was just
@@ -1892,25 +2438,49 @@ impl<B: Backend> StateMachineTest for WalletTest<B> {
         // report differently one day, this filter stops matching and the test fails
         // loudly rather than passing quietly.
         if model.total_backlog() > 0 {
-            violations.retain(|v| !(v.invariant == Invariant::I4Reconciliation && v.culprit == "token backlog"));
+            violations.retain(|v| {
+                !(v.invariant == Invariant::I4Reconciliation && v.culprit == "token backlog")
+            });
         }
         let listed: Vec<String> = violations.iter().map(ToString::to_string).collect();
-        assert!(violations.is_empty(), "step {step}: {} violation(s):\n{}", violations.len(), listed.join("\n"));
-        let counters: BTreeMap<String, i64> = state.counters.into_iter().filter(|(_, n)| *n != 0).collect();
-        assert_eq!(counters, model.counters(), "step {step}: KV counters (left: wallet, right: model)");
+        assert!(
+            violations.is_empty(),
+            "step {step}: {} violation(s):\n{}",
+            violations.len(),
+            listed.join("\n")
+        );
+        let counters: BTreeMap<String, i64> = state
+            .counters
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        assert_eq!(
+            counters,
+            model.counters(),
+            "step {step}: KV counters (left: wallet, right: model)"
+        );
         let accounts: BTreeMap<(u64, u64), (u64, u64)> = state
             .ledger
             .accounts
             .iter()
             .filter(|a| a.credited_cents != 0 || a.withdrawn_cents != 0)
-            .map(|a| ((a.key.child_id, a.key.act_id), (a.credited_cents, a.withdrawn_cents)))
+            .map(|a| {
+                (
+                    (a.key.child_id, a.key.act_id),
+                    (a.credited_cents, a.withdrawn_cents),
+                )
+            })
             .collect();
         assert_eq!(
             accounts,
             model.account_rows(),
             "step {step}: (credited, withdrawn) by account (left: ledger, right: model)"
         );
-        assert_eq!(state.ledger.entries.len(), model.entries, "step {step}: ledger entries");
+        assert_eq!(
+            state.ledger.entries.len(),
+            model.entries,
+            "step {step}: ledger entries"
+        );
         let expected_statuses: BTreeMap<(u64, String), Option<u8>> = model
             .tokens
             .iter()
@@ -1926,14 +2496,21 @@ impl<B: Backend> StateMachineTest for WalletTest<B> {
     /// Every case ends quiet: drain, then every checker with nothing set aside.
     fn teardown(sut: Sut, model: Model) {
         let model = ModelMachine::apply(model, &Transition::Drain);
-        assert_eq!(model.total_backlog(), 0, "the model drains every case within {DRAIN_ROUNDS_MAX} ticks");
+        assert_eq!(
+            model.total_backlog(),
+            0,
+            "the model drains every case within {DRAIN_ROUNDS_MAX} ticks"
+        );
         let sut = Self::apply(sut, &model, Transition::Drain);
         Self::check_invariants(&sut, &model);
     }
 }
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
@@ -1967,8 +2544,16 @@ fn withdraw(act_id: u64, withdraw_no: &str, amount_cents: i64) -> Transition {
     Transition::Withdraw(plain_withdraw(act_id, withdraw_no.to_owned(), amount_cents))
 }
 
-fn withdraw_with(act_id: u64, withdraw_no: &str, amount_cents: i64, copies: Vec<ClientToken>) -> Transition {
-    Transition::Withdraw(WithdrawCall { copies, ..plain_withdraw(act_id, withdraw_no.to_owned(), amount_cents) })
+fn withdraw_with(
+    act_id: u64,
+    withdraw_no: &str,
+    amount_cents: i64,
+    copies: Vec<ClientToken>,
+) -> Transition {
+    Transition::Withdraw(WithdrawCall {
+        copies,
+        ..plain_withdraw(act_id, withdraw_no.to_owned(), amount_cents)
+    })
 }
 
 fn advance(ms: u64) -> Transition {
@@ -1992,15 +2577,27 @@ fn order(text: &str) -> OrderKey {
 }
 
 fn copy(child: u64, order_no: &str) -> ClientToken {
-    ClientToken::Copy { child, order: order(order_no) }
+    ClientToken::Copy {
+        child,
+        order: order(order_no),
+    }
 }
 
 fn forged(child: u64, order_no: &str, amount_cents: u64) -> ClientToken {
-    ClientToken::Forged { child, order: order(order_no), amount_cents }
+    ClientToken::Forged {
+        child,
+        order: order(order_no),
+        amount_cents,
+    }
 }
 
 fn tampered(child: u64, order_no: &str, at: usize) -> ClientToken {
-    ClientToken::Tampered { child, order: order(order_no), at, bit: 0 }
+    ClientToken::Tampered {
+        child,
+        order: order(order_no),
+        at,
+        bit: 0,
+    }
 }
 
 /// A tick without waiting.
@@ -2018,19 +2615,59 @@ fn check(steps: &[Transition], expected: &str) {
 
 #[test]
 fn the_model_predicts_rejections_limits_and_replays() {
-    check(&[issue("1_2_0_2_0", 23, 0), issue("2_2_0_2_0", 23, 0), issue("3_2_0_2_0", 23, 0)], "out_of_stock");
     check(
-        &[issue("1_2_0_2_0", 21, 0), issue("2_2_0_2_0", 21, 0), issue("3_2_0_2_0", 21, 0), issue("4_2_0_2_0", 21, 0)],
+        &[
+            issue("1_2_0_2_0", 23, 0),
+            issue("2_2_0_2_0", 23, 0),
+            issue("3_2_0_2_0", 23, 0),
+        ],
         "out_of_stock",
     );
-    check(&[issue("1_2_0_2_0", 23, 0), issue("1_2_1_2_0", 23, 0)], "user_batch_limit");
-    check(&[issue("1_2_0_2_0", 21, 0), issue("1_2_1_2_0", 22, 0)], "batch_group_taken");
-    check(&[issue("1_2_0_2_0", 22, 0), issue("1_2_1_2_0", 22, 0)], "user_batch_limit");
-    check(&[issue("1_2_0_2_0", 21, 0), issue("1_2_1_2_0", 21, 0)], "issued");
-    check(&[issue("1_4_0_2_0", 24, 0), issue("2_4_0_2_0", 24, 0)], "issued");
-    check(&[issue("1_4_0_2_0", 24, 0), issue("1_4_1_2_0", 24, 0), issue("1_4_2_2_0", 24, 0)], "user_batch_limit");
-    check(&[issue("1_1_0_1_0", 11, 1000), issue("2_1_0_1_0", 11, 501)], "budget_exhausted");
-    check(&[issue("1_1_0_1_0", 11, 1000), issue("2_1_0_1_0", 11, 500)], "issued");
+    check(
+        &[
+            issue("1_2_0_2_0", 21, 0),
+            issue("2_2_0_2_0", 21, 0),
+            issue("3_2_0_2_0", 21, 0),
+            issue("4_2_0_2_0", 21, 0),
+        ],
+        "out_of_stock",
+    );
+    check(
+        &[issue("1_2_0_2_0", 23, 0), issue("1_2_1_2_0", 23, 0)],
+        "user_batch_limit",
+    );
+    check(
+        &[issue("1_2_0_2_0", 21, 0), issue("1_2_1_2_0", 22, 0)],
+        "batch_group_taken",
+    );
+    check(
+        &[issue("1_2_0_2_0", 22, 0), issue("1_2_1_2_0", 22, 0)],
+        "user_batch_limit",
+    );
+    check(
+        &[issue("1_2_0_2_0", 21, 0), issue("1_2_1_2_0", 21, 0)],
+        "issued",
+    );
+    check(
+        &[issue("1_4_0_2_0", 24, 0), issue("2_4_0_2_0", 24, 0)],
+        "issued",
+    );
+    check(
+        &[
+            issue("1_4_0_2_0", 24, 0),
+            issue("1_4_1_2_0", 24, 0),
+            issue("1_4_2_2_0", 24, 0),
+        ],
+        "user_batch_limit",
+    );
+    check(
+        &[issue("1_1_0_1_0", 11, 1000), issue("2_1_0_1_0", 11, 501)],
+        "budget_exhausted",
+    );
+    check(
+        &[issue("1_1_0_1_0", 11, 1000), issue("2_1_0_1_0", 11, 500)],
+        "issued",
+    );
     check(&[issue("1_1_0_1_0", 11, 1001)], "amount_over_cap");
     check(&[issue("1_1_0_1_0", 12, 51)], "amount_over_cap");
     check(&[issue("1_1_0_1_0", 11, 0)], "zero_amount");
@@ -2041,28 +2678,100 @@ fn the_model_predicts_rejections_limits_and_replays() {
     check(&[issue("1_1_0_2_0", 11, 1)], "award_type_mismatch");
     check(&[issue("1_1_0_1_0", 21, 1)], "unknown_award");
     check(&[issue("01_1_0_1_0", 11, 1)], "malformed_order_no");
-    check(&[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 11, 40)], "duplicate");
-    check(&[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 12, 40)], "duplicate");
-    check(&[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 11, 41)], "conflict");
-    check(&[issue("1_2_0_2_0", 21, 0), issue("1_2_0_2_0", 23, 0)], "conflict");
-    check(&[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 11, 2000)], "amount_over_cap");
-    check(&[issue("1_2_0_2_0", 23, 0), issue("2_2_0_2_0", 23, 0), issue("1_2_0_2_0", 23, 0)], "duplicate");
-    check(&[issue("1_1_0_1_0", 11, 40), advance(5_000), issue("1_1_0_1_0", 11, 40)], "issued");
     check(
-        &[issue("1_1_0_1_0", 11, 1000), issue("2_1_0_1_0", 11, 500), advance(5_000), issue("3_1_0_1_0", 11, 1000)],
+        &[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 11, 40)],
+        "duplicate",
+    );
+    check(
+        &[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 12, 40)],
+        "duplicate",
+    );
+    check(
+        &[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 11, 41)],
+        "conflict",
+    );
+    check(
+        &[issue("1_2_0_2_0", 21, 0), issue("1_2_0_2_0", 23, 0)],
+        "conflict",
+    );
+    check(
+        &[issue("1_1_0_1_0", 11, 40), issue("1_1_0_1_0", 11, 2000)],
+        "amount_over_cap",
+    );
+    check(
+        &[
+            issue("1_2_0_2_0", 23, 0),
+            issue("2_2_0_2_0", 23, 0),
+            issue("1_2_0_2_0", 23, 0),
+        ],
+        "duplicate",
+    );
+    check(
+        &[
+            issue("1_1_0_1_0", 11, 40),
+            advance(5_000),
+            issue("1_1_0_1_0", 11, 40),
+        ],
         "issued",
     );
-    check(&[advance(15_000), issue("1_1_0_1_0", 11, 40)], "no_child_open");
-    check(&[advance(15_000), issue("1_1_0_1", 11, 40)], "malformed_order_no");
+    check(
+        &[
+            issue("1_1_0_1_0", 11, 1000),
+            issue("2_1_0_1_0", 11, 500),
+            advance(5_000),
+            issue("3_1_0_1_0", 11, 1000),
+        ],
+        "issued",
+    );
+    check(
+        &[advance(15_000), issue("1_1_0_1_0", 11, 40)],
+        "no_child_open",
+    );
+    check(
+        &[advance(15_000), issue("1_1_0_1", 11, 40)],
+        "malformed_order_no",
+    );
     check(&[advance(14_999), issue("1_1_0_1_0", 11, 40)], "issued");
     check(&[withdraw(1, "w0", 1)], "insufficient_balance");
-    check(&[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 40)], "withdrawn");
-    check(&[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 41)], "insufficient_balance");
-    check(&[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 30), withdraw(1, "w0", 30)], "duplicate");
-    check(&[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 30), withdraw(1, "w0", 20)], "conflict");
-    check(&[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 30), withdraw(2, "w0", 30)], "conflict");
     check(
-        &[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 30), advance(5_000), withdraw(1, "w0", 30)],
+        &[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 40)],
+        "withdrawn",
+    );
+    check(
+        &[issue("1_1_0_1_0", 11, 40), withdraw(1, "w0", 41)],
+        "insufficient_balance",
+    );
+    check(
+        &[
+            issue("1_1_0_1_0", 11, 40),
+            withdraw(1, "w0", 30),
+            withdraw(1, "w0", 30),
+        ],
+        "duplicate",
+    );
+    check(
+        &[
+            issue("1_1_0_1_0", 11, 40),
+            withdraw(1, "w0", 30),
+            withdraw(1, "w0", 20),
+        ],
+        "conflict",
+    );
+    check(
+        &[
+            issue("1_1_0_1_0", 11, 40),
+            withdraw(1, "w0", 30),
+            withdraw(2, "w0", 30),
+        ],
+        "conflict",
+    );
+    check(
+        &[
+            issue("1_1_0_1_0", 11, 40),
+            withdraw(1, "w0", 30),
+            advance(5_000),
+            withdraw(1, "w0", 30),
+        ],
         "insufficient_balance",
     );
     check(&[withdraw(1, "w 0", 1)], "malformed_withdraw_no");
@@ -2079,19 +2788,55 @@ fn the_model_predicts_token_answers_worker_steps_and_switches() {
     check(&[token.clone(), token.clone()], "duplicate");
     check(&[token.clone(), issue("1_6_0_1_0", 11, 301)], "conflict");
     // A token replay must name the same award id; the ledger's replay check does not.
-    check(&[issue("1_6_0_1_0", 11, 30), issue("1_6_0_1_0", 12, 30)], "conflict");
-    check(&[issue("1_6_0_1_0", 11, 300), issue("1_6_0_1_0", 12, 300)], "amount_over_cap");
-    check(&[token.clone(), Transition::Drain, token.clone()], "duplicate");
-    check(&[issue("1_6_0_1_0", 11, 1000), issue("2_6_0_1_0", 11, 501)], "budget_exhausted");
-    check(&[issue("1_1_0_1_0", 11, 1000), issue("2_6_0_1_0", 11, 501)], "budget_exhausted");
-    check(&[issue("1_6_0_1_0", 11, 1000), issue("2_1_0_1_0", 11, 500)], "issued");
+    check(
+        &[issue("1_6_0_1_0", 11, 30), issue("1_6_0_1_0", 12, 30)],
+        "conflict",
+    );
+    check(
+        &[issue("1_6_0_1_0", 11, 300), issue("1_6_0_1_0", 12, 300)],
+        "amount_over_cap",
+    );
+    check(
+        &[token.clone(), Transition::Drain, token.clone()],
+        "duplicate",
+    );
+    check(
+        &[issue("1_6_0_1_0", 11, 1000), issue("2_6_0_1_0", 11, 501)],
+        "budget_exhausted",
+    );
+    check(
+        &[issue("1_1_0_1_0", 11, 1000), issue("2_6_0_1_0", 11, 501)],
+        "budget_exhausted",
+    );
+    check(
+        &[issue("1_6_0_1_0", 11, 1000), issue("2_1_0_1_0", 11, 500)],
+        "issued",
+    );
     check(&[token.clone(), advance(5_000), token.clone()], "accepted");
     check(&[issue("1_6_0_1_0", 1, 30)], "unknown_award");
     // Token KV off: the sync path, but an accepted token still gets its first answer.
     check(&[flip(Switch::TokenKv, false), token.clone()], "issued");
-    check(&[token.clone(), flip(Switch::TokenKv, false), token.clone()], "duplicate");
-    check(&[token.clone(), flip(Switch::TokenKv, false), issue("1_6_0_1_0", 11, 299)], "conflict");
-    check(&[flip(Switch::TokenKv, false), token.clone(), flip(Switch::TokenKv, true), token.clone()], "duplicate");
+    check(
+        &[token.clone(), flip(Switch::TokenKv, false), token.clone()],
+        "duplicate",
+    );
+    check(
+        &[
+            token.clone(),
+            flip(Switch::TokenKv, false),
+            issue("1_6_0_1_0", 11, 299),
+        ],
+        "conflict",
+    );
+    check(
+        &[
+            flip(Switch::TokenKv, false),
+            token.clone(),
+            flip(Switch::TokenKv, true),
+            token.clone(),
+        ],
+        "duplicate",
+    );
     check(
         &[
             flip(Switch::TokenKv, false),
@@ -2107,26 +2852,73 @@ fn the_model_predicts_token_answers_worker_steps_and_switches() {
     check(&[token.clone(), TICK], "ticked");
     check(&[token.clone(), crash(CrashPoint::AfterCredit)], "crashed");
     check(&[crash(CrashPoint::AfterClaim)], "ticked");
-    check(&[token.clone(), TICK, crash(CrashPoint::AfterMark)], "ticked");
-    check(&[token.clone(), crash(CrashPoint::AfterClaim), Transition::Drain], "drained");
+    check(
+        &[token.clone(), TICK, crash(CrashPoint::AfterMark)],
+        "ticked",
+    );
+    check(
+        &[
+            token.clone(),
+            crash(CrashPoint::AfterClaim),
+            Transition::Drain,
+        ],
+        "drained",
+    );
     // Views and withdraws see pending tokens, unless a switch degrades them.
     check(&[token.clone(), view(1)], "viewed");
     check(&[advance(15_000), view(1)], "no_child_open");
     check(&[token.clone(), withdraw(1, "w0", 300)], "withdrawn");
-    check(&[token.clone(), withdraw(1, "w0", 301)], "insufficient_balance");
-    check(&[token.clone(), flip(Switch::ForceCreditOnWithdraw, false), withdraw(1, "w0", 300)], "insufficient_balance");
-    check(&[token.clone(), flip(Switch::ForceCreditOnWithdraw, false), TICK, withdraw(1, "w0", 300)], "withdrawn");
-    check(&[token.clone(), flip(Switch::TokenKv, false), withdraw(1, "w0", 300)], "insufficient_balance");
     check(
-        &[token.clone(), flip(Switch::TokenKv, false), withdraw_with(1, "w0", 300, vec![copy(1, "1_6_0_1_0")])],
-        "withdrawn",
-    );
-    check(
-        &[token.clone(), flip(Switch::TokenKv, false), withdraw_with(1, "w0", 300, vec![forged(1, "1_6_0_1_0", 300)])],
+        &[token.clone(), withdraw(1, "w0", 301)],
         "insufficient_balance",
     );
     check(
-        &[token.clone(), flip(Switch::TokenKv, false), withdraw_with(1, "w0", 300, vec![tampered(1, "1_6_0_1_0", 7)])],
+        &[
+            token.clone(),
+            flip(Switch::ForceCreditOnWithdraw, false),
+            withdraw(1, "w0", 300),
+        ],
+        "insufficient_balance",
+    );
+    check(
+        &[
+            token.clone(),
+            flip(Switch::ForceCreditOnWithdraw, false),
+            TICK,
+            withdraw(1, "w0", 300),
+        ],
+        "withdrawn",
+    );
+    check(
+        &[
+            token.clone(),
+            flip(Switch::TokenKv, false),
+            withdraw(1, "w0", 300),
+        ],
+        "insufficient_balance",
+    );
+    check(
+        &[
+            token.clone(),
+            flip(Switch::TokenKv, false),
+            withdraw_with(1, "w0", 300, vec![copy(1, "1_6_0_1_0")]),
+        ],
+        "withdrawn",
+    );
+    check(
+        &[
+            token.clone(),
+            flip(Switch::TokenKv, false),
+            withdraw_with(1, "w0", 300, vec![forged(1, "1_6_0_1_0", 300)]),
+        ],
+        "insufficient_balance",
+    );
+    check(
+        &[
+            token.clone(),
+            flip(Switch::TokenKv, false),
+            withdraw_with(1, "w0", 300, vec![tampered(1, "1_6_0_1_0", 7)]),
+        ],
         "insufficient_balance",
     );
     check(
@@ -2138,7 +2930,14 @@ fn the_model_predicts_token_answers_worker_steps_and_switches() {
         ],
         "insufficient_balance",
     );
-    check(&[token.clone(), withdraw(1, "w0", 100), withdraw(1, "w0", 100)], "duplicate");
+    check(
+        &[
+            token.clone(),
+            withdraw(1, "w0", 100),
+            withdraw(1, "w0", 100),
+        ],
+        "duplicate",
+    );
 }
 
 #[test]
@@ -2150,17 +2949,29 @@ fn the_model_tracks_balances_and_counters() {
         issue("1_2_1_2_0", 22, 0),
     ]);
     assert_eq!(
-        model.last.as_ref().map(|p| (p.label, p.account, p.balance_cents)),
+        model
+            .last
+            .as_ref()
+            .map(|p| (p.label, p.account, p.balance_cents)),
         Some(("batch_group_taken", Some((1, 1)), 400))
     );
-    let expected: BTreeMap<String, i64> =
-        [("budget:1", 700), ("stock:1:701", 1), ("user-batch:1:b1:1", 1)].map(|(k, n)| (k.to_owned(), n)).into();
+    let expected: BTreeMap<String, i64> = [
+        ("budget:1", 700),
+        ("stock:1:701", 1),
+        ("user-batch:1:b1:1", 1),
+    ]
+    .map(|(k, n)| (k.to_owned(), n))
+    .into();
     assert_eq!(model.counters(), expected);
     assert_eq!(model.entries, 3);
 }
 
 fn last_detail(model: &Model) -> Detail {
-    model.last.as_ref().map(|p| p.detail.clone()).unwrap_or_default()
+    model
+        .last
+        .as_ref()
+        .map(|p| p.detail.clone())
+        .unwrap_or_default()
 }
 
 /// The token story of the scripted test below, step by step in the model.
@@ -2202,16 +3013,42 @@ fn the_model_tracks_tokens_through_crashes_forgeries_and_switches() {
     let at = |n: usize| run_model(&story[..n]);
     // Both tokens claimed in one batch; the crash comes after the ledger took them.
     let crashed = at(3);
-    let expect = TickExpect { claimed: 2, crashed: true, ..TickExpect::default() };
+    let expect = TickExpect {
+        claimed: 2,
+        crashed: true,
+        ..TickExpect::default()
+    };
     assert_eq!(last_detail(&crashed), Detail::Tick(expect));
-    assert_eq!(crashed.account_rows(), [((1, 1), (300, 0)), ((1, 2), (40, 0))].into());
-    assert!(crashed.tokens.values().all(|t| t.status == Some(TokenStatus::Processing)));
+    assert_eq!(
+        crashed.account_rows(),
+        [((1, 1), (300, 0)), ((1, 2), (40, 0))].into()
+    );
+    assert!(
+        crashed
+            .tokens
+            .values()
+            .all(|t| t.status == Some(TokenStatus::Processing))
+    );
     assert_eq!(crashed.backlog(1), 2, "still inflight");
-    let shown =
-        ViewExpect { balance_cents: 300, income_cents: 300, complete: true, flow_lines: 1, ..ViewExpect::default() };
-    assert_eq!(last_detail(&at(4)), Detail::View(shown), "credited, so not pending, and shown once");
+    let shown = ViewExpect {
+        balance_cents: 300,
+        income_cents: 300,
+        complete: true,
+        flow_lines: 1,
+        ..ViewExpect::default()
+    };
+    assert_eq!(
+        last_detail(&at(4)),
+        Detail::View(shown),
+        "credited, so not pending, and shown once"
+    );
     // Past the timeout the scan re-queues both; the ledger has them already.
-    let expect = TickExpect { claimed: 2, already_credited: 2, requeued: 2, ..TickExpect::default() };
+    let expect = TickExpect {
+        claimed: 2,
+        already_credited: 2,
+        requeued: 2,
+        ..TickExpect::default()
+    };
     assert_eq!(last_detail(&at(6)), Detail::Tick(expect));
     assert_eq!(at(6).total_backlog(), 0);
     // Forgeries are refused, each order counted once, and user 1 is owed 400.
@@ -2221,17 +3058,33 @@ fn the_model_tracks_tokens_through_crashes_forgeries_and_switches() {
         (2, Refusal::Code("token_bad_signature")),
         (3, Refusal::Code("token_malformed")),
     ];
-    let force = ForceExpect { credited: 1, already_credited: 1, rejected: refused };
+    let force = ForceExpect {
+        credited: 1,
+        already_credited: 1,
+        rejected: refused,
+    };
     let withdrawn = at(8);
-    assert_eq!(withdrawn.last.as_ref().map(|p| (p.label, p.balance_cents)), Some(("insufficient_balance", 400)));
+    assert_eq!(
+        withdrawn.last.as_ref().map(|p| (p.label, p.balance_cents)),
+        Some(("insufficient_balance", 400))
+    );
     assert_eq!(last_detail(&withdrawn), Detail::Force(force));
     assert_eq!(at(9).last.as_ref().map(|p| p.label), Some("withdrawn"));
-    let shown =
-        ViewExpect { balance_cents: 40, income_cents: 40, complete: true, flow_lines: 1, ..ViewExpect::default() };
+    let shown = ViewExpect {
+        balance_cents: 40,
+        income_cents: 40,
+        complete: true,
+        flow_lines: 1,
+        ..ViewExpect::default()
+    };
     assert_eq!(last_detail(&at(10)), Detail::View(shown));
     // Force-credit off: only credited money can leave; a drain credits it.
     let end = at(story.len());
-    assert_eq!(at(12).last.as_ref().map(|p| p.label), Some("withdrawn"), "user 2's token was credited at step 6");
+    assert_eq!(
+        at(12).last.as_ref().map(|p| p.label),
+        Some("withdrawn"),
+        "user 2's token was credited at step 6"
+    );
     assert_eq!(end.last.as_ref().map(|p| p.label), Some("duplicate"));
     assert_eq!(end.total_backlog(), 0);
 }
@@ -2239,61 +3092,130 @@ fn the_model_tracks_tokens_through_crashes_forgeries_and_switches() {
 #[test]
 fn the_model_reads_order_numbers_like_the_wallet() {
     let too_long = "1".repeat(105);
-    for text in MALFORMED_ORDER_NOS.iter().copied().chain([too_long.as_str()]) {
+    for text in MALFORMED_ORDER_NOS
+        .iter()
+        .copied()
+        .chain([too_long.as_str()])
+    {
         assert_eq!(parse_order_no(text), None, "{text:?} must not parse");
-        assert!(text.parse::<reference::OrderNo>().is_err(), "{text:?}: the wallet reads it, the model does not");
+        assert!(
+            text.parse::<reference::OrderNo>().is_err(),
+            "{text:?}: the wallet reads it, the model does not"
+        );
     }
     for text in EDGE_ORDER_NOS {
         let parsed = parse_order_no(text).expect("edge cases parse");
         let theirs: reference::OrderNo = text.parse().expect("the wallet reads edge cases too");
         assert_eq!(
             (parsed.act_id, parsed.scene_id, parsed.rain_id, parsed.stage),
-            (theirs.act_id, u64::from(theirs.scene_id), u64::from(theirs.rain_id), u64::from(theirs.stage))
+            (
+                theirs.act_id,
+                u64::from(theirs.scene_id),
+                u64::from(theirs.rain_id),
+                u64::from(theirs.stage)
+            )
         );
-        assert_eq!(parsed.text(), theirs.to_string(), "the model spells order numbers as the wallet does");
+        assert_eq!(
+            parsed.text(),
+            theirs.to_string(),
+            "the model spells order numbers as the wallet does"
+        );
     }
 }
 
 #[test]
 fn the_model_tables_match_the_toml_tree() {
-    let activity = TREE_PARSED.activity(ACTIVITY_ID).expect("the activity is configured");
+    let activity = TREE_PARSED
+        .activity(ACTIVITY_ID)
+        .expect("the activity is configured");
     assert_eq!(activity.per_txn_cap_cents, PER_TXN_CAP_CENTS);
-    let children: Vec<_> = activity.children.iter().map(|c| (c.id, c.start_ms, c.end_ms, c.budget_cents)).collect();
-    let ours: Vec<_> = CHILDREN.iter().map(|c| (c.id, c.start_ms, c.end_ms, c.budget_cents)).collect();
+    let children: Vec<_> = activity
+        .children
+        .iter()
+        .map(|c| (c.id, c.start_ms, c.end_ms, c.budget_cents))
+        .collect();
+    let ours: Vec<_> = CHILDREN
+        .iter()
+        .map(|c| (c.id, c.start_ms, c.end_ms, c.budget_cents))
+        .collect();
     assert_eq!(children, ours);
     let scenes: Vec<_> = activity
         .scenes
         .values()
         .map(|s| {
             let token = s.crediting == Crediting::Token;
-            (u64::from(s.id), u64::from(s.award_type.code()), s.award_ids.clone(), s.stock_control, token)
+            (
+                u64::from(s.id),
+                u64::from(s.award_type.code()),
+                s.award_ids.clone(),
+                s.stock_control,
+                token,
+            )
         })
         .collect();
-    let ours: Vec<_> =
-        SCENES.iter().map(|s| (s.id, s.award_code, s.award_ids.to_vec(), s.stock_control, s.token)).collect();
+    let ours: Vec<_> = SCENES
+        .iter()
+        .map(|s| {
+            (
+                s.id,
+                s.award_code,
+                s.award_ids.to_vec(),
+                s.stock_control,
+                s.token,
+            )
+        })
+        .collect();
     assert_eq!(scenes, ours);
     assert_eq!(activity.awards.len(), AWARDS.len());
     for (award_id, spec) in &AWARDS {
-        let def = activity.awards.get(award_id).expect("every model award is configured");
+        let def = activity
+            .awards
+            .get(award_id)
+            .expect("every model award is configured");
         let same = match (def, spec) {
-            (AwardDef::Cash { max_cents }, AwardSpec::Cash { max_cents: ours }) => max_cents == ours,
-            (AwardDef::Pendant { pendant_id }, AwardSpec::Pendant { pendant_id: ours }) => pendant_id == ours,
+            (AwardDef::Cash { max_cents }, AwardSpec::Cash { max_cents: ours }) => {
+                max_cents == ours
+            }
+            (AwardDef::Pendant { pendant_id }, AwardSpec::Pendant { pendant_id: ours }) => {
+                pendant_id == ours
+            }
             (AwardDef::Coupon(c), AwardSpec::Coupon(ours)) => {
-                (c.template_id, c.batch.as_str(), c.group.as_deref(), u64::from(c.per_user_limit), c.stock)
-                    == (ours.template_id, ours.batch, ours.group, ours.per_user_limit, ours.stock)
+                (
+                    c.template_id,
+                    c.batch.as_str(),
+                    c.group.as_deref(),
+                    u64::from(c.per_user_limit),
+                    c.stock,
+                ) == (
+                    ours.template_id,
+                    ours.batch,
+                    ours.group,
+                    ours.per_user_limit,
+                    ours.stock,
+                )
             }
             _ => false,
         };
         assert!(same, "award {award_id}: tree {def:?}, model {spec:?}");
     }
-    assert_eq!(AwardType::Coupon.code(), 2, "scene award codes in the model use the order-number codes");
     assert_eq!(
-        (reference::token::STATUS_PROCESSING, reference::token::STATUS_SUCCESS),
+        AwardType::Coupon.code(),
+        2,
+        "scene award codes in the model use the order-number codes"
+    );
+    assert_eq!(
+        (
+            reference::token::STATUS_PROCESSING,
+            reference::token::STATUS_SUCCESS
+        ),
         (STATUS_PROCESSING, STATUS_SUCCESS),
         "the seed's token status numbers"
     );
     let worker = reference::worker::WorkerConfig::default();
-    assert!(WORKER_BATCH_MAX < worker.batch_max, "the test worker is smaller than a real one, so ticks leave work");
+    assert!(
+        WORKER_BATCH_MAX < worker.batch_max,
+        "the test worker is smaller than a real one, so ticks leave work"
+    );
 }
 
 // ---- the harness: it runs a scripted story, and it fails when it should ----
@@ -2312,8 +3234,12 @@ fn run_harness<B: Backend>(steps: &[Transition]) -> (Model, Sut) {
 
 /// The panic message of `f`, which must panic.
 fn panic_text(f: impl FnOnce()) -> String {
-    let message = catch_unwind(AssertUnwindSafe(f)).expect_err("the harness must reject a wrong prediction");
-    message.downcast_ref::<String>().cloned().unwrap_or_default()
+    let message =
+        catch_unwind(AssertUnwindSafe(f)).expect_err("the harness must reject a wrong prediction");
+    message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -2331,26 +3257,48 @@ fn a_scripted_token_story_passes_the_harness_on_both_ledgers() {
 /// that forgot the stock already taken, and the step must panic.
 #[test]
 fn the_harness_fails_when_the_wallet_and_the_model_disagree() {
-    let (mut model, sut) = run_harness::<MemoryLedgerBackend>(&[issue("1_2_0_2_0", 23, 0), issue("2_2_0_2_0", 23, 0)]);
+    let (mut model, sut) =
+        run_harness::<MemoryLedgerBackend>(&[issue("1_2_0_2_0", 23, 0), issue("2_2_0_2_0", 23, 0)]);
     let last = issue("3_2_0_2_0", 23, 0);
     model.stock_used.clear();
     model = ModelMachine::apply(model, &last);
-    assert_eq!(model.last.as_ref().map(|p| p.label), Some("issued"), "the tampered model must be wrong");
+    assert_eq!(
+        model.last.as_ref().map(|p| p.label),
+        Some("issued"),
+        "the tampered model must be wrong"
+    );
     let text = panic_text(|| drop(WalletTest::<MemoryLedgerBackend>::apply(sut, &model, last)));
-    assert!(text.contains("out_of_stock"), "the failure names the wallet's answer: {text}");
+    assert!(
+        text.contains("out_of_stock"),
+        "the failure names the wallet's answer: {text}"
+    );
 }
 
 /// A model that takes a forged copy for the client's real one (with the token KV
 /// off, only client copies can be force-credited) is caught at once.
 #[test]
 fn the_harness_fails_when_the_model_credits_a_forged_token() {
-    let (model, sut) = run_harness::<MemoryLedgerBackend>(&[issue("1_6_0_1_0", 11, 300), flip(Switch::TokenKv, false)]);
+    let (model, sut) = run_harness::<MemoryLedgerBackend>(&[
+        issue("1_6_0_1_0", 11, 300),
+        flip(Switch::TokenKv, false),
+    ]);
     let real = withdraw_with(1, "w0", 300, vec![copy(1, "1_6_0_1_0")]);
     let forgery = withdraw_with(1, "w0", 300, vec![forged(1, "1_6_0_1_0", 300)]);
     let model = ModelMachine::apply(model, &real);
-    assert_eq!(model.last.as_ref().map(|p| p.label), Some("withdrawn"), "the fooled model pays out");
-    let text = panic_text(|| drop(WalletTest::<MemoryLedgerBackend>::apply(sut, &model, forgery)));
-    assert!(text.contains("insufficient_balance") && text.contains("token_bad_signature"), "{text}");
+    assert_eq!(
+        model.last.as_ref().map(|p| p.label),
+        Some("withdrawn"),
+        "the fooled model pays out"
+    );
+    let text = panic_text(|| {
+        drop(WalletTest::<MemoryLedgerBackend>::apply(
+            sut, &model, forgery,
+        ))
+    });
+    assert!(
+        text.contains("insufficient_balance") && text.contains("token_bad_signature"),
+        "{text}"
+    );
 }
 
 /// A model that thinks the worker died before crediting, when it died after, is
@@ -2360,10 +3308,14 @@ fn the_harness_fails_when_the_model_misplaces_a_crash() {
     let (model, sut) = run_harness::<MemoryLedgerBackend>(&[issue("1_6_0_1_0", 11, 300)]);
     let model = ModelMachine::apply(model, &crash(CrashPoint::AfterClaim));
     let text = panic_text(|| {
-        let sut = WalletTest::<MemoryLedgerBackend>::apply(sut, &model, crash(CrashPoint::AfterCredit));
+        let sut =
+            WalletTest::<MemoryLedgerBackend>::apply(sut, &model, crash(CrashPoint::AfterCredit));
         WalletTest::<MemoryLedgerBackend>::check_invariants(&sut, &model);
     });
-    assert!(text.contains("step 2:"), "the failure names the step: {text}");
+    assert!(
+        text.contains("step 2:"),
+        "the failure names the step: {text}"
+    );
 }
 
 /// A model that forgets the pending tokens a view must show is caught.
@@ -2372,6 +3324,12 @@ fn the_harness_fails_when_the_model_hides_pending_tokens() {
     let (mut model, sut) = run_harness::<MemoryLedgerBackend>(&[issue("1_6_0_1_0", 11, 300)]);
     model.switches.token_kv = false;
     let model = ModelMachine::apply(model, &view(1));
-    let text = panic_text(|| drop(WalletTest::<MemoryLedgerBackend>::apply(sut, &model, view(1))));
+    let text = panic_text(|| {
+        drop(WalletTest::<MemoryLedgerBackend>::apply(
+            sut,
+            &model,
+            view(1),
+        ))
+    });
     assert!(text.contains("view totals"), "{text}");
 }

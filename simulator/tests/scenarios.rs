@@ -13,11 +13,17 @@ fn scenarios_dir() -> PathBuf {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
 }
 
 fn options(requests: u64) -> RunOptions {
-    RunOptions { requests: Some(requests), ..RunOptions::default() }
+    RunOptions {
+        requests: Some(requests),
+        ..RunOptions::default()
+    }
 }
 
 #[test]
@@ -29,8 +35,15 @@ fn every_scenario_file_loads_and_runs_clean_at_a_small_sample() {
             continue;
         }
         let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let output = runtime().block_on(run_scenario(&scenario, &options(2000))).expect("run");
-        assert!(output.violations.is_empty(), "{}: {:#?}", path.display(), output.violations);
+        let output = runtime()
+            .block_on(run_scenario(&scenario, &options(2000)))
+            .expect("run");
+        assert!(
+            output.violations.is_empty(),
+            "{}: {:#?}",
+            path.display(),
+            output.violations
+        );
         assert_eq!(output.record.scenario.requests, 2000);
         seen += 1;
     }
@@ -41,8 +54,16 @@ fn every_scenario_file_loads_and_runs_clean_at_a_small_sample() {
 fn same_seed_same_run_other_seed_other_run() {
     let scenario = Scenario::load(&scenarios_dir().join("smoke.toml")).expect("smoke");
     let run = |seed: u64, ledger: &str| {
-        let options = RunOptions { seed: Some(seed), requests: Some(3000), ledger_url: ledger.to_owned(), progress: false };
-        runtime().block_on(run_scenario(&scenario, &options)).expect("run").record
+        let options = RunOptions {
+            seed: Some(seed),
+            requests: Some(3000),
+            ledger_url: ledger.to_owned(),
+            progress: false,
+        };
+        runtime()
+            .block_on(run_scenario(&scenario, &options))
+            .expect("run")
+            .record
     };
     let a = run(1, "memory");
     let b = run(1, "memory");
@@ -51,14 +72,18 @@ fn same_seed_same_run_other_seed_other_run() {
     assert_eq!(a.history_hash, b.history_hash);
     assert_eq!(a.outcomes, b.outcomes);
     assert_eq!(a.totals, b.totals);
-    assert_eq!(a.history_hash, on_sqlite.history_hash, "the SQLite ledger answers exactly like the memory one");
+    assert_eq!(
+        a.history_hash, on_sqlite.history_hash,
+        "the SQLite ledger answers exactly like the memory one"
+    );
     assert_ne!(a.history_hash, c.history_hash);
 }
 
 fn bad_scenario(edit: impl Fn(&str) -> String) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let original = std::fs::read_to_string(scenarios_dir().join("smoke.toml")).expect("smoke");
-    let tree = std::fs::read_to_string(scenarios_dir().join("activities/spring-festival.toml")).expect("tree");
+    let tree = std::fs::read_to_string(scenarios_dir().join("activities/spring-festival.toml"))
+        .expect("tree");
     std::fs::create_dir(dir.path().join("activities")).expect("mkdir");
     std::fs::write(dir.path().join("activities/spring-festival.toml"), tree).expect("write tree");
     let path = dir.path().join("bad.toml");
@@ -68,28 +93,75 @@ fn bad_scenario(edit: impl Fn(&str) -> String) -> (tempfile::TempDir, PathBuf) {
 
 fn check_bad(edit: impl Fn(&str) -> String, expected: &str) {
     let (_dir, path) = bad_scenario(edit);
-    let err = Scenario::load(&path).expect_err("must be rejected").to_string();
-    assert!(err.contains("bad.toml:") || err.contains("spring-festival.toml"), "error names the file: {err}");
+    let err = Scenario::load(&path)
+        .expect_err("must be rejected")
+        .to_string();
+    assert!(
+        err.contains("bad.toml:") || err.contains("spring-festival.toml"),
+        "error names the file: {err}"
+    );
     assert!(err.contains(expected), "`{err}` lacks `{expected}`");
 }
 
 #[test]
 fn bad_scenarios_name_file_line_and_key() {
-    check_bad(|s| s.replace("users = 2000", "users = 2000\nuser = 3"), "bad.toml:14: run.user: unknown field `user`");
-    check_bad(|s| s.replace("requests = 20000", "requests = 0"), "run.requests: 0 is not in 1..=");
-    check_bad(|s| s.replace("duration_s = 60", "duration_s = 0"), "run.duration_s: must be greater than 0");
-    check_bad(|s| s.replace("duplicate_rate = 0.05", "duplicate_rate = 1.5"), "traffic.duplicate_rate: 1.5 is not a share");
-    check_bad(|s| s.replace("duplicate_rate = 0.05", "duplicate_rate = 0.995"), "add up to more than 1");
-    check_bad(|s| s.replace("activity_id = 2027", "activity_id = 1"), "run.activity_id: activity 1 is not in");
-    check_bad(|s| s.replace("cash = 60", "cash = -1"), "bad.toml:16: mix.cash: invalid value: integer `-1`");
-    check_bad(|s| s.replace("seed = 20270209", "seed = \"x\""), "run.seed: invalid type: string");
-    check_bad(|s| s.replace("start = 2027-02-09T20:00:00+08:00", "start = 2027-02-09T20:00:00"), "run.start: `2027-02-09T20:00:00` needs a date, a time and an offset");
-    check_bad(|s| s.replace("activities/spring-festival.toml", "activities/missing.toml"), "run.activity_file: ");
-    check_bad(|s| s.replace("activities/spring-festival.toml", "activities/missing.toml"), "missing.toml: cannot read");
+    check_bad(
+        |s| s.replace("users = 2000", "users = 2000\nuser = 3"),
+        "bad.toml:14: run.user: unknown field `user`",
+    );
+    check_bad(
+        |s| s.replace("requests = 20000", "requests = 0"),
+        "run.requests: 0 is not in 1..=",
+    );
+    check_bad(
+        |s| s.replace("duration_s = 60", "duration_s = 0"),
+        "run.duration_s: must be greater than 0",
+    );
+    check_bad(
+        |s| s.replace("duplicate_rate = 0.05", "duplicate_rate = 1.5"),
+        "traffic.duplicate_rate: 1.5 is not a share",
+    );
+    check_bad(
+        |s| s.replace("duplicate_rate = 0.05", "duplicate_rate = 0.995"),
+        "add up to more than 1",
+    );
+    check_bad(
+        |s| s.replace("activity_id = 2027", "activity_id = 1"),
+        "run.activity_id: activity 1 is not in",
+    );
+    check_bad(
+        |s| s.replace("cash = 60", "cash = -1"),
+        "bad.toml:16: mix.cash: invalid value: integer `-1`",
+    );
+    check_bad(
+        |s| s.replace("seed = 20270209", "seed = \"x\""),
+        "run.seed: invalid type: string",
+    );
+    check_bad(
+        |s| {
+            s.replace(
+                "start = 2027-02-09T20:00:00+08:00",
+                "start = 2027-02-09T20:00:00",
+            )
+        },
+        "run.start: `2027-02-09T20:00:00` needs a date, a time and an offset",
+    );
+    check_bad(
+        |s| s.replace("activities/spring-festival.toml", "activities/missing.toml"),
+        "run.activity_file: ",
+    );
+    check_bad(
+        |s| s.replace("activities/spring-festival.toml", "activities/missing.toml"),
+        "missing.toml: cannot read",
+    );
 }
 
 fn redrain(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_redrain")).args(args).env("CI", "true").output().expect("run redrain");
+    let output = Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(args)
+        .env("CI", "true")
+        .output()
+        .expect("run redrain");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -102,33 +174,66 @@ fn cli_runs_writes_the_record_and_exits_by_verdict() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("run.json");
     let smoke = scenarios_dir().join("smoke.toml");
-    let (code, stdout, stderr) =
-        redrain(&["run", smoke.to_str().expect("utf8"), "--requests", "1500", "--json", json.to_str().expect("utf8")]);
+    let (code, stdout, stderr) = redrain(&[
+        "run",
+        smoke.to_str().expect("utf8"),
+        "--requests",
+        "1500",
+        "--json",
+        json.to_str().expect("utf8"),
+    ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("I1 idempotency      pass"), "{stdout}");
-    let record: reports::RunRecord = serde_json::from_str(&std::fs::read_to_string(&json).expect("record")).expect("json");
+    let record: reports::RunRecord =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("record")).expect("json");
     assert_eq!(record.scenario.requests, 1500);
     assert!(record.passed());
 
     let (_dir2, bad) = bad_scenario(|s| s.replace("[mix]", "[mixx]"));
-    let (code, _, stderr) = redrain(&["run", bad.to_str().expect("utf8"), "--json", json.to_str().expect("utf8")]);
+    let (code, _, stderr) = redrain(&[
+        "run",
+        bad.to_str().expect("utf8"),
+        "--json",
+        json.to_str().expect("utf8"),
+    ]);
     assert_eq!(code, 2, "bad input exits 2: {stderr}");
-    assert!(stderr.contains("bad.toml:") && stderr.contains("unknown field `mixx`"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:") && stderr.contains("unknown field `mixx`"),
+        "{stderr}"
+    );
 
-    let (code, _, stderr) = redrain(&["run", smoke.to_str().expect("utf8"), "--ledger", "mysql-ish://x"]);
+    let (code, _, stderr) = redrain(&[
+        "run",
+        smoke.to_str().expect("utf8"),
+        "--ledger",
+        "mysql-ish://x",
+    ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("ledger URL `mysql-ish://x`"), "{stderr}");
 }
 
 #[test]
 fn the_readme_sample_is_the_real_smoke_output() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README");
     let scenario = Scenario::load(&scenarios_dir().join("smoke.toml")).expect("smoke");
-    let record = runtime().block_on(run_scenario(&scenario, &RunOptions::default())).expect("run").record;
+    let record = runtime()
+        .block_on(run_scenario(&scenario, &RunOptions::default()))
+        .expect("run")
+        .record;
     let summary = reports::render_summary(&record);
     let hash_line = format!("history {}", &record.history_hash[..16]);
-    assert!(readme.contains(&hash_line), "README shows another history than `{hash_line}`: regenerate its sample");
-    for line in summary.lines().filter(|l| l.starts_with("  issue.") || l.starts_with("  withdraw.") || l.starts_with("  I")) {
-        assert!(readme.contains(line), "README lacks the line `{line}`: regenerate its sample");
+    assert!(
+        readme.contains(&hash_line),
+        "README shows another history than `{hash_line}`: regenerate its sample"
+    );
+    for line in summary.lines().filter(|l| {
+        l.starts_with("  issue.") || l.starts_with("  withdraw.") || l.starts_with("  I")
+    }) {
+        assert!(
+            readme.contains(line),
+            "README lacks the line `{line}`: regenerate its sample"
+        );
     }
 }

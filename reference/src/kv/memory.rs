@@ -11,7 +11,10 @@ use crate::clock::{Clock, Millis};
 #[derive(Debug, Clone)]
 enum Value {
     Counter(i64),
-    Hold { value: String, holders: u64 },
+    Hold {
+        value: String,
+        holders: u64,
+    },
     Set(BTreeSet<String>),
     Status(u8),
     Queue(VecDeque<Vec<u8>>),
@@ -63,7 +66,11 @@ pub struct MemoryKv {
 impl MemoryKv {
     /// An empty store whose TTLs run on `clock`.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, slots: Mutex::new(BTreeMap::new()), faults: Mutex::new(KvFaults::default()) }
+        Self {
+            clock,
+            slots: Mutex::new(BTreeMap::new()),
+            faults: Mutex::new(KvFaults::default()),
+        }
     }
 
     /// Switch faults on or off.
@@ -86,7 +93,10 @@ impl MemoryKv {
         // A poisoned lock means a panic mid-update: a bug.
         let mut slots = self.slots.lock().expect("memory kv lock poisoned");
         for key in keys {
-            if slots.get(*key).is_some_and(|slot| slot.expires_at_ms.is_some_and(|at| now_ms >= at)) {
+            if slots
+                .get(*key)
+                .is_some_and(|slot| slot.expires_at_ms.is_some_and(|at| now_ms >= at))
+            {
                 slots.remove(*key);
             }
         }
@@ -103,7 +113,11 @@ impl MemoryKv {
 }
 
 fn wrong(key: &str, found: &Value, expected: &'static str) -> KvError {
-    KvError::WrongType { key: key.to_owned(), found: found.type_name(), expected }
+    KvError::WrongType {
+        key: key.to_owned(),
+        found: found.type_name(),
+        expected,
+    }
 }
 
 fn counter_of(slots: &BTreeMap<String, Slot>, key: &str) -> Result<i64, KvError> {
@@ -116,11 +130,21 @@ fn counter_of(slots: &BTreeMap<String, Slot>, key: &str) -> Result<i64, KvError>
 
 fn set_counter(slots: &mut BTreeMap<String, Slot>, key: &str, n: i64) {
     let expires_at_ms = slots.get(key).and_then(|s| s.expires_at_ms);
-    slots.insert(key.to_owned(), Slot { value: Value::Counter(n), expires_at_ms });
+    slots.insert(
+        key.to_owned(),
+        Slot {
+            value: Value::Counter(n),
+            expires_at_ms,
+        },
+    );
 }
 
 fn non_negative(key: &str, n: i64) -> Result<u64, KvError> {
-    u64::try_from(n).map_err(|_| KvError::Misuse(format!("counter `{key}` is negative ({n}); it is not a consume counter")))
+    u64::try_from(n).map_err(|_| {
+        KvError::Misuse(format!(
+            "counter `{key}` is negative ({n}); it is not a consume counter"
+        ))
+    })
 }
 
 #[async_trait]
@@ -143,11 +167,18 @@ impl Kv for MemoryKv {
         let current = non_negative(key, counter_of(&slots, key)?)?;
         match current.checked_add(n) {
             Some(after) if after <= limit => {
-                let stored = i64::try_from(after).map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
+                let stored = i64::try_from(after)
+                    .map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
                 set_counter(&mut slots, key, stored);
                 let faults = self.faults.lock().expect("kv faults lock poisoned");
-                if faults.timeout_after_consume_prefix.as_deref().is_some_and(|p| key.starts_with(p)) {
-                    return Err(KvError::Store(format!("timeout on `{key}` (injected fault, applied)")));
+                if faults
+                    .timeout_after_consume_prefix
+                    .as_deref()
+                    .is_some_and(|p| key.starts_with(p))
+                {
+                    return Err(KvError::Store(format!(
+                        "timeout on `{key}` (injected fault, applied)"
+                    )));
                 }
                 Ok(Consume::Consumed { after })
             }
@@ -159,7 +190,8 @@ impl Kv for MemoryKv {
         let mut slots = self.live(&[key])?;
         let current = non_negative(key, counter_of(&slots, key)?)?;
         let after = current.saturating_sub(n);
-        let stored = i64::try_from(after).map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
+        let stored =
+            i64::try_from(after).map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
         set_counter(&mut slots, key, stored);
         Ok(after)
     }
@@ -168,14 +200,28 @@ impl Kv for MemoryKv {
         let mut slots = self.live(&[key])?;
         match slots.get_mut(key).map(|s| &mut s.value) {
             None => {
-                slots.insert(key.to_owned(), Slot { value: Value::Hold { value: value.to_owned(), holders: 1 }, expires_at_ms: None });
+                slots.insert(
+                    key.to_owned(),
+                    Slot {
+                        value: Value::Hold {
+                            value: value.to_owned(),
+                            holders: 1,
+                        },
+                        expires_at_ms: None,
+                    },
+                );
                 Ok(Hold::Held { holders: 1 })
             }
-            Some(Value::Hold { value: held, holders }) if held == value => {
+            Some(Value::Hold {
+                value: held,
+                holders,
+            }) if held == value => {
                 *holders += 1;
                 Ok(Hold::Held { holders: *holders })
             }
-            Some(Value::Hold { value: held, .. }) => Ok(Hold::HeldByOther { value: held.clone() }),
+            Some(Value::Hold { value: held, .. }) => Ok(Hold::HeldByOther {
+                value: held.clone(),
+            }),
             Some(other) => Err(wrong(key, other, "a hold")),
         }
     }
@@ -183,7 +229,10 @@ impl Kv for MemoryKv {
     async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> {
         let mut slots = self.live(&[key])?;
         let left = match slots.get_mut(key).map(|s| &mut s.value) {
-            Some(Value::Hold { value: held, holders }) if held == value => {
+            Some(Value::Hold {
+                value: held,
+                holders,
+            }) if held == value => {
                 *holders = holders.saturating_sub(1);
                 *holders
             }
@@ -198,7 +247,10 @@ impl Kv for MemoryKv {
 
     async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> {
         let mut slots = self.live(&[key])?;
-        let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Set(BTreeSet::new()), expires_at_ms: None });
+        let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot {
+            value: Value::Set(BTreeSet::new()),
+            expires_at_ms: None,
+        });
         match &mut slot.value {
             Value::Set(members) => Ok(members.insert(member.to_owned())),
             other => Err(wrong(key, other, "a set")),
@@ -215,7 +267,13 @@ impl Kv for MemoryKv {
 
     async fn put_status(&self, key: &str, status: u8, ttl_ms: Option<u64>) -> Result<(), KvError> {
         let expires_at_ms = self.expiry(ttl_ms);
-        self.live(&[key])?.insert(key.to_owned(), Slot { value: Value::Status(status), expires_at_ms });
+        self.live(&[key])?.insert(
+            key.to_owned(),
+            Slot {
+                value: Value::Status(status),
+                expires_at_ms,
+            },
+        );
         Ok(())
     }
 
@@ -227,11 +285,21 @@ impl Kv for MemoryKv {
         }
     }
 
-    async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError> {
+    async fn queue_push(
+        &self,
+        key: &str,
+        item: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<u64, KvError> {
         let expires_at_ms = self.expiry(ttl_ms);
         let mut slots = self.live(&[key])?;
-        let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Queue(VecDeque::new()), expires_at_ms: None });
-        let Value::Queue(items) = &mut slot.value else { return Err(wrong(key, &slot.value, "a queue")) };
+        let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot {
+            value: Value::Queue(VecDeque::new()),
+            expires_at_ms: None,
+        });
+        let Value::Queue(items) = &mut slot.value else {
+            return Err(wrong(key, &slot.value, "a queue"));
+        };
         items.push_back(item.to_vec());
         let len = items.len() as u64;
         slot.expires_at_ms = expires_at_ms;
@@ -240,11 +308,17 @@ impl Kv for MemoryKv {
 
     async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
         if max > QUEUE_POP_MAX {
-            return Err(KvError::Misuse(format!("queue_pop of {max}; at most {QUEUE_POP_MAX}")));
+            return Err(KvError::Misuse(format!(
+                "queue_pop of {max}; at most {QUEUE_POP_MAX}"
+            )));
         }
         let mut slots = self.live(&[key])?;
-        let Some(slot) = slots.get_mut(key) else { return Ok(Vec::new()) };
-        let Value::Queue(items) = &mut slot.value else { return Err(wrong(key, &slot.value, "a queue")) };
+        let Some(slot) = slots.get_mut(key) else {
+            return Ok(Vec::new());
+        };
+        let Value::Queue(items) = &mut slot.value else {
+            return Err(wrong(key, &slot.value, "a queue"));
+        };
         let taken: Vec<Vec<u8>> = items.drain(..max.min(items.len())).collect();
         if items.is_empty() {
             slots.remove(key);
@@ -265,7 +339,13 @@ impl Kv for MemoryKv {
             .collect())
     }
 
-    async fn record_token(&self, record_key: &str, token: &[u8], list_key: &str, queue_key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    async fn record_token(
+        &self,
+        record_key: &str,
+        token: &[u8],
+        list_key: &str,
+        queue_key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError> {
         let mut slots = self.live(&[record_key, list_key, queue_key])?;
         match slots.get(record_key).map(|s| &s.value) {
             Some(Value::Bytes(existing)) => return Ok(Some(existing.clone())),
@@ -273,13 +353,25 @@ impl Kv for MemoryKv {
             None => {}
         }
         for key in [list_key, queue_key] {
-            if let Some(slot) = slots.get(key).filter(|s| !matches!(s.value, Value::Queue(_))) {
+            if let Some(slot) = slots
+                .get(key)
+                .filter(|s| !matches!(s.value, Value::Queue(_)))
+            {
                 return Err(wrong(key, &slot.value, "a queue"));
             }
         }
-        slots.insert(record_key.to_owned(), Slot { value: Value::Bytes(token.to_vec()), expires_at_ms: None });
+        slots.insert(
+            record_key.to_owned(),
+            Slot {
+                value: Value::Bytes(token.to_vec()),
+                expires_at_ms: None,
+            },
+        );
         for key in [list_key, queue_key] {
-            let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot { value: Value::Queue(VecDeque::new()), expires_at_ms: None });
+            let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot {
+                value: Value::Queue(VecDeque::new()),
+                expires_at_ms: None,
+            });
             if let Value::Queue(items) = &mut slot.value {
                 items.push_back(token.to_vec());
             }
@@ -312,10 +404,19 @@ impl Kv for MemoryKv {
         }
     }
 
-    async fn queue_claim(&self, queue_key: &str, inflight_key: &str, max: usize, now_ms: u64) -> Result<Vec<Vec<u8>>, KvError> {
+    async fn queue_claim(
+        &self,
+        queue_key: &str,
+        inflight_key: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u8>>, KvError> {
         let max = bounded(max, QUEUE_POP_MAX, "queue_claim")?;
         let mut slots = self.live(&[queue_key, inflight_key])?;
-        if let Some(slot) = slots.get(inflight_key).filter(|s| !matches!(s.value, Value::Scored(_))) {
+        if let Some(slot) = slots
+            .get(inflight_key)
+            .filter(|s| !matches!(s.value, Value::Scored(_)))
+        {
             return Err(wrong(inflight_key, &slot.value, "a scored set"));
         }
         let taken: Vec<Vec<u8>> = match slots.get_mut(queue_key).map(|s| &mut s.value) {
@@ -323,10 +424,16 @@ impl Kv for MemoryKv {
             Some(Value::Queue(items)) => items.drain(..max.min(items.len())).collect(),
             Some(other) => return Err(wrong(queue_key, other, "a queue")),
         };
-        if matches!(slots.get(queue_key).map(|s| &s.value), Some(Value::Queue(items)) if items.is_empty()) {
+        if matches!(slots.get(queue_key).map(|s| &s.value), Some(Value::Queue(items)) if items.is_empty())
+        {
             slots.remove(queue_key);
         }
-        let slot = slots.entry(inflight_key.to_owned()).or_insert_with(|| Slot { value: Value::Scored(BTreeMap::new()), expires_at_ms: None });
+        let slot = slots
+            .entry(inflight_key.to_owned())
+            .or_insert_with(|| Slot {
+                value: Value::Scored(BTreeMap::new()),
+                expires_at_ms: None,
+            });
         if let Value::Scored(members) = &mut slot.value {
             for item in &taken {
                 members.insert(item.clone(), now_ms);
@@ -335,12 +442,25 @@ impl Kv for MemoryKv {
         Ok(taken)
     }
 
-    async fn inflight_due(&self, inflight_key: &str, due_ms: u64, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+    async fn inflight_due(
+        &self,
+        inflight_key: &str,
+        due_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, KvError> {
         let max = bounded(max, LIST_RANGE_MAX, "inflight_due")?;
-        match self.live(&[inflight_key])?.get(inflight_key).map(|s| &s.value) {
+        match self
+            .live(&[inflight_key])?
+            .get(inflight_key)
+            .map(|s| &s.value)
+        {
             None => Ok(Vec::new()),
             Some(Value::Scored(members)) => {
-                let mut due: Vec<(&u64, &Vec<u8>)> = members.iter().filter(|(_, s)| **s <= due_ms).map(|(m, s)| (s, m)).collect();
+                let mut due: Vec<(&u64, &Vec<u8>)> = members
+                    .iter()
+                    .filter(|(_, s)| **s <= due_ms)
+                    .map(|(m, s)| (s, m))
+                    .collect();
                 due.sort();
                 Ok(due.into_iter().take(max).map(|(_, m)| m.clone()).collect())
             }
@@ -355,14 +475,19 @@ impl Kv for MemoryKv {
             Some(Value::Scored(members)) => members.remove(member).is_some(),
             Some(other) => return Err(wrong(inflight_key, other, "a scored set")),
         };
-        if matches!(slots.get(inflight_key).map(|s| &s.value), Some(Value::Scored(m)) if m.is_empty()) {
+        if matches!(slots.get(inflight_key).map(|s| &s.value), Some(Value::Scored(m)) if m.is_empty())
+        {
             slots.remove(inflight_key);
         }
         Ok(removed)
     }
 
     async fn inflight_len(&self, inflight_key: &str) -> Result<u64, KvError> {
-        match self.live(&[inflight_key])?.get(inflight_key).map(|s| &s.value) {
+        match self
+            .live(&[inflight_key])?
+            .get(inflight_key)
+            .map(|s| &s.value)
+        {
             None => Ok(0),
             Some(Value::Scored(members)) => Ok(members.len() as u64),
             Some(other) => Err(wrong(inflight_key, other, "a scored set")),
@@ -375,7 +500,13 @@ impl Kv for MemoryKv {
         if slots.contains_key(key) {
             return Ok(false);
         }
-        slots.insert(key.to_owned(), Slot { value: Value::Lock(owner.to_owned()), expires_at_ms });
+        slots.insert(
+            key.to_owned(),
+            Slot {
+                value: Value::Lock(owner.to_owned()),
+                expires_at_ms,
+            },
+        );
         Ok(true)
     }
 
@@ -407,19 +538,41 @@ mod tests {
     fn run(test: impl AsyncFn(&ManualClock, &dyn Kv)) {
         let clock = Arc::new(ManualClock::new(1_000));
         let kv = MemoryKv::new(clock.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
         runtime.block_on(test(&clock, &kv));
     }
 
     #[test]
     fn consume_within_never_passes_the_limit() {
         run(async |_, kv| {
-            assert_eq!(kv.consume_within("s", 2, 3).await.ok(), Some(Consume::Consumed { after: 2 }));
-            assert_eq!(kv.consume_within("s", 2, 3).await.ok(), Some(Consume::Exceeded { current: 2 }));
-            assert_eq!(kv.consume_within("s", 1, 3).await.ok(), Some(Consume::Consumed { after: 3 }));
-            assert_eq!(kv.consume_within("s", 0, 3).await.ok(), Some(Consume::Consumed { after: 3 }));
-            assert_eq!(kv.release("s", 5).await.ok(), Some(0), "release clamps at zero");
-            assert_eq!(kv.consume_within("s", u64::MAX, 3).await.ok(), Some(Consume::Exceeded { current: 0 }));
+            assert_eq!(
+                kv.consume_within("s", 2, 3).await.ok(),
+                Some(Consume::Consumed { after: 2 })
+            );
+            assert_eq!(
+                kv.consume_within("s", 2, 3).await.ok(),
+                Some(Consume::Exceeded { current: 2 })
+            );
+            assert_eq!(
+                kv.consume_within("s", 1, 3).await.ok(),
+                Some(Consume::Consumed { after: 3 })
+            );
+            assert_eq!(
+                kv.consume_within("s", 0, 3).await.ok(),
+                Some(Consume::Consumed { after: 3 })
+            );
+            assert_eq!(
+                kv.release("s", 5).await.ok(),
+                Some(0),
+                "release clamps at zero"
+            );
+            assert_eq!(
+                kv.consume_within("s", u64::MAX, 3).await.ok(),
+                Some(Consume::Exceeded { current: 0 })
+            );
             assert_eq!(kv.counter("s").await.ok(), Some(0));
         });
     }
@@ -427,14 +580,37 @@ mod tests {
     #[test]
     fn holds_are_shared_by_one_value_and_exclusive_against_others() {
         run(async |_, kv| {
-            assert_eq!(kv.hold("g", "b1").await.ok(), Some(Hold::Held { holders: 1 }));
-            assert_eq!(kv.hold("g", "b1").await.ok(), Some(Hold::Held { holders: 2 }));
-            assert_eq!(kv.hold("g", "b2").await.ok(), Some(Hold::HeldByOther { value: "b1".to_owned() }));
-            assert_eq!(kv.unhold("g", "b2").await.ok(), Some(0), "unholding another value changes nothing");
+            assert_eq!(
+                kv.hold("g", "b1").await.ok(),
+                Some(Hold::Held { holders: 1 })
+            );
+            assert_eq!(
+                kv.hold("g", "b1").await.ok(),
+                Some(Hold::Held { holders: 2 })
+            );
+            assert_eq!(
+                kv.hold("g", "b2").await.ok(),
+                Some(Hold::HeldByOther {
+                    value: "b1".to_owned()
+                })
+            );
+            assert_eq!(
+                kv.unhold("g", "b2").await.ok(),
+                Some(0),
+                "unholding another value changes nothing"
+            );
             assert_eq!(kv.unhold("g", "b1").await.ok(), Some(1));
-            assert_eq!(kv.hold("g", "b2").await.ok(), Some(Hold::HeldByOther { value: "b1".to_owned() }));
+            assert_eq!(
+                kv.hold("g", "b2").await.ok(),
+                Some(Hold::HeldByOther {
+                    value: "b1".to_owned()
+                })
+            );
             assert_eq!(kv.unhold("g", "b1").await.ok(), Some(0));
-            assert_eq!(kv.hold("g", "b2").await.ok(), Some(Hold::Held { holders: 1 }));
+            assert_eq!(
+                kv.hold("g", "b2").await.ok(),
+                Some(Hold::Held { holders: 1 })
+            );
         });
     }
 
@@ -448,7 +624,11 @@ mod tests {
             assert_eq!(kv.status("t").await.ok(), Some(Some(2)));
             assert_eq!(kv.queue_pop("q", 1).await.ok(), Some(vec![b"a".to_vec()]));
             clock.advance(1);
-            assert_eq!(kv.queue_pop("q", 10).await.ok(), Some(vec![]), "queue expired");
+            assert_eq!(
+                kv.queue_pop("q", 10).await.ok(),
+                Some(vec![]),
+                "queue expired"
+            );
             clock.advance(50);
             assert_eq!(kv.status("t").await.ok(), Some(None), "status expired");
         });
@@ -457,21 +637,53 @@ mod tests {
     #[test]
     fn tokens_are_recorded_once_and_claimed_into_inflight() {
         run(async |_, kv| {
-            assert_eq!(kv.record_token("r:1", b"t1", "l:u", "q").await.ok(), Some(None));
-            assert_eq!(kv.record_token("r:1", b"other", "l:u", "q").await.ok(), Some(Some(b"t1".to_vec())), "second record returns the first");
-            assert_eq!(kv.record_token("r:2", b"t2", "l:u", "q").await.ok(), Some(None));
-            assert_eq!(kv.list_range("l:u", 10).await.ok(), Some(vec![b"t1".to_vec(), b"t2".to_vec()]));
+            assert_eq!(
+                kv.record_token("r:1", b"t1", "l:u", "q").await.ok(),
+                Some(None)
+            );
+            assert_eq!(
+                kv.record_token("r:1", b"other", "l:u", "q").await.ok(),
+                Some(Some(b"t1".to_vec())),
+                "second record returns the first"
+            );
+            assert_eq!(
+                kv.record_token("r:2", b"t2", "l:u", "q").await.ok(),
+                Some(None)
+            );
+            assert_eq!(
+                kv.list_range("l:u", 10).await.ok(),
+                Some(vec![b"t1".to_vec(), b"t2".to_vec()])
+            );
             assert_eq!(kv.queue_len("q").await.ok(), Some(2));
-            assert_eq!(kv.queue_claim("q", "inflight", 1, 100).await.ok(), Some(vec![b"t1".to_vec()]));
-            assert_eq!(kv.queue_claim("q", "inflight", 5, 200).await.ok(), Some(vec![b"t2".to_vec()]));
+            assert_eq!(
+                kv.queue_claim("q", "inflight", 1, 100).await.ok(),
+                Some(vec![b"t1".to_vec()])
+            );
+            assert_eq!(
+                kv.queue_claim("q", "inflight", 5, 200).await.ok(),
+                Some(vec![b"t2".to_vec()])
+            );
             assert_eq!(kv.queue_len("q").await.ok(), Some(0));
             assert_eq!(kv.inflight_len("inflight").await.ok(), Some(2));
-            assert_eq!(kv.inflight_due("inflight", 150, 10).await.ok(), Some(vec![b"t1".to_vec()]));
-            assert_eq!(kv.inflight_due("inflight", 200, 10).await.ok(), Some(vec![b"t1".to_vec(), b"t2".to_vec()]));
+            assert_eq!(
+                kv.inflight_due("inflight", 150, 10).await.ok(),
+                Some(vec![b"t1".to_vec()])
+            );
+            assert_eq!(
+                kv.inflight_due("inflight", 200, 10).await.ok(),
+                Some(vec![b"t1".to_vec(), b"t2".to_vec()])
+            );
             assert_eq!(kv.inflight_remove("inflight", b"t1").await.ok(), Some(true));
-            assert_eq!(kv.inflight_remove("inflight", b"t1").await.ok(), Some(false));
+            assert_eq!(
+                kv.inflight_remove("inflight", b"t1").await.ok(),
+                Some(false)
+            );
             assert_eq!(kv.bytes("r:2").await.ok(), Some(Some(b"t2".to_vec())));
-            assert_eq!(kv.list_range("l:u", 10).await.ok().map(|l| l.len()), Some(2), "the user's list is never consumed");
+            assert_eq!(
+                kv.list_range("l:u", 10).await.ok().map(|l| l.len()),
+                Some(2),
+                "the user's list is never consumed"
+            );
         });
     }
 
@@ -482,7 +694,11 @@ mod tests {
             assert_eq!(kv.try_lock("lk", "b", 100).await.ok(), Some(false));
             assert_eq!(kv.unlock("lk", "b").await.ok(), Some(false));
             clock.advance(100);
-            assert_eq!(kv.try_lock("lk", "b", 100).await.ok(), Some(true), "expired");
+            assert_eq!(
+                kv.try_lock("lk", "b", 100).await.ok(),
+                Some(true),
+                "expired"
+            );
             assert_eq!(kv.unlock("lk", "b").await.ok(), Some(true));
         });
     }
@@ -491,12 +707,24 @@ mod tests {
     fn injected_faults_fail_calls() {
         let clock = Arc::new(ManualClock::new(0));
         let kv = MemoryKv::new(clock);
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        kv.set_faults(KvFaults { down: true, ..KvFaults::default() });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        kv.set_faults(KvFaults {
+            down: true,
+            ..KvFaults::default()
+        });
         assert!(runtime.block_on(kv.incr_by("c", 1)).is_err());
-        kv.set_faults(KvFaults { timeout_after_consume_prefix: Some("s".into()), ..KvFaults::default() });
+        kv.set_faults(KvFaults {
+            timeout_after_consume_prefix: Some("s".into()),
+            ..KvFaults::default()
+        });
         assert!(runtime.block_on(kv.consume_within("s1", 1, 5)).is_err());
-        assert_eq!(runtime.block_on(kv.counter("s1")).ok(), Some(1), "applied before the timeout");
+        assert_eq!(
+            runtime.block_on(kv.counter("s1")).ok(),
+            Some(1),
+            "applied before the timeout"
+        );
         kv.set_faults(KvFaults::default());
         assert!(runtime.block_on(kv.incr_by("c", 1)).is_ok());
     }
@@ -508,7 +736,10 @@ mod tests {
             assert_eq!(kv.set_add("u", "a").await.ok(), Some(false));
             assert_eq!(kv.set_contains("u", "a").await.ok(), Some(true));
             assert_eq!(kv.set_contains("u", "b").await.ok(), Some(false));
-            assert!(matches!(kv.incr_by("u", 1).await, Err(KvError::WrongType { .. })));
+            assert!(matches!(
+                kv.incr_by("u", 1).await,
+                Err(KvError::WrongType { .. })
+            ));
             assert_eq!(kv.incr_by("c:1", 5).await.ok(), Some(5));
             assert_eq!(kv.incr_by("c:2", -2).await.ok(), Some(-2));
             assert_eq!(kv.incr_by("d", 1).await.ok(), Some(1));

@@ -120,7 +120,8 @@ pub trait Kv: Send + Sync + fmt::Debug {
 
     /// Append to a queue and (re)set its TTL. Redis: one Lua script (`RPUSH`,
     /// `PEXPIRE`). Returns the queue length.
-    async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError>;
+    async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>)
+    -> Result<u64, KvError>;
 
     /// Take up to `max` (≤ [`QUEUE_POP_MAX`]) items from the head. Redis: `LPOP key count`.
     async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError>;
@@ -133,8 +134,13 @@ pub trait Kv: Send + Sync + fmt::Debug {
     /// and only then append `token` to the user's list and the pending queue.
     /// Returns the existing token when there was one. Redis: one Lua script
     /// (`SET NX`, `RPUSH`, `RPUSH`).
-    async fn record_token(&self, record_key: &str, token: &[u8], list_key: &str, queue_key: &str)
-        -> Result<Option<Vec<u8>>, KvError>;
+    async fn record_token(
+        &self,
+        record_key: &str,
+        token: &[u8],
+        list_key: &str,
+        queue_key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError>;
 
     /// A byte value, if set. Redis: `GET`.
     async fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
@@ -149,12 +155,22 @@ pub trait Kv: Send + Sync + fmt::Debug {
     /// Move up to `max` (≤ [`QUEUE_POP_MAX`]) items from the head of `queue_key`
     /// into the scored set `inflight_key` with score `now_ms`, atomically, and
     /// return them. Redis: one Lua script (`LPOP count`, `ZADD`).
-    async fn queue_claim(&self, queue_key: &str, inflight_key: &str, max: usize, now_ms: u64)
-        -> Result<Vec<Vec<u8>>, KvError>;
+    async fn queue_claim(
+        &self,
+        queue_key: &str,
+        inflight_key: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u8>>, KvError>;
 
     /// Up to `max` members of `inflight_key` scored at or before `due_ms`, lowest
     /// score first. Redis: `ZRANGEBYSCORE key -inf due LIMIT 0 max`.
-    async fn inflight_due(&self, inflight_key: &str, due_ms: u64, max: usize) -> Result<Vec<Vec<u8>>, KvError>;
+    async fn inflight_due(
+        &self,
+        inflight_key: &str,
+        due_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, KvError>;
 
     /// Remove a member; `true` when it was there. Redis: `ZREM`.
     async fn inflight_remove(&self, inflight_key: &str, member: &[u8]) -> Result<bool, KvError>;
@@ -178,5 +194,8 @@ pub fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Kv>, KvError> {
     if url == "memory" || url == "memory://" {
         return Ok(Arc::new(MemoryKv::new(clock)));
     }
-    Err(KvError::BadUrl { url: url.to_owned(), why: "expected `memory`".to_owned() })
+    Err(KvError::BadUrl {
+        url: url.to_owned(),
+        why: "expected `memory`".to_owned(),
+    })
 }

@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger, LedgerError,
-    LedgerSnapshot, WithdrawOutcome, Withdrawal, check_batch, check_limit,
+    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
+    LedgerError, LedgerSnapshot, WithdrawOutcome, Withdrawal, check_batch, check_limit,
 };
 use crate::ChildId;
 use crate::order_no::OrderNo;
@@ -49,14 +49,21 @@ impl State {
 
     fn push(&mut self, account: AccountKey, at_ms: u64, kind: EntryKind) -> Entry {
         let seq = self.entries.len() as u64 + 1;
-        let entry = Entry { seq, account, at_ms, kind };
+        let entry = Entry {
+            seq,
+            account,
+            at_ms,
+            kind,
+        };
         self.entries.push(entry.clone());
         self.by_account.entry(account).or_default().push(seq);
         entry
     }
 
     fn account_mut(&mut self, key: AccountKey) -> &mut AccountState {
-        self.accounts.entry(key).or_insert_with(|| AccountState::empty(key))
+        self.accounts
+            .entry(key)
+            .or_insert_with(|| AccountState::empty(key))
     }
 }
 
@@ -81,7 +88,10 @@ impl Ledger for MemoryLedger {
             let account = state.account_mut(credit.account);
             account.balance_cents += cents;
             account.credited_cents += cents;
-            let kind = EntryKind::Credit { order_no: credit.order_no.clone(), award: credit.award.clone() };
+            let kind = EntryKind::Credit {
+                order_no: credit.order_no.clone(),
+                award: credit.award.clone(),
+            };
             let entry = state.push(credit.account, credit.at_ms, kind);
             state.credits.insert(key, entry.seq);
             outcomes.push(CreditOutcome::Credited { entry });
@@ -89,9 +99,16 @@ impl Ledger for MemoryLedger {
         Ok(outcomes)
     }
 
-    async fn lookup_credit(&self, child_id: ChildId, order_no: &OrderNo) -> Result<Option<Entry>, LedgerError> {
+    async fn lookup_credit(
+        &self,
+        child_id: ChildId,
+        order_no: &OrderNo,
+    ) -> Result<Option<Entry>, LedgerError> {
         let state = self.lock();
-        Ok(state.credits.get(&(child_id, order_no.clone())).map(|&seq| state.entry(seq).clone()))
+        Ok(state
+            .credits
+            .get(&(child_id, order_no.clone()))
+            .map(|&seq| state.entry(seq).clone()))
     }
 
     async fn withdraw(&self, withdrawal: &Withdrawal) -> Result<WithdrawOutcome, LedgerError> {
@@ -107,31 +124,58 @@ impl Ledger for MemoryLedger {
         }
         let account = state.account_mut(withdrawal.account);
         if account.balance_cents < withdrawal.amount_cents {
-            return Ok(WithdrawOutcome::InsufficientBalance { balance_cents: account.balance_cents });
+            return Ok(WithdrawOutcome::InsufficientBalance {
+                balance_cents: account.balance_cents,
+            });
         }
         account.balance_cents -= withdrawal.amount_cents;
         account.withdrawn_cents += withdrawal.amount_cents;
         let balance_after_cents = account.balance_cents;
-        let kind =
-            EntryKind::Withdrawal { withdraw_no: withdrawal.withdraw_no.clone(), amount_cents: withdrawal.amount_cents };
+        let kind = EntryKind::Withdrawal {
+            withdraw_no: withdrawal.withdraw_no.clone(),
+            amount_cents: withdrawal.amount_cents,
+        };
         let entry = state.push(withdrawal.account, withdrawal.at_ms, kind);
         state.withdrawals.insert(key, entry.seq);
-        Ok(WithdrawOutcome::Withdrawn { entry, balance_after_cents })
+        Ok(WithdrawOutcome::Withdrawn {
+            entry,
+            balance_after_cents,
+        })
     }
 
     async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
-        Ok(self.lock().accounts.get(&key).copied().unwrap_or_else(|| AccountState::empty(key)))
+        Ok(self
+            .lock()
+            .accounts
+            .get(&key)
+            .copied()
+            .unwrap_or_else(|| AccountState::empty(key)))
     }
 
-    async fn history(&self, key: AccountKey, cursor: Option<Cursor>, limit: usize) -> Result<HistoryPage, LedgerError> {
+    async fn history(
+        &self,
+        key: AccountKey,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<HistoryPage, LedgerError> {
         check_limit(limit)?;
         let state = self.lock();
         let before = cursor.map_or(u64::MAX, |c| c.before_seq);
-        let seqs = state.by_account.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let seqs = state
+            .by_account
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut newer_first = seqs.iter().rev().filter(|&&seq| seq < before);
-        let entries: Vec<Entry> = newer_first.by_ref().take(limit).map(|&seq| state.entry(seq).clone()).collect();
+        let entries: Vec<Entry> = newer_first
+            .by_ref()
+            .take(limit)
+            .map(|&seq| state.entry(seq).clone())
+            .collect();
         let next = match (newer_first.next(), entries.last()) {
-            (Some(_), Some(last)) => Some(Cursor { before_seq: last.seq }),
+            (Some(_), Some(last)) => Some(Cursor {
+                before_seq: last.seq,
+            }),
             _ => None,
         };
         Ok(HistoryPage { entries, next })
@@ -139,6 +183,9 @@ impl Ledger for MemoryLedger {
 
     async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
         let state = self.lock();
-        Ok(LedgerSnapshot { entries: state.entries.clone(), accounts: state.accounts.values().copied().collect() })
+        Ok(LedgerSnapshot {
+            entries: state.entries.clone(),
+            accounts: state.accounts.values().copied().collect(),
+        })
     }
 }

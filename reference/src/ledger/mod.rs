@@ -224,7 +224,12 @@ pub struct AccountState {
 impl AccountState {
     /// An account with nothing in it.
     pub fn empty(key: AccountKey) -> Self {
-        Self { key, balance_cents: 0, credited_cents: 0, withdrawn_cents: 0 }
+        Self {
+            key,
+            balance_cents: 0,
+            credited_cents: 0,
+            withdrawn_cents: 0,
+        }
     }
 }
 
@@ -304,7 +309,11 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     async fn credit_batch(&self, credits: &[Credit]) -> Result<Vec<CreditOutcome>, LedgerError>;
 
     /// The entry posted for (child, order number), if any.
-    async fn lookup_credit(&self, child_id: ChildId, order_no: &OrderNo) -> Result<Option<Entry>, LedgerError>;
+    async fn lookup_credit(
+        &self,
+        child_id: ChildId,
+        order_no: &OrderNo,
+    ) -> Result<Option<Entry>, LedgerError>;
 
     /// Take cash out, never below zero; idempotent on (child, withdraw number).
     async fn withdraw(&self, withdrawal: &Withdrawal) -> Result<WithdrawOutcome, LedgerError>;
@@ -313,7 +322,12 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError>;
 
     /// A page of the account's entries, newest first; at most `limit` (≤ [`HISTORY_PAGE_LIMIT_MAX`]).
-    async fn history(&self, key: AccountKey, cursor: Option<Cursor>, limit: usize) -> Result<HistoryPage, LedgerError>;
+    async fn history(
+        &self,
+        key: AccountKey,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<HistoryPage, LedgerError>;
 
     /// Every entry and account.
     async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError>;
@@ -321,14 +335,19 @@ pub trait Ledger: Send + Sync + fmt::Debug {
 
 fn check_batch(credits: &[Credit]) -> Result<(), LedgerError> {
     if credits.len() > CREDIT_BATCH_MAX {
-        return Err(LedgerError::Misuse(format!("batch of {} credits; at most {CREDIT_BATCH_MAX}", credits.len())));
+        return Err(LedgerError::Misuse(format!(
+            "batch of {} credits; at most {CREDIT_BATCH_MAX}",
+            credits.len()
+        )));
     }
     Ok(())
 }
 
 fn check_limit(limit: usize) -> Result<(), LedgerError> {
     if limit == 0 || limit > HISTORY_PAGE_LIMIT_MAX {
-        return Err(LedgerError::Misuse(format!("page limit {limit}; must be 1..={HISTORY_PAGE_LIMIT_MAX}")));
+        return Err(LedgerError::Misuse(format!(
+            "page limit {limit}; must be 1..={HISTORY_PAGE_LIMIT_MAX}"
+        )));
     }
     Ok(())
 }

@@ -7,19 +7,19 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
-    LedgerError, LedgerSnapshot, WithdrawOutcome, Withdrawal, check_batch, check_limit,
+    AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage,
+    Ledger, LedgerError, LedgerSnapshot, WithdrawOutcome, Withdrawal, check_batch, check_limit,
 };
 use crate::ChildId;
 use crate::order_no::OrderNo;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
 
 /// Ledger in a SQLite database.
 #[derive(Debug, Clone)]
@@ -34,7 +34,11 @@ fn store(e: sqlx::Error) -> LedgerError {
 /// SQLite stores signed 64-bit integers; every value we write is below `i64::MAX`
 /// (act ids are checked at parse time, amounts by caps), so this only fails on a bug.
 fn to_i64(value: u64, what: &str) -> Result<i64, LedgerError> {
-    i64::try_from(value).map_err(|_| LedgerError::Misuse(format!("{what} {value} does not fit a signed 64-bit column")))
+    i64::try_from(value).map_err(|_| {
+        LedgerError::Misuse(format!(
+            "{what} {value} does not fit a signed 64-bit column"
+        ))
+    })
 }
 
 fn to_u64(value: i64, what: &str) -> Result<u64, LedgerError> {
@@ -44,13 +48,19 @@ fn to_u64(value: i64, what: &str) -> Result<u64, LedgerError> {
 impl SqliteLedger {
     /// Open (creating if missing) the database a `sqlite:` URL names and migrate it.
     pub async fn connect(url: &str) -> Result<Self, LedgerError> {
-        let bad_url = |why: String| LedgerError::BadUrl { url: url.to_owned(), why };
+        let bad_url = |why: String| LedgerError::BadUrl {
+            url: url.to_owned(),
+            why,
+        };
         let options = SqliteConnectOptions::from_str(url).map_err(|e| bad_url(e.to_string()))?;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = if in_memory {
             options
         } else {
-            options.create_if_missing(true).journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
+            options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
         };
         // One connection: SQLite has one writer anyway, and an in-memory database
         // lives exactly as long as its connection, so it must never be recycled.
@@ -62,7 +72,10 @@ impl SqliteLedger {
             .connect_with(options)
             .await
             .map_err(|e| bad_url(format!("cannot open: {e}")))?;
-        MIGRATOR.run(&pool).await.map_err(|e| LedgerError::Migration(e.to_string()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| LedgerError::Migration(e.to_string()))?;
         Ok(Self { pool })
     }
 
@@ -95,14 +108,34 @@ impl SqliteLedger {
             EntryKind::Credit { order_no, award } => {
                 let (asset_id, batch) = match award {
                     Award::Cash { .. } => (None, None),
-                    Award::Coupon { template_id, batch } => (Some(to_i64(*template_id, "template_id")?), Some(batch.clone())),
-                    Award::Pendant { pendant_id } => (Some(to_i64(*pendant_id, "pendant_id")?), None),
+                    Award::Coupon { template_id, batch } => (
+                        Some(to_i64(*template_id, "template_id")?),
+                        Some(batch.clone()),
+                    ),
+                    Award::Pendant { pendant_id } => {
+                        (Some(to_i64(*pendant_id, "pendant_id")?), None)
+                    }
                 };
-                ("credit", order_no.to_string(), Some(award.award_type().name()), award.cash_cents(), asset_id, batch)
+                (
+                    "credit",
+                    order_no.to_string(),
+                    Some(award.award_type().name()),
+                    award.cash_cents(),
+                    asset_id,
+                    batch,
+                )
             }
-            EntryKind::Withdrawal { withdraw_no, amount_cents } => {
-                ("withdrawal", withdraw_no.clone(), None, *amount_cents, None, None)
-            }
+            EntryKind::Withdrawal {
+                withdraw_no,
+                amount_cents,
+            } => (
+                "withdrawal",
+                withdraw_no.clone(),
+                None,
+                *amount_cents,
+                None,
+                None,
+            ),
         };
         let seq: i64 = sqlx::query(
             "INSERT INTO entries (child_id, act_id, direction, idem_key, award_type, amount_cents, asset_id, batch, at_ms) \
@@ -145,7 +178,8 @@ impl SqliteLedger {
 }
 
 fn get_i64(row: &SqliteRow, column: &str) -> Result<i64, LedgerError> {
-    row.try_get::<i64, _>(column).map_err(|e| LedgerError::Corrupt(format!("column {column}: {e}")))
+    row.try_get::<i64, _>(column)
+        .map_err(|e| LedgerError::Corrupt(format!("column {column}: {e}")))
 }
 
 fn get_u64(row: &SqliteRow, column: &str) -> Result<u64, LedgerError> {
@@ -163,33 +197,56 @@ fn account_from_row(key: AccountKey, row: &SqliteRow) -> Result<AccountState, Le
 
 fn entry_from_row(row: &SqliteRow) -> Result<Entry, LedgerError> {
     let corrupt = |what: String| LedgerError::Corrupt(what);
-    let direction: String = row.try_get("direction").map_err(|e| corrupt(e.to_string()))?;
-    let idem_key: String = row.try_get("idem_key").map_err(|e| corrupt(e.to_string()))?;
+    let direction: String = row
+        .try_get("direction")
+        .map_err(|e| corrupt(e.to_string()))?;
+    let idem_key: String = row
+        .try_get("idem_key")
+        .map_err(|e| corrupt(e.to_string()))?;
     let amount_cents = get_u64(row, "amount_cents")?;
     let kind = match direction.as_str() {
         "credit" => {
-            let order_no: OrderNo = idem_key.parse().map_err(|e| corrupt(format!("entry order number: {e}")))?;
-            let award_type: Option<String> = row.try_get("award_type").map_err(|e| corrupt(e.to_string()))?;
-            let asset_id: Option<i64> = row.try_get("asset_id").map_err(|e| corrupt(e.to_string()))?;
+            let order_no: OrderNo = idem_key
+                .parse()
+                .map_err(|e| corrupt(format!("entry order number: {e}")))?;
+            let award_type: Option<String> = row
+                .try_get("award_type")
+                .map_err(|e| corrupt(e.to_string()))?;
+            let asset_id: Option<i64> = row
+                .try_get("asset_id")
+                .map_err(|e| corrupt(e.to_string()))?;
             let batch: Option<String> = row.try_get("batch").map_err(|e| corrupt(e.to_string()))?;
-            let asset = || asset_id.ok_or_else(|| corrupt(format!("{order_no}: asset_id missing"))).and_then(|a| to_u64(a, "asset_id"));
+            let asset = || {
+                asset_id
+                    .ok_or_else(|| corrupt(format!("{order_no}: asset_id missing")))
+                    .and_then(|a| to_u64(a, "asset_id"))
+            };
             let award = match award_type.as_deref() {
                 Some("cash") => Award::Cash { amount_cents },
                 Some("coupon") => Award::Coupon {
                     template_id: asset()?,
-                    batch: batch.ok_or_else(|| corrupt(format!("{order_no}: coupon without batch")))?,
+                    batch: batch
+                        .ok_or_else(|| corrupt(format!("{order_no}: coupon without batch")))?,
                 },
-                Some("pendant") => Award::Pendant { pendant_id: asset()? },
+                Some("pendant") => Award::Pendant {
+                    pendant_id: asset()?,
+                },
                 other => return Err(corrupt(format!("{order_no}: award type {other:?}"))),
             };
             EntryKind::Credit { order_no, award }
         }
-        "withdrawal" => EntryKind::Withdrawal { withdraw_no: idem_key, amount_cents },
+        "withdrawal" => EntryKind::Withdrawal {
+            withdraw_no: idem_key,
+            amount_cents,
+        },
         other => return Err(corrupt(format!("direction {other:?}"))),
     };
     Ok(Entry {
         seq: get_u64(row, "seq")?,
-        account: AccountKey { child_id: get_u64(row, "child_id")?, act_id: get_u64(row, "act_id")? },
+        account: AccountKey {
+            child_id: get_u64(row, "child_id")?,
+            act_id: get_u64(row, "act_id")?,
+        },
         at_ms: get_u64(row, "at_ms")?,
         kind,
     })
@@ -203,7 +260,9 @@ impl Ledger for SqliteLedger {
         let mut outcomes = Vec::with_capacity(credits.len());
         for credit in credits {
             let idem_key = credit.order_no.to_string();
-            if let Some(first) = Self::find(&mut tx, credit.account.child_id, "credit", &idem_key).await? {
+            if let Some(first) =
+                Self::find(&mut tx, credit.account.child_id, "credit", &idem_key).await?
+            {
                 outcomes.push(if first.matches_credit(credit) {
                     CreditOutcome::Duplicate { entry: first }
                 } else {
@@ -211,7 +270,10 @@ impl Ledger for SqliteLedger {
                 });
                 continue;
             }
-            let kind = EntryKind::Credit { order_no: credit.order_no.clone(), award: credit.award.clone() };
+            let kind = EntryKind::Credit {
+                order_no: credit.order_no.clone(),
+                award: credit.award.clone(),
+            };
             let seq = Self::insert_entry(&mut tx, credit.account, credit.at_ms, &kind).await?;
             let cents = to_i64(credit.award.cash_cents(), "amount_cents")?;
             sqlx::query(
@@ -227,13 +289,24 @@ impl Ledger for SqliteLedger {
             .execute(&mut *tx)
             .await
             .map_err(store)?;
-            outcomes.push(CreditOutcome::Credited { entry: Entry { seq, account: credit.account, at_ms: credit.at_ms, kind } });
+            outcomes.push(CreditOutcome::Credited {
+                entry: Entry {
+                    seq,
+                    account: credit.account,
+                    at_ms: credit.at_ms,
+                    kind,
+                },
+            });
         }
         tx.commit().await.map_err(store)?;
         Ok(outcomes)
     }
 
-    async fn lookup_credit(&self, child_id: ChildId, order_no: &OrderNo) -> Result<Option<Entry>, LedgerError> {
+    async fn lookup_credit(
+        &self,
+        child_id: ChildId,
+        order_no: &OrderNo,
+    ) -> Result<Option<Entry>, LedgerError> {
         let mut tx = self.pool.begin().await.map_err(store)?;
         let found = Self::find(&mut tx, child_id, "credit", &order_no.to_string()).await?;
         tx.commit().await.map_err(store)?;
@@ -243,7 +316,9 @@ impl Ledger for SqliteLedger {
     async fn withdraw(&self, withdrawal: &Withdrawal) -> Result<WithdrawOutcome, LedgerError> {
         let key = withdrawal.account;
         let mut tx = self.pool.begin().await.map_err(store)?;
-        if let Some(first) = Self::find(&mut tx, key.child_id, "withdrawal", &withdrawal.withdraw_no).await? {
+        if let Some(first) =
+            Self::find(&mut tx, key.child_id, "withdrawal", &withdrawal.withdraw_no).await?
+        {
             tx.commit().await.map_err(store)?;
             return Ok(if first.matches_withdrawal(withdrawal) {
                 WithdrawOutcome::Duplicate { entry: first }
@@ -267,24 +342,43 @@ impl Ledger for SqliteLedger {
         if updated.rows_affected() == 0 {
             let account = Self::read_account(&mut *tx, key).await?;
             tx.rollback().await.map_err(store)?;
-            return Ok(WithdrawOutcome::InsufficientBalance { balance_cents: account.balance_cents });
+            return Ok(WithdrawOutcome::InsufficientBalance {
+                balance_cents: account.balance_cents,
+            });
         }
-        let kind =
-            EntryKind::Withdrawal { withdraw_no: withdrawal.withdraw_no.clone(), amount_cents: withdrawal.amount_cents };
+        let kind = EntryKind::Withdrawal {
+            withdraw_no: withdrawal.withdraw_no.clone(),
+            amount_cents: withdrawal.amount_cents,
+        };
         let seq = Self::insert_entry(&mut tx, key, withdrawal.at_ms, &kind).await?;
         let account = Self::read_account(&mut *tx, key).await?;
         tx.commit().await.map_err(store)?;
-        let entry = Entry { seq, account: key, at_ms: withdrawal.at_ms, kind };
-        Ok(WithdrawOutcome::Withdrawn { entry, balance_after_cents: account.balance_cents })
+        let entry = Entry {
+            seq,
+            account: key,
+            at_ms: withdrawal.at_ms,
+            kind,
+        };
+        Ok(WithdrawOutcome::Withdrawn {
+            entry,
+            balance_after_cents: account.balance_cents,
+        })
     }
 
     async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
         Self::read_account(&self.pool, key).await
     }
 
-    async fn history(&self, key: AccountKey, cursor: Option<Cursor>, limit: usize) -> Result<HistoryPage, LedgerError> {
+    async fn history(
+        &self,
+        key: AccountKey,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<HistoryPage, LedgerError> {
         check_limit(limit)?;
-        let before = cursor.map_or(i64::MAX, |c| i64::try_from(c.before_seq).unwrap_or(i64::MAX));
+        let before = cursor.map_or(i64::MAX, |c| {
+            i64::try_from(c.before_seq).unwrap_or(i64::MAX)
+        });
         // One row more than the page tells whether a next page exists.
         let rows = sqlx::query(
             "SELECT seq, child_id, act_id, direction, idem_key, award_type, amount_cents, asset_id, batch, at_ms \
@@ -297,10 +391,17 @@ impl Ledger for SqliteLedger {
         .fetch_all(&self.pool)
         .await
         .map_err(store)?;
-        let mut entries = rows.iter().map(entry_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let more = entries.len() > limit;
         entries.truncate(limit);
-        let next = if more { entries.last().map(|e| Cursor { before_seq: e.seq }) } else { None };
+        let next = if more {
+            entries.last().map(|e| Cursor { before_seq: e.seq })
+        } else {
+            None
+        };
         Ok(HistoryPage { entries, next })
     }
 
@@ -312,7 +413,10 @@ impl Ledger for SqliteLedger {
         .fetch_all(&self.pool)
         .await
         .map_err(store)?;
-        let entries = rows.iter().map(entry_from_row).collect::<Result<Vec<_>, _>>()?;
+        let entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let rows = sqlx::query(
             "SELECT child_id, act_id, balance_cents, credited_cents, withdrawn_cents FROM accounts ORDER BY child_id, act_id",
         )
@@ -322,7 +426,10 @@ impl Ledger for SqliteLedger {
         let accounts = rows
             .iter()
             .map(|row| {
-                let key = AccountKey { child_id: get_u64(row, "child_id")?, act_id: get_u64(row, "act_id")? };
+                let key = AccountKey {
+                    child_id: get_u64(row, "child_id")?,
+                    act_id: get_u64(row, "act_id")?,
+                };
                 account_from_row(key, row)
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -123,15 +123,25 @@ impl TokenFacts {
 
     fn from_body(body: &TokenBody) -> Result<Self, TokenError> {
         let bad = |what: &str| TokenError::BadBody(what.to_owned());
-        let order_no: OrderNo = body.out_trade_no.parse().map_err(|_| bad("out_trade_no is not an order number"))?;
+        let order_no: OrderNo = body
+            .out_trade_no
+            .parse()
+            .map_err(|_| bad("out_trade_no is not an order number"))?;
         let facts = TokenFacts {
             app_id: body.app_id,
             act_id: u64::try_from(body.act_id).map_err(|_| bad("act_id is negative"))?,
-            activity_id: body.activity_id.parse().map_err(|_| bad("activity_id is not a number"))?,
+            activity_id: body
+                .activity_id
+                .parse()
+                .map_err(|_| bad("activity_id is not a number"))?,
             child_id: u64::try_from(body.child_id).map_err(|_| bad("child_id is negative"))?,
             award_id: u64::try_from(body.award_id).map_err(|_| bad("award_id is negative"))?,
-            amount_cents: u64::try_from(body.amount).ok().filter(|&a| a > 0).ok_or_else(|| bad("amount is not positive"))?,
-            open_time_ms: u64::try_from(body.open_time).map_err(|_| bad("open_time is negative"))?,
+            amount_cents: u64::try_from(body.amount)
+                .ok()
+                .filter(|&a| a > 0)
+                .ok_or_else(|| bad("amount is not positive"))?,
+            open_time_ms: u64::try_from(body.open_time)
+                .map_err(|_| bad("open_time is negative"))?,
             order_no,
         };
         // The redundant fields must agree with the order number they travel with.
@@ -170,7 +180,10 @@ pub enum TokenError {
     WrongActId { token: ActId, presenter: ActId },
     /// Presented to another activity.
     #[error("token belongs to activity {token}, not {presented}")]
-    WrongActivity { token: ActivityId, presented: ActivityId },
+    WrongActivity {
+        token: ActivityId,
+        presented: ActivityId,
+    },
 }
 
 impl TokenError {
@@ -211,7 +224,10 @@ impl fmt::Debug for KeyRing {
         // Never print secrets.
         f.debug_struct("KeyRing")
             .field("signing_key_id", &self.signing.as_ref().map(|(id, _)| *id))
-            .field("verifying_key_ids", &self.verifying.keys().collect::<Vec<_>>())
+            .field(
+                "verifying_key_ids",
+                &self.verifying.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -236,7 +252,8 @@ struct KeyEntry {
 
 fn hex32(text: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
-    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("{} bytes, expected 32", bytes.len()))
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("{} bytes, expected 32", bytes.len()))
 }
 
 impl KeyRing {
@@ -244,7 +261,10 @@ impl KeyRing {
     pub fn from_secret(key_id: u32, secret: [u8; 32]) -> Self {
         let signing = SigningKey::from_bytes(&secret);
         let verifying = BTreeMap::from([(key_id, signing.verifying_key())]);
-        Self { signing: Some((key_id, signing)), verifying }
+        Self {
+            signing: Some((key_id, signing)),
+            verifying,
+        }
     }
 
     /// A development key derived from `seed` — only for simulations and tests that
@@ -265,13 +285,23 @@ impl KeyRing {
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
         let (text, origin) = read_config_file(path)?;
         let file: KeyFile = parse_toml(&text, &origin)?;
-        let err = |key_path: String, message: String| ConfigError { origin: origin.clone(), line: None, key_path, message };
-        let mut ring = KeyRing { signing: None, verifying: BTreeMap::new() };
+        let err = |key_path: String, message: String| ConfigError {
+            origin: origin.clone(),
+            line: None,
+            key_path,
+            message,
+        };
+        let mut ring = KeyRing {
+            signing: None,
+            verifying: BTreeMap::new(),
+        };
         for (index, entry) in file.key.iter().enumerate() {
             let at = |m: String| err(format!("key[{index}]"), m);
             let verifying = match (&entry.secret_hex, &entry.public_hex) {
                 (Some(secret), _) => {
-                    let signing = SigningKey::from_bytes(&hex32(secret).map_err(|m| at(format!("secret_hex: {m}")))?);
+                    let signing = SigningKey::from_bytes(
+                        &hex32(secret).map_err(|m| at(format!("secret_hex: {m}")))?,
+                    );
                     let verifying = signing.verifying_key();
                     if entry.id == file.active {
                         ring.signing = Some((entry.id, signing));
@@ -289,7 +319,11 @@ impl KeyRing {
             }
         }
         if ring.signing.is_none() {
-            return Err(err("active".to_owned(), format!("no [[key]] with id {} and a secret_hex", file.active)).into());
+            return Err(err(
+                "active".to_owned(),
+                format!("no [[key]] with id {} and a secret_hex", file.active),
+            )
+            .into());
         }
         Ok(ring)
     }
@@ -301,11 +335,20 @@ impl KeyRing {
     }
 
     fn from_spec(text: &str) -> Result<Self, String> {
-        let mut ring = KeyRing { signing: None, verifying: BTreeMap::new() };
+        let mut ring = KeyRing {
+            signing: None,
+            verifying: BTreeMap::new(),
+        };
         for (index, item) in text.split(',').enumerate() {
-            let (id, secret) = item.split_once(':').ok_or_else(|| format!("item {index} is not ID:SECRET_HEX"))?;
-            let id: u32 = id.trim().parse().map_err(|_| format!("item {index}: key id `{id}` is not a number"))?;
-            let signing = SigningKey::from_bytes(&hex32(secret).map_err(|m| format!("item {index}: {m}"))?);
+            let (id, secret) = item
+                .split_once(':')
+                .ok_or_else(|| format!("item {index} is not ID:SECRET_HEX"))?;
+            let id: u32 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("item {index}: key id `{id}` is not a number"))?;
+            let signing =
+                SigningKey::from_bytes(&hex32(secret).map_err(|m| format!("item {index}: {m}"))?);
             if ring.verifying.insert(id, signing.verifying_key()).is_some() {
                 return Err(format!("key id {id} appears twice"));
             }
@@ -326,11 +369,23 @@ impl KeyRing {
         let (key_id, key) = self.signing.as_ref()?;
         let body = facts.body().encode_to_vec();
         let signature = key.sign(&body).to_bytes().to_vec();
-        Some(SignedToken { key_id: *key_id, body, signature }.encode_to_vec())
+        Some(
+            SignedToken {
+                key_id: *key_id,
+                body,
+                signature,
+            }
+            .encode_to_vec(),
+        )
     }
 
     /// Verify a token presented by `act_id` to `activity_id`.
-    pub fn verify_for(&self, bytes: &[u8], act_id: ActId, activity_id: ActivityId) -> Result<TokenFacts, TokenError> {
+    pub fn verify_for(
+        &self,
+        bytes: &[u8],
+        act_id: ActId,
+        activity_id: ActivityId,
+    ) -> Result<TokenFacts, TokenError> {
         verify_with(&self.verifying, bytes, act_id, activity_id)
     }
 
@@ -350,7 +405,9 @@ pub fn decode_unverified(bytes: &[u8]) -> Option<TokenFacts> {
 
 /// Public keys from raw bytes (as a run record keeps them).
 pub fn verifying_keys_from_bytes(raw: &BTreeMap<u32, [u8; 32]>) -> BTreeMap<u32, VerifyingKey> {
-    raw.iter().filter_map(|(id, bytes)| VerifyingKey::from_bytes(bytes).ok().map(|k| (*id, k))).collect()
+    raw.iter()
+        .filter_map(|(id, bytes)| VerifyingKey::from_bytes(bytes).ok().map(|k| (*id, k)))
+        .collect()
 }
 
 /// Verify `bytes` against `keys` and check the presenter.
@@ -362,27 +419,44 @@ pub fn verify_with(
 ) -> Result<TokenFacts, TokenError> {
     let facts = verify_signature(keys, bytes)?;
     if facts.act_id != act_id {
-        return Err(TokenError::WrongActId { token: facts.act_id, presenter: act_id });
+        return Err(TokenError::WrongActId {
+            token: facts.act_id,
+            presenter: act_id,
+        });
     }
     if facts.activity_id != activity_id {
-        return Err(TokenError::WrongActivity { token: facts.activity_id, presented: activity_id });
+        return Err(TokenError::WrongActivity {
+            token: facts.activity_id,
+            presented: activity_id,
+        });
     }
     Ok(facts)
 }
 
 /// Verify signature, canonical encoding and body of `bytes` against `keys`.
-pub fn verify_signature(keys: &BTreeMap<u32, VerifyingKey>, bytes: &[u8]) -> Result<TokenFacts, TokenError> {
+pub fn verify_signature(
+    keys: &BTreeMap<u32, VerifyingKey>,
+    bytes: &[u8],
+) -> Result<TokenFacts, TokenError> {
     if bytes.len() > TOKEN_LEN_MAX {
-        return Err(TokenError::TooLong { len: bytes.len(), max: TOKEN_LEN_MAX });
+        return Err(TokenError::TooLong {
+            len: bytes.len(),
+            max: TOKEN_LEN_MAX,
+        });
     }
     let signed = SignedToken::decode(bytes).map_err(|_| TokenError::Malformed)?;
     if signed.encode_to_vec() != bytes {
         return Err(TokenError::Malformed);
     }
-    let key = keys.get(&signed.key_id).ok_or(TokenError::UnknownKey(signed.key_id))?;
-    let signature = Signature::from_slice(&signed.signature).map_err(|_| TokenError::BadSignature)?;
-    key.verify_strict(&signed.body, &signature).map_err(|_| TokenError::BadSignature)?;
-    let body = TokenBody::decode(signed.body.as_slice()).map_err(|_| TokenError::BadBody("not a token body".to_owned()))?;
+    let key = keys
+        .get(&signed.key_id)
+        .ok_or(TokenError::UnknownKey(signed.key_id))?;
+    let signature =
+        Signature::from_slice(&signed.signature).map_err(|_| TokenError::BadSignature)?;
+    key.verify_strict(&signed.body, &signature)
+        .map_err(|_| TokenError::BadSignature)?;
+    let body = TokenBody::decode(signed.body.as_slice())
+        .map_err(|_| TokenError::BadBody("not a token body".to_owned()))?;
     if body.encode_to_vec() != signed.body {
         return Err(TokenError::BadBody("not canonically encoded".to_owned()));
     }

@@ -10,7 +10,13 @@ fn facts() -> TokenFacts {
         act_id: 10086,
         activity_id: 2027,
         child_id: 202703,
-        order_no: OrderNo { act_id: 10086, scene_id: 301, rain_id: 7, award_type: AwardType::Cash, stage: 1 },
+        order_no: OrderNo {
+            act_id: 10086,
+            scene_id: 301,
+            rain_id: 7,
+            award_type: AwardType::Cash,
+            stage: 1,
+        },
         award_id: 9001,
         amount_cents: 888,
         open_time_ms: 1_801_000_000_000,
@@ -23,7 +29,11 @@ fn a_signed_token_verifies_and_round_trips() {
     let token = ring.sign(&facts()).expect("signing ring");
     assert!(token.len() < TOKEN_LEN_MAX / 2, "{} bytes", token.len());
     assert_eq!(ring.verify_for(&token, 10086, 2027), Ok(facts()));
-    assert_eq!(ring.sign(&facts()), Some(token), "Ed25519 is deterministic: replays sign identically");
+    assert_eq!(
+        ring.sign(&facts()),
+        Some(token),
+        "Ed25519 is deterministic: replays sign identically"
+    );
 }
 
 #[test]
@@ -34,7 +44,10 @@ fn every_changed_byte_is_refused() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut changed = token.clone();
             changed[index] ^= flip;
-            assert!(ring.verify_for(&changed, 10086, 2027).is_err(), "byte {index} ^ {flip:#x} was accepted");
+            assert!(
+                ring.verify_for(&changed, 10086, 2027).is_err(),
+                "byte {index} ^ {flip:#x} was accepted"
+            );
         }
     }
 }
@@ -44,12 +57,18 @@ fn truncated_and_extended_tokens_are_refused() {
     let ring = KeyRing::dev(1);
     let token = ring.sign(&facts()).expect("sign");
     for len in 0..token.len() {
-        assert!(ring.verify(&token[..len]).is_err(), "truncated to {len} was accepted");
+        assert!(
+            ring.verify(&token[..len]).is_err(),
+            "truncated to {len} was accepted"
+        );
     }
     let mut longer = token.clone();
     longer.extend_from_slice(&[0x20, 0x01]); // an extra field 4 = 1
     assert_eq!(ring.verify(&longer), Err(TokenError::Malformed));
-    assert!(matches!(ring.verify(&vec![0; TOKEN_LEN_MAX + 1]), Err(TokenError::TooLong { .. })));
+    assert!(matches!(
+        ring.verify(&vec![0; TOKEN_LEN_MAX + 1]),
+        Err(TokenError::TooLong { .. })
+    ));
 }
 
 #[test]
@@ -57,13 +76,32 @@ fn unknown_keys_other_users_and_other_activities_are_refused() {
     let signer = KeyRing::dev(1);
     let other = KeyRing::dev(2);
     let token = signer.sign(&facts()).expect("sign");
-    assert_eq!(other.verify(&token), Err(TokenError::BadSignature), "same key id 0, different key");
+    assert_eq!(
+        other.verify(&token),
+        Err(TokenError::BadSignature),
+        "same key id 0, different key"
+    );
     let mut rotated = KeyRing::from_secret(7, [9; 32]);
     assert_eq!(rotated.verify(&token), Err(TokenError::UnknownKey(0)));
     rotated.trust(0, signer.verifying_keys()[&0]);
-    assert!(rotated.verify(&token).is_ok(), "a rotated-out key still verifies once trusted");
-    assert_eq!(signer.verify_for(&token, 10087, 2027), Err(TokenError::WrongActId { token: 10086, presenter: 10087 }));
-    assert_eq!(signer.verify_for(&token, 10086, 2028), Err(TokenError::WrongActivity { token: 2027, presented: 2028 }));
+    assert!(
+        rotated.verify(&token).is_ok(),
+        "a rotated-out key still verifies once trusted"
+    );
+    assert_eq!(
+        signer.verify_for(&token, 10087, 2027),
+        Err(TokenError::WrongActId {
+            token: 10086,
+            presenter: 10087
+        })
+    );
+    assert_eq!(
+        signer.verify_for(&token, 10086, 2028),
+        Err(TokenError::WrongActivity {
+            token: 2027,
+            presented: 2028
+        })
+    );
 }
 
 #[test]
@@ -72,8 +110,12 @@ fn a_resigned_body_with_inconsistent_fields_is_refused() {
     let mut body = facts().body();
     body.act_id = 1; // the order number still says 10086
     let (key_id, key) = ring.signing.as_ref().expect("signing");
-    let bytes = SignedToken { key_id: *key_id, body: body.encode_to_vec(), signature: key.sign(&body.encode_to_vec()).to_bytes().to_vec() }
-        .encode_to_vec();
+    let bytes = SignedToken {
+        key_id: *key_id,
+        body: body.encode_to_vec(),
+        signature: key.sign(&body.encode_to_vec()).to_bytes().to_vec(),
+    }
+    .encode_to_vec();
     assert!(matches!(ring.verify(&bytes), Err(TokenError::BadBody(_))));
 }
 
@@ -88,15 +130,43 @@ fn keys_load_from_a_file_and_the_environment_with_clear_errors() {
     let token = ring.sign(&facts()).expect("sign");
     assert_eq!(KeyRing::from_secret(2, [5; 32]).verify(&token), Ok(facts()));
     assert_eq!(ring.verifying_keys().len(), 2);
-    std::fs::write(&path, "active = 3\n[[key]]\nid = 2\nsecret_hex = \"abcd\"\n").expect("write");
+    std::fs::write(
+        &path,
+        "active = 3\n[[key]]\nid = 2\nsecret_hex = \"abcd\"\n",
+    )
+    .expect("write");
     let err = KeyRing::from_file(&path).expect_err("bad").to_string();
-    assert!(err.contains("key[0]: secret_hex: 2 bytes, expected 32"), "{err}");
-    std::fs::write(&path, "active = 3\n[[key]]\nid = 2\nsecret_hex = \"{secret}\"\nsecret = 1\n").expect("write");
-    assert!(KeyRing::from_file(&path).expect_err("unknown key").to_string().contains("unknown field `secret`"));
-    let spec = KeyRing::from_spec(&format!("4:{secret},1:{}", hex::encode([6u8; 32]))).expect("spec");
+    assert!(
+        err.contains("key[0]: secret_hex: 2 bytes, expected 32"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "active = 3\n[[key]]\nid = 2\nsecret_hex = \"{secret}\"\nsecret = 1\n",
+    )
+    .expect("write");
+    assert!(
+        KeyRing::from_file(&path)
+            .expect_err("unknown key")
+            .to_string()
+            .contains("unknown field `secret`")
+    );
+    let spec =
+        KeyRing::from_spec(&format!("4:{secret},1:{}", hex::encode([6u8; 32]))).expect("spec");
     assert_eq!(spec.signing.as_ref().map(|(id, _)| *id), Some(4));
-    assert!(KeyRing::from_spec("x:00").expect_err("bad id").contains("key id `x`"));
-    assert!(KeyRing::from_spec("1:zz").expect_err("bad hex").contains("not hex"));
+    assert!(
+        KeyRing::from_spec("x:00")
+            .expect_err("bad id")
+            .contains("key id `x`")
+    );
+    assert!(
+        KeyRing::from_spec("1:zz")
+            .expect_err("bad hex")
+            .contains("not hex")
+    );
     let debug = format!("{ring:?}");
-    assert!(!debug.contains(&secret), "Debug must not print secrets: {debug}");
+    assert!(
+        !debug.contains(&secret),
+        "Debug must not print secrets: {debug}"
+    );
 }

@@ -22,13 +22,13 @@ use crate::clock::{Clock, Millis};
 use crate::config::{Activity, ActivityTree, AwardDef, ChildActivity, Crediting, Scene};
 use crate::keys;
 use crate::kv::{Consume, Hold, Kv, KvError, LIST_RANGE_MAX};
-use crate::switches::{Switch, Switches};
-use crate::token::{KeyRing, STATUS_SUCCESS, TokenError, TokenFacts};
 use crate::ledger::{
-    AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger, LedgerError,
-    WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
+    AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger,
+    LedgerError, WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
 };
 use crate::order_no::{OrderNo, OrderNoError};
+use crate::switches::{Switch, Switches};
+use crate::token::{KeyRing, STATUS_SUCCESS, TokenError, TokenFacts};
 use crate::{ActId, ActivityId, ChildId};
 
 mod token_mode;
@@ -65,7 +65,10 @@ pub(crate) mod hex_bytes {
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-            Vec::<String>::deserialize(d)?.into_iter().map(|t| hex::decode(t).map_err(serde::de::Error::custom)).collect()
+            Vec::<String>::deserialize(d)?
+                .into_iter()
+                .map(|t| hex::decode(t).map_err(serde::de::Error::custom))
+                .collect()
         }
     }
 }
@@ -115,13 +118,23 @@ pub enum Rejection {
     UnknownActivity { activity_id: ActivityId },
     /// No child activity's window holds the request time.
     #[error("activity {activity_id} has no child activity open at {at_ms} ms")]
-    NoChildOpen { activity_id: ActivityId, at_ms: Millis },
+    NoChildOpen {
+        activity_id: ActivityId,
+        at_ms: Millis,
+    },
     /// The order number names a scene the activity lacks.
     #[error("scene {scene_id} is not configured in activity {activity_id}")]
-    UnknownScene { activity_id: ActivityId, scene_id: u32 },
+    UnknownScene {
+        activity_id: ActivityId,
+        scene_id: u32,
+    },
     /// The order number's award type is not the scene's.
     #[error("order number says {order_type} but scene {scene_id} gives {scene_type}")]
-    AwardTypeMismatch { scene_id: u32, scene_type: String, order_type: String },
+    AwardTypeMismatch {
+        scene_id: u32,
+        scene_type: String,
+        order_type: String,
+    },
     /// The award id is not one of the scene's.
     #[error("award id {award_id} is not given by scene {scene_id}")]
     UnknownAward { scene_id: u32, award_id: u64 },
@@ -136,25 +149,47 @@ pub enum Rejection {
     AmountOverCap { amount_cents: i64, cap_cents: u64 },
     /// A coupon or pendant request carried an amount.
     #[error("a {award_type} award takes no amount, got {amount_cents} cents")]
-    AmountNotAllowed { award_type: String, amount_cents: i64 },
+    AmountNotAllowed {
+        award_type: String,
+        amount_cents: i64,
+    },
     /// The child's cash budget cannot cover the amount.
-    #[error("budget of child {child_id} exhausted: {used_cents} of {budget_cents} cents used, {amount_cents} asked")]
-    BudgetExhausted { child_id: ChildId, budget_cents: u64, used_cents: u64, amount_cents: u64 },
+    #[error(
+        "budget of child {child_id} exhausted: {used_cents} of {budget_cents} cents used, {amount_cents} asked"
+    )]
+    BudgetExhausted {
+        child_id: ChildId,
+        budget_cents: u64,
+        used_cents: u64,
+        amount_cents: u64,
+    },
     /// The template's stock is used up.
     #[error("coupon template {template_id} is out of stock ({stock} issued)")]
     OutOfStock { template_id: u64, stock: u64 },
     /// The user holds the batch's limit already.
     #[error("user {act_id} holds {limit} coupon(s) of batch `{batch}` already")]
-    UserBatchLimit { act_id: ActId, batch: String, limit: u32 },
+    UserBatchLimit {
+        act_id: ActId,
+        batch: String,
+        limit: u32,
+    },
     /// The user holds another batch of the same group.
     #[error("user {act_id} holds batch `{held}` of group `{group}`; batch `{batch}` is excluded")]
-    BatchGroupTaken { act_id: ActId, group: String, batch: String, held: String },
+    BatchGroupTaken {
+        act_id: ActId,
+        group: String,
+        batch: String,
+        held: String,
+    },
     /// The withdraw number is empty, too long or has other characters.
     #[error("withdraw number `{withdraw_no}` must be 1 to 64 letters, digits, `-` or `_`")]
     MalformedWithdrawNo { withdraw_no: String },
     /// The balance cannot cover the withdrawal.
     #[error("balance {balance_cents} cents is less than the {amount_cents} cents asked")]
-    InsufficientBalance { balance_cents: u64, amount_cents: u64 },
+    InsufficientBalance {
+        balance_cents: u64,
+        amount_cents: u64,
+    },
     /// Withdrawals are in gray release and this user is not in it yet.
     #[error("withdrawals are not open for user {act_id} yet")]
     WithdrawNotOpen { act_id: ActId },
@@ -336,10 +371,19 @@ impl StockView {
     /// The view of `consumed` out of `total`.
     pub fn new(consumed: u64, total: u64) -> Self {
         let remaining = total.saturating_sub(consumed);
-        let remaining_ratio = if total == 0 { 0.0 } else { remaining as f64 / total as f64 };
+        let remaining_ratio = if total == 0 {
+            0.0
+        } else {
+            remaining as f64 / total as f64
+        };
         // Integer form of remaining / total >= 10%.
         let should_offer = u128::from(remaining) * 10 >= u128::from(total) && remaining > 0;
-        Self { consumed, total, remaining_ratio, should_offer }
+        Self {
+            consumed,
+            total,
+            remaining_ratio,
+            should_offer,
+        }
     }
 }
 
@@ -394,8 +438,20 @@ pub struct Wallet {
 impl Wallet {
     /// A wallet over the given tree, stores and clock, with every switch on and no
     /// token keys (token-mode scenes then fail with [`WalletError::NoTokenKeys`]).
-    pub fn new(tree: Arc<ActivityTree>, ledger: Arc<dyn Ledger>, kv: Arc<dyn Kv>, clock: Arc<dyn Clock>) -> Self {
-        Self { tree, ledger, kv, clock, keys: None, switches: Arc::new(Switches::default()) }
+    pub fn new(
+        tree: Arc<ActivityTree>,
+        ledger: Arc<dyn Ledger>,
+        kv: Arc<dyn Kv>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            tree,
+            ledger,
+            kv,
+            clock,
+            keys: None,
+            switches: Arc::new(Switches::default()),
+        }
     }
 
     /// Sign and verify tokens with `keys`.
@@ -460,14 +516,20 @@ impl Wallet {
             }
         }
         let credit = Credit {
-            account: AccountKey { child_id: valid.child.id, act_id: valid.order_no.act_id },
+            account: AccountKey {
+                child_id: valid.child.id,
+                act_id: valid.order_no.act_id,
+            },
             order_no: valid.order_no.clone(),
             award: valid.award.clone(),
             at_ms: now_ms,
         };
         // A retry of a credited order must not consume anything again.
         if self.switches.is_on(Switch::IdempotencyPrecheck)
-            && let Some(first) = self.ledger.lookup_credit(valid.child.id, &valid.order_no).await?
+            && let Some(first) = self
+                .ledger
+                .lookup_credit(valid.child.id, &valid.order_no)
+                .await?
         {
             return Ok(replayed(first, &credit));
         }
@@ -476,15 +538,24 @@ impl Wallet {
             Ok(None) => {}
             Ok(Some(reason)) => {
                 self.undo(reservations).await;
-                return Ok(IssueOutcome::Rejected { child_id: Some(valid.child.id), reason });
+                return Ok(IssueOutcome::Rejected {
+                    child_id: Some(valid.child.id),
+                    reason,
+                });
             }
             Err(e) => {
                 self.undo(reservations).await;
                 return Err(e.into());
             }
         }
-        let outcome = match self.ledger.credit_batch(std::slice::from_ref(&credit)).await {
-            Ok(mut outcomes) => outcomes.pop().ok_or_else(|| LedgerError::Store("empty outcome list".to_owned())),
+        let outcome = match self
+            .ledger
+            .credit_batch(std::slice::from_ref(&credit))
+            .await
+        {
+            Ok(mut outcomes) => outcomes
+                .pop()
+                .ok_or_else(|| LedgerError::Store("empty outcome list".to_owned())),
             Err(e) => Err(e),
         };
         match outcome {
@@ -505,20 +576,35 @@ impl Wallet {
         }
     }
 
-    pub(crate) fn validate(&self, request: &IssueRequest, now_ms: Millis) -> Result<ValidIssue<'_>, (Option<ChildId>, Rejection)> {
-        let order_no: OrderNo = request.order_no.parse().map_err(|e| (None, Rejection::MalformedOrderNo(e)))?;
-        let activity = self
-            .tree
-            .activity(request.activity_id)
-            .ok_or((None, Rejection::UnknownActivity { activity_id: request.activity_id }))?;
-        let child = activity
-            .child_at(now_ms)
-            .ok_or((None, Rejection::NoChildOpen { activity_id: activity.id, at_ms: now_ms }))?;
+    pub(crate) fn validate(
+        &self,
+        request: &IssueRequest,
+        now_ms: Millis,
+    ) -> Result<ValidIssue<'_>, (Option<ChildId>, Rejection)> {
+        let order_no: OrderNo = request
+            .order_no
+            .parse()
+            .map_err(|e| (None, Rejection::MalformedOrderNo(e)))?;
+        let activity = self.tree.activity(request.activity_id).ok_or((
+            None,
+            Rejection::UnknownActivity {
+                activity_id: request.activity_id,
+            },
+        ))?;
+        let child = activity.child_at(now_ms).ok_or((
+            None,
+            Rejection::NoChildOpen {
+                activity_id: activity.id,
+                at_ms: now_ms,
+            },
+        ))?;
         let reject = |reason| (Some(child.id), reason);
-        let scene = activity
-            .scenes
-            .get(&order_no.scene_id)
-            .ok_or_else(|| reject(Rejection::UnknownScene { activity_id: activity.id, scene_id: order_no.scene_id }))?;
+        let scene = activity.scenes.get(&order_no.scene_id).ok_or_else(|| {
+            reject(Rejection::UnknownScene {
+                activity_id: activity.id,
+                scene_id: order_no.scene_id,
+            })
+        })?;
         if scene.award_type != order_no.award_type {
             return Err(reject(Rejection::AwardTypeMismatch {
                 scene_id: scene.id,
@@ -531,22 +617,44 @@ impl Wallet {
             .contains(&request.award_id)
             .then(|| activity.awards.get(&request.award_id))
             .flatten()
-            .ok_or_else(|| reject(Rejection::UnknownAward { scene_id: scene.id, award_id: request.award_id }))?;
+            .ok_or_else(|| {
+                reject(Rejection::UnknownAward {
+                    scene_id: scene.id,
+                    award_id: request.award_id,
+                })
+            })?;
         let award = award_of(activity, request, award_def).map_err(reject)?;
-        Ok(ValidIssue { activity, child, scene, order_no, award_def, award })
+        Ok(ValidIssue {
+            activity,
+            child,
+            scene,
+            order_no,
+            award_def,
+            award,
+        })
     }
 
     /// Consume budget, limits and stock. `Ok(Some(reason))` = rejected; what was
     /// reserved so far is in `reservations` for the caller to undo.
-    pub(crate) async fn reserve(&self, valid: &ValidIssue<'_>, reservations: &mut Vec<Reservation>) -> Result<Option<Rejection>, KvError> {
+    pub(crate) async fn reserve(
+        &self,
+        valid: &ValidIssue<'_>,
+        reservations: &mut Vec<Reservation>,
+    ) -> Result<Option<Rejection>, KvError> {
         let child = valid.child;
         let act_id = valid.order_no.act_id;
         match valid.award_def {
             AwardDef::Cash { .. } => {
                 let amount = valid.award.cash_cents();
                 let key = keys::budget(child.id);
-                match self.kv.consume_within(&key, amount, child.budget_cents).await? {
-                    Consume::Consumed { .. } => reservations.push(Reservation::Consumed { key, n: amount }),
+                match self
+                    .kv
+                    .consume_within(&key, amount, child.budget_cents)
+                    .await?
+                {
+                    Consume::Consumed { .. } => {
+                        reservations.push(Reservation::Consumed { key, n: amount })
+                    }
                     Consume::Exceeded { current } => {
                         return Ok(Some(Rejection::BudgetExhausted {
                             child_id: child.id,
@@ -561,7 +669,10 @@ impl Wallet {
                 if let Some(group) = &coupon.group {
                     let key = keys::user_group(child.id, group, act_id);
                     match self.kv.hold(&key, &coupon.batch).await? {
-                        Hold::Held { .. } => reservations.push(Reservation::Held { key, value: coupon.batch.clone() }),
+                        Hold::Held { .. } => reservations.push(Reservation::Held {
+                            key,
+                            value: coupon.batch.clone(),
+                        }),
                         Hold::HeldByOther { value } => {
                             return Ok(Some(Rejection::BatchGroupTaken {
                                 act_id,
@@ -573,8 +684,14 @@ impl Wallet {
                     }
                 }
                 let key = keys::user_batch(child.id, &coupon.batch, act_id);
-                match self.kv.consume_within(&key, 1, u64::from(coupon.per_user_limit)).await? {
-                    Consume::Consumed { .. } => reservations.push(Reservation::Consumed { key, n: 1 }),
+                match self
+                    .kv
+                    .consume_within(&key, 1, u64::from(coupon.per_user_limit))
+                    .await?
+                {
+                    Consume::Consumed { .. } => {
+                        reservations.push(Reservation::Consumed { key, n: 1 })
+                    }
                     Consume::Exceeded { .. } => {
                         return Ok(Some(Rejection::UserBatchLimit {
                             act_id,
@@ -586,9 +703,14 @@ impl Wallet {
                 if valid.scene.stock_control {
                     let key = keys::stock(child.id, coupon.template_id);
                     match self.kv.consume_within(&key, 1, coupon.stock).await? {
-                        Consume::Consumed { .. } => reservations.push(Reservation::Consumed { key, n: 1 }),
+                        Consume::Consumed { .. } => {
+                            reservations.push(Reservation::Consumed { key, n: 1 })
+                        }
                         Consume::Exceeded { .. } => {
-                            return Ok(Some(Rejection::OutOfStock { template_id: coupon.template_id, stock: coupon.stock }));
+                            return Ok(Some(Rejection::OutOfStock {
+                                template_id: coupon.template_id,
+                                stock: coupon.stock,
+                            }));
                         }
                     }
                 }
@@ -613,39 +735,71 @@ impl Wallet {
     /// Withdraw cash from the user's account in the child open now: pass the gray
     /// gate, take the per-user lock, force-credit pending tokens (server list plus
     /// the client's copies), then withdraw.
-    pub async fn withdraw(&self, request: &WithdrawRequest) -> Result<WithdrawOutcome, WalletError> {
+    pub async fn withdraw(
+        &self,
+        request: &WithdrawRequest,
+    ) -> Result<WithdrawOutcome, WalletError> {
         let now_ms = self.clock.now_ms();
         let (activity, child) = match self.activity_and_child_now(request.activity_id, now_ms) {
             Ok(found) => found,
-            Err(reason) => return Ok(WithdrawOutcome::Rejected { child_id: None, reason, force: ForceCredit::default() }),
+            Err(reason) => {
+                return Ok(WithdrawOutcome::Rejected {
+                    child_id: None,
+                    reason,
+                    force: ForceCredit::default(),
+                });
+            }
         };
-        let reject = |reason| Ok(WithdrawOutcome::Rejected { child_id: Some(child.id), reason, force: ForceCredit::default() });
+        let reject = |reason| {
+            Ok(WithdrawOutcome::Rejected {
+                child_id: Some(child.id),
+                reason,
+                force: ForceCredit::default(),
+            })
+        };
         if !valid_withdraw_no(&request.withdraw_no) {
-            return reject(Rejection::MalformedWithdrawNo { withdraw_no: request.withdraw_no.clone() });
+            return reject(Rejection::MalformedWithdrawNo {
+                withdraw_no: request.withdraw_no.clone(),
+            });
         }
         let amount_cents = match positive_amount(request.amount_cents) {
             Ok(amount) => amount,
             Err(reason) => return reject(reason),
         };
         if request.client_tokens.len() > CLIENT_TOKENS_MAX {
-            return reject(Rejection::TooManyTokens { count: request.client_tokens.len(), max: CLIENT_TOKENS_MAX });
+            return reject(Rejection::TooManyTokens {
+                count: request.client_tokens.len(),
+                max: CLIENT_TOKENS_MAX,
+            });
         }
         if !activity.withdraw_gate.admits(request.act_id) {
             // Outside the gray release: tokens stay untouched.
-            return reject(Rejection::WithdrawNotOpen { act_id: request.act_id });
+            return reject(Rejection::WithdrawNotOpen {
+                act_id: request.act_id,
+            });
         }
         let lock_key = keys::withdraw_lock(child.id, request.act_id);
         let locked = if self.switches.is_on(Switch::DistributedLock) {
-            match self.kv.try_lock(&lock_key, &request.withdraw_no, WITHDRAW_LOCK_TTL_MS).await {
+            match self
+                .kv
+                .try_lock(&lock_key, &request.withdraw_no, WITHDRAW_LOCK_TTL_MS)
+                .await
+            {
                 Ok(true) => true,
-                Ok(false) => return reject(Rejection::WithdrawBusy { act_id: request.act_id }),
+                Ok(false) => {
+                    return reject(Rejection::WithdrawBusy {
+                        act_id: request.act_id,
+                    });
+                }
                 // Passive degrade: a lock that cannot be reached is skipped.
                 Err(_) => false,
             }
         } else {
             false
         };
-        let result = self.force_credit_and_withdraw(activity, child, request, amount_cents, now_ms).await;
+        let result = self
+            .force_credit_and_withdraw(activity, child, request, amount_cents, now_ms)
+            .await;
         if locked {
             let _ignored = self.kv.unlock(&lock_key, &request.withdraw_no).await;
         }
@@ -666,47 +820,79 @@ impl Wallet {
             ForceCredit::default()
         };
         let withdrawal = Withdrawal {
-            account: AccountKey { child_id: child.id, act_id: request.act_id },
+            account: AccountKey {
+                child_id: child.id,
+                act_id: request.act_id,
+            },
             withdraw_no: request.withdraw_no.clone(),
             amount_cents,
             at_ms: now_ms,
         };
         Ok(match self.ledger.withdraw(&withdrawal).await? {
-            LedgerWithdrawOutcome::Withdrawn { entry, balance_after_cents } => {
-                WithdrawOutcome::Withdrawn { entry, balance_after_cents, force }
-            }
-            LedgerWithdrawOutcome::Duplicate { entry } => WithdrawOutcome::Duplicate { entry },
-            LedgerWithdrawOutcome::Conflict { first } => WithdrawOutcome::Conflict { first },
-            LedgerWithdrawOutcome::InsufficientBalance { balance_cents } => WithdrawOutcome::Rejected {
-                child_id: Some(child.id),
-                reason: Rejection::InsufficientBalance { balance_cents, amount_cents },
+            LedgerWithdrawOutcome::Withdrawn {
+                entry,
+                balance_after_cents,
+            } => WithdrawOutcome::Withdrawn {
+                entry,
+                balance_after_cents,
                 force,
             },
+            LedgerWithdrawOutcome::Duplicate { entry } => WithdrawOutcome::Duplicate { entry },
+            LedgerWithdrawOutcome::Conflict { first } => WithdrawOutcome::Conflict { first },
+            LedgerWithdrawOutcome::InsufficientBalance { balance_cents } => {
+                WithdrawOutcome::Rejected {
+                    child_id: Some(child.id),
+                    reason: Rejection::InsufficientBalance {
+                        balance_cents,
+                        amount_cents,
+                    },
+                    force,
+                }
+            }
         })
     }
 
     /// Credit every pending token of the user in `child`: the server list (when the
     /// token KV is on) and the client's copies, verified and deduplicated.
-    async fn force_credit(&self, activity: &Activity, child: &ChildActivity, request: &WithdrawRequest) -> Result<ForceCredit, WalletError> {
+    async fn force_credit(
+        &self,
+        activity: &Activity,
+        child: &ChildActivity,
+        request: &WithdrawRequest,
+    ) -> Result<ForceCredit, WalletError> {
         let mut report = ForceCredit::default();
-        let mut tokens: std::collections::BTreeMap<OrderNo, (TokenFacts, Vec<u8>)> = std::collections::BTreeMap::new();
+        let mut tokens: std::collections::BTreeMap<OrderNo, (TokenFacts, Vec<u8>)> =
+            std::collections::BTreeMap::new();
         let token_kv = self.switches.is_on(Switch::TokenKv);
         if let (Some(keys), true) = (&self.keys, token_kv) {
             let list_key = keys::user_tokens(child.id, request.act_id);
             for bytes in self.kv.list_range(&list_key, LIST_RANGE_MAX).await? {
-                let facts = keys.verify(&bytes).map_err(|error| WalletError::CorruptToken { key: list_key.clone(), error })?;
-                tokens.entry(facts.order_no.clone()).or_insert((facts, bytes));
+                let facts = keys
+                    .verify(&bytes)
+                    .map_err(|error| WalletError::CorruptToken {
+                        key: list_key.clone(),
+                        error,
+                    })?;
+                tokens
+                    .entry(facts.order_no.clone())
+                    .or_insert((facts, bytes));
             }
         }
         for (index, bytes) in request.client_tokens.iter().enumerate() {
             let verified = match &self.keys {
-                Some(keys) => keys.verify_for(bytes, request.act_id, activity.id).map_err(|e| e.code().to_owned()),
+                Some(keys) => keys
+                    .verify_for(bytes, request.act_id, activity.id)
+                    .map_err(|e| e.code().to_owned()),
                 None => Err("token_no_keys".to_owned()),
             };
             match verified {
-                Ok(facts) if facts.child_id != child.id => report.rejected_tokens.push((index, "token_wrong_child".to_owned())),
+                Ok(facts) if facts.child_id != child.id => report
+                    .rejected_tokens
+                    .push((index, "token_wrong_child".to_owned())),
                 Ok(facts) => {
-                    tokens.entry(facts.order_no.clone()).or_insert((facts, bytes.clone()));
+                    tokens
+                        .entry(facts.order_no.clone())
+                        .or_insert((facts, bytes.clone()));
                 }
                 Err(code) => report.rejected_tokens.push((index, code)),
             }
@@ -722,7 +908,10 @@ impl Wallet {
             credits.push(token_mode::credit_of(&facts));
             credited_bytes.push(bytes);
         }
-        for (chunk, chunk_bytes) in credits.chunks(crate::ledger::CREDIT_BATCH_MAX).zip(credited_bytes.chunks(crate::ledger::CREDIT_BATCH_MAX)) {
+        for (chunk, chunk_bytes) in credits
+            .chunks(crate::ledger::CREDIT_BATCH_MAX)
+            .zip(credited_bytes.chunks(crate::ledger::CREDIT_BATCH_MAX))
+        {
             let outcomes = self.ledger.credit_batch(chunk).await?;
             for ((credit, outcome), bytes) in chunk.iter().zip(outcomes).zip(chunk_bytes) {
                 match outcome {
@@ -731,39 +920,67 @@ impl Wallet {
                     // Credited before with another payload: this copy is not money.
                     CreditOutcome::Conflict { .. } => {
                         if let Some(index) = request.client_tokens.iter().position(|t| t == bytes) {
-                            report.rejected_tokens.push((index, "token_conflict".to_owned()));
+                            report
+                                .rejected_tokens
+                                .push((index, "token_conflict".to_owned()));
                         }
                         continue;
                     }
                 }
                 if token_kv {
-                    token_mode::mark_credited(self.kv.as_ref(), child.id, &credit.order_no, bytes).await;
+                    token_mode::mark_credited(self.kv.as_ref(), child.id, &credit.order_no, bytes)
+                        .await;
                 }
             }
         }
         Ok(report)
     }
 
-    fn child_now(&self, activity_id: ActivityId, now_ms: Millis) -> Result<&ChildActivity, Rejection> {
-        self.activity_and_child_now(activity_id, now_ms).map(|(_, child)| child)
+    fn child_now(
+        &self,
+        activity_id: ActivityId,
+        now_ms: Millis,
+    ) -> Result<&ChildActivity, Rejection> {
+        self.activity_and_child_now(activity_id, now_ms)
+            .map(|(_, child)| child)
     }
 
-    fn activity_and_child_now(&self, activity_id: ActivityId, now_ms: Millis) -> Result<(&Activity, &ChildActivity), Rejection> {
-        let activity = self.tree.activity(activity_id).ok_or(Rejection::UnknownActivity { activity_id })?;
-        let child = activity.child_at(now_ms).ok_or(Rejection::NoChildOpen { activity_id, at_ms: now_ms })?;
+    fn activity_and_child_now(
+        &self,
+        activity_id: ActivityId,
+        now_ms: Millis,
+    ) -> Result<(&Activity, &ChildActivity), Rejection> {
+        let activity = self
+            .tree
+            .activity(activity_id)
+            .ok_or(Rejection::UnknownActivity { activity_id })?;
+        let child = activity.child_at(now_ms).ok_or(Rejection::NoChildOpen {
+            activity_id,
+            at_ms: now_ms,
+        })?;
         Ok((activity, child))
     }
 
     /// Coupon stock of a template in the child open now, for the strategy side.
-    pub async fn coupon_stock(&self, activity_id: ActivityId, template_id: u64) -> Result<Result<StockView, Rejection>, WalletError> {
+    pub async fn coupon_stock(
+        &self,
+        activity_id: ActivityId,
+        template_id: u64,
+    ) -> Result<Result<StockView, Rejection>, WalletError> {
         let now_ms = self.clock.now_ms();
         let child = match self.child_now(activity_id, now_ms) {
             Ok(child) => child,
             Err(reason) => return Ok(Err(reason)),
         };
-        let activity = self.tree.activity(activity_id).expect("child_now found the activity");
+        let activity = self
+            .tree
+            .activity(activity_id)
+            .expect("child_now found the activity");
         let Some(coupon) = activity.coupon_template(template_id) else {
-            return Ok(Err(Rejection::UnknownAward { scene_id: 0, award_id: template_id }));
+            return Ok(Err(Rejection::UnknownAward {
+                scene_id: 0,
+                award_id: template_id,
+            }));
         };
         let consumed = self.kv.counter(&keys::stock(child.id, template_id)).await?;
         let consumed = u64::try_from(consumed).unwrap_or(0);
@@ -771,12 +988,22 @@ impl Wallet {
     }
 
     /// The user's account in the child open now.
-    pub async fn account(&self, activity_id: ActivityId, act_id: ActId) -> Result<Result<AccountState, Rejection>, WalletError> {
+    pub async fn account(
+        &self,
+        activity_id: ActivityId,
+        act_id: ActId,
+    ) -> Result<Result<AccountState, Rejection>, WalletError> {
         let child = match self.child_now(activity_id, self.clock.now_ms()) {
             Ok(child) => child,
             Err(reason) => return Ok(Err(reason)),
         };
-        Ok(Ok(self.ledger.account(AccountKey { child_id: child.id, act_id }).await?))
+        Ok(Ok(self
+            .ledger
+            .account(AccountKey {
+                child_id: child.id,
+                act_id,
+            })
+            .await?))
     }
 
     /// A page of the user's history in the child open now, newest first.
@@ -791,12 +1018,26 @@ impl Wallet {
             Ok(child) => child,
             Err(reason) => return Ok(Err(reason)),
         };
-        Ok(Ok(self.ledger.history(AccountKey { child_id: child.id, act_id }, cursor, limit).await?))
+        Ok(Ok(self
+            .ledger
+            .history(
+                AccountKey {
+                    child_id: child.id,
+                    act_id,
+                },
+                cursor,
+                limit,
+            )
+            .await?))
     }
 }
 
 pub(crate) fn replayed(first: Entry, credit: &Credit) -> IssueOutcome {
-    if first.matches_credit(credit) { IssueOutcome::Duplicate { entry: first } } else { IssueOutcome::Conflict { first } }
+    if first.matches_credit(credit) {
+        IssueOutcome::Duplicate { entry: first }
+    } else {
+        IssueOutcome::Conflict { first }
+    }
 }
 
 fn positive_amount(amount_cents: i64) -> Result<u64, Rejection> {
@@ -808,29 +1049,46 @@ fn positive_amount(amount_cents: i64) -> Result<u64, Rejection> {
     }
 }
 
-fn award_of(activity: &Activity, request: &IssueRequest, def: &AwardDef) -> Result<Award, Rejection> {
+fn award_of(
+    activity: &Activity,
+    request: &IssueRequest,
+    def: &AwardDef,
+) -> Result<Award, Rejection> {
     let no_amount = |award_type: &str| {
         if request.amount_cents != 0 {
-            return Err(Rejection::AmountNotAllowed { award_type: award_type.to_owned(), amount_cents: request.amount_cents });
+            return Err(Rejection::AmountNotAllowed {
+                award_type: award_type.to_owned(),
+                amount_cents: request.amount_cents,
+            });
         }
         Ok(())
     };
     match def {
         AwardDef::Cash { .. } => {
             let amount_cents = positive_amount(request.amount_cents)?;
-            let cap_cents = activity.cash_cap_cents(request.award_id).unwrap_or(activity.per_txn_cap_cents);
+            let cap_cents = activity
+                .cash_cap_cents(request.award_id)
+                .unwrap_or(activity.per_txn_cap_cents);
             if amount_cents > cap_cents {
-                return Err(Rejection::AmountOverCap { amount_cents: request.amount_cents, cap_cents });
+                return Err(Rejection::AmountOverCap {
+                    amount_cents: request.amount_cents,
+                    cap_cents,
+                });
             }
             Ok(Award::Cash { amount_cents })
         }
         AwardDef::Coupon(coupon) => {
             no_amount("coupon")?;
-            Ok(Award::Coupon { template_id: coupon.template_id, batch: coupon.batch.clone() })
+            Ok(Award::Coupon {
+                template_id: coupon.template_id,
+                batch: coupon.batch.clone(),
+            })
         }
         AwardDef::Pendant { pendant_id } => {
             no_amount("pendant")?;
-            Ok(Award::Pendant { pendant_id: *pendant_id })
+            Ok(Award::Pendant {
+                pendant_id: *pendant_id,
+            })
         }
     }
 }
@@ -838,7 +1096,9 @@ fn award_of(activity: &Activity, request: &IssueRequest, def: &AwardDef) -> Resu
 fn valid_withdraw_no(withdraw_no: &str) -> bool {
     !withdraw_no.is_empty()
         && withdraw_no.len() <= WITHDRAW_NO_LEN_MAX
-        && withdraw_no.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && withdraw_no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -850,6 +1110,11 @@ pub(crate) fn token_credit(facts: &TokenFacts) -> Credit {
 }
 
 /// Mark a token credited (for the worker).
-pub(crate) async fn token_mark_credited(kv: &dyn Kv, child_id: ChildId, order_no: &OrderNo, bytes: &[u8]) {
+pub(crate) async fn token_mark_credited(
+    kv: &dyn Kv,
+    child_id: ChildId,
+    order_no: &OrderNo,
+    bytes: &[u8],
+) {
     token_mode::mark_credited(kv, child_id, order_no, bytes).await;
 }

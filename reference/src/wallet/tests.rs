@@ -102,33 +102,71 @@ fn fixture() -> Fixture {
     let start = datetime_ms(&"2027-02-01T12:00:00Z".parse().expect("dt")).expect("ms");
     let clock = Arc::new(ManualClock::new(start));
     let tree = Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree"));
-    let wallet = Wallet::new(tree, Arc::new(MemoryLedger::new()), Arc::new(MemoryKv::new(clock.clone())), clock.clone());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-    Fixture { clock, wallet, runtime }
+    let wallet = Wallet::new(
+        tree,
+        Arc::new(MemoryLedger::new()),
+        Arc::new(MemoryKv::new(clock.clone())),
+        clock.clone(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    Fixture {
+        clock,
+        wallet,
+        runtime,
+    }
 }
 
 impl Fixture {
     fn issue(&self, order_no: &str, award_id: u64, amount_cents: i64) -> IssueOutcome {
-        let request = IssueRequest { app_id: 1, activity_id: 2027, order_no: order_no.to_owned(), award_id, amount_cents };
-        self.runtime.block_on(self.wallet.issue(&request)).expect("no operating error")
+        let request = IssueRequest {
+            app_id: 1,
+            activity_id: 2027,
+            order_no: order_no.to_owned(),
+            award_id,
+            amount_cents,
+        };
+        self.runtime
+            .block_on(self.wallet.issue(&request))
+            .expect("no operating error")
     }
 
     fn check(&self, order_no: &str, award_id: u64, amount_cents: i64, expected: &str) {
         let outcome = self.issue(order_no, award_id, amount_cents);
-        assert_eq!(outcome.label(), expected, "{order_no} award {award_id} amount {amount_cents}: {outcome:?}");
+        assert_eq!(
+            outcome.label(),
+            expected,
+            "{order_no} award {award_id} amount {amount_cents}: {outcome:?}"
+        );
     }
 
     fn withdraw(&self, act_id: u64, withdraw_no: &str, amount_cents: i64) -> WithdrawOutcome {
-        let request = WithdrawRequest { client_tokens: Vec::new(), activity_id: 2027, act_id, withdraw_no: withdraw_no.to_owned(), amount_cents };
-        self.runtime.block_on(self.wallet.withdraw(&request)).expect("no operating error")
+        let request = WithdrawRequest {
+            client_tokens: Vec::new(),
+            activity_id: 2027,
+            act_id,
+            withdraw_no: withdraw_no.to_owned(),
+            amount_cents,
+        };
+        self.runtime
+            .block_on(self.wallet.withdraw(&request))
+            .expect("no operating error")
     }
 
     fn counters(&self) -> Vec<(String, i64)> {
-        self.runtime.block_on(self.wallet.kv().counters_with_prefix("")).expect("scan")
+        self.runtime
+            .block_on(self.wallet.kv().counters_with_prefix(""))
+            .expect("scan")
     }
 
     fn entries(&self) -> usize {
-        self.runtime.block_on(self.wallet.ledger().snapshot()).expect("snapshot").entries.len()
+        self.runtime
+            .block_on(self.wallet.ledger().snapshot())
+            .expect("snapshot")
+            .entries
+            .len()
     }
 }
 
@@ -147,11 +185,21 @@ fn bad_input_is_rejected_with_a_reason_and_writes_nothing() {
     f.check("7_1_1_1_1", 12, 51, "amount_over_cap");
     f.check("7_2_1_2_1", 21, 5, "amount_not_allowed");
     f.check("7_3_1_3_1", 31, -1, "amount_not_allowed");
-    let request = IssueRequest { app_id: 1, activity_id: 1, order_no: "7_1_1_1_1".to_owned(), award_id: 11, amount_cents: 1 };
+    let request = IssueRequest {
+        app_id: 1,
+        activity_id: 1,
+        order_no: "7_1_1_1_1".to_owned(),
+        award_id: 11,
+        amount_cents: 1,
+    };
     let outcome = f.runtime.block_on(f.wallet.issue(&request)).expect("ok");
     assert_eq!(outcome.label(), "unknown_activity");
     assert_eq!(f.entries(), 0);
-    assert!(f.counters().iter().all(|(_, n)| *n == 0), "{:?}", f.counters());
+    assert!(
+        f.counters().iter().all(|(_, n)| *n == 0),
+        "{:?}",
+        f.counters()
+    );
     assert_eq!(f.withdraw(7, "w1", 1).label(), "insufficient_balance");
     assert_eq!(f.withdraw(7, "", 1).label(), "malformed_withdraw_no");
     assert_eq!(f.withdraw(7, "w 1", 1).label(), "malformed_withdraw_no");
@@ -164,12 +212,33 @@ fn bad_input_is_rejected_with_a_reason_and_writes_nothing() {
 fn replays_return_the_first_outcome_and_conflicts_are_caught() {
     let f = fixture();
     let first = f.issue("7_1_1_1_1", 11, 100);
-    let IssueOutcome::Issued { entry } = &first else { panic!("{first:?}") };
+    let IssueOutcome::Issued { entry } = &first else {
+        panic!("{first:?}")
+    };
     f.clock.advance(5_000);
-    assert_eq!(f.issue("7_1_1_1_1", 11, 100), IssueOutcome::Duplicate { entry: entry.clone() });
-    assert_eq!(f.issue("7_1_1_1_1", 11, 200), IssueOutcome::Conflict { first: entry.clone() });
-    assert_eq!(f.issue("7_1_1_1_1", 12, 40), IssueOutcome::Conflict { first: entry.clone() });
-    assert_eq!(f.counters(), vec![("budget:1".to_owned(), 100)], "replays consume nothing");
+    assert_eq!(
+        f.issue("7_1_1_1_1", 11, 100),
+        IssueOutcome::Duplicate {
+            entry: entry.clone()
+        }
+    );
+    assert_eq!(
+        f.issue("7_1_1_1_1", 11, 200),
+        IssueOutcome::Conflict {
+            first: entry.clone()
+        }
+    );
+    assert_eq!(
+        f.issue("7_1_1_1_1", 12, 40),
+        IssueOutcome::Conflict {
+            first: entry.clone()
+        }
+    );
+    assert_eq!(
+        f.counters(),
+        vec![("budget:1".to_owned(), 100)],
+        "replays consume nothing"
+    );
 }
 
 #[test]
@@ -196,16 +265,35 @@ fn coupon_stock_limits_and_groups() {
     f.check("4_2_1_2_1", 21, 0, "out_of_stock");
     // The rejected request for user 4 must not leave a group hold behind.
     f.check("4_2_2_2_1", 22, 0, "issued");
-    let stock = f.runtime.block_on(f.wallet.coupon_stock(2027, 701)).expect("ok").expect("known");
-    assert_eq!((stock.consumed, stock.total, stock.should_offer), (3, 3, false));
+    let stock = f
+        .runtime
+        .block_on(f.wallet.coupon_stock(2027, 701))
+        .expect("ok")
+        .expect("known");
+    assert_eq!(
+        (stock.consumed, stock.total, stock.should_offer),
+        (3, 3, false)
+    );
     let counters = f.counters();
-    assert!(counters.contains(&("user-batch:1:b1:4".to_owned(), 0)), "{counters:?}");
-    assert!(counters.contains(&("stock:1:701".to_owned(), 3)), "{counters:?}");
+    assert!(
+        counters.contains(&("user-batch:1:b1:4".to_owned(), 0)),
+        "{counters:?}"
+    );
+    assert!(
+        counters.contains(&("stock:1:701".to_owned(), 3)),
+        "{counters:?}"
+    );
 }
 
 #[test]
 fn stock_view_turns_off_offers_below_ten_percent() {
-    let check = |consumed, total, offer| assert_eq!(StockView::new(consumed, total).should_offer, offer, "{consumed}/{total}");
+    let check = |consumed, total, offer| {
+        assert_eq!(
+            StockView::new(consumed, total).should_offer,
+            offer,
+            "{consumed}/{total}"
+        )
+    };
     check(0, 100, true);
     check(90, 100, true);
     check(91, 100, false);
@@ -226,16 +314,27 @@ fn child_activities_are_isolated() {
     f.check("7_2_1_2_1", 23, 0, "issued");
     f.check("8_2_1_2_1", 23, 0, "issued");
     f.check("9_2_1_2_1", 23, 0, "out_of_stock");
-    f.clock.set(datetime_ms(&"2027-02-02T00:00:00Z".parse().expect("dt")).expect("ms"));
+    f.clock
+        .set(datetime_ms(&"2027-02-02T00:00:00Z".parse().expect("dt")).expect("ms"));
     let again = f.issue("7_1_1_1_1", 11, 700);
-    let IssueOutcome::Issued { entry } = &again else { panic!("formal child is a fresh ledger scope: {again:?}") };
+    let IssueOutcome::Issued { entry } = &again else {
+        panic!("formal child is a fresh ledger scope: {again:?}")
+    };
     assert_eq!(entry.account.child_id, 2);
     f.check("9_2_1_2_1", 23, 0, "issued");
-    let account = f.runtime.block_on(f.wallet.account(2027, 7)).expect("ok").expect("open");
-    assert_eq!(account.balance_cents, 700, "the formal account does not see the test child's credit");
+    let account = f
+        .runtime
+        .block_on(f.wallet.account(2027, 7))
+        .expect("ok")
+        .expect("open");
+    assert_eq!(
+        account.balance_cents, 700,
+        "the formal account does not see the test child's credit"
+    );
     assert_eq!(f.withdraw(7, "w1", 701).label(), "insufficient_balance");
     assert_eq!(f.withdraw(7, "w1", 700).label(), "withdrawn");
-    f.clock.set(datetime_ms(&"2027-02-03T00:00:00Z".parse().expect("dt")).expect("ms"));
+    f.clock
+        .set(datetime_ms(&"2027-02-03T00:00:00Z".parse().expect("dt")).expect("ms"));
     f.check("7_1_2_1_1", 11, 1, "no_child_open");
     assert_eq!(f.withdraw(7, "w2", 1).label(), "no_child_open");
 }
@@ -258,8 +357,8 @@ mod failures {
     use super::*;
     use crate::kv::{Hold, Kv, KvFaults};
     use crate::ledger::{
-        AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger, LedgerError, LedgerSnapshot,
-        WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
+        AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, HistoryPage, Ledger,
+        LedgerError, LedgerSnapshot, WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
     };
     use crate::order_no::OrderNo;
 
@@ -272,56 +371,135 @@ mod failures {
         async fn credit_batch(&self, _: &[Credit]) -> Result<Vec<CreditOutcome>, LedgerError> {
             Err(LedgerError::Store("connection refused".into()))
         }
-        async fn lookup_credit(&self, child_id: u64, order_no: &OrderNo) -> Result<Option<Entry>, LedgerError> {
+        async fn lookup_credit(
+            &self,
+            child_id: u64,
+            order_no: &OrderNo,
+        ) -> Result<Option<Entry>, LedgerError> {
             self.0.lookup_credit(child_id, order_no).await
         }
-        async fn withdraw(&self, w: &Withdrawal) -> Result<LedgerWithdrawOutcome, LedgerError> { self.0.withdraw(w).await }
-        async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> { self.0.account(key).await }
-        async fn history(&self, key: AccountKey, c: Option<Cursor>, l: usize) -> Result<HistoryPage, LedgerError> { self.0.history(key, c, l).await }
-        async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> { self.0.snapshot().await }
+        async fn withdraw(&self, w: &Withdrawal) -> Result<LedgerWithdrawOutcome, LedgerError> {
+            self.0.withdraw(w).await
+        }
+        async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
+            self.0.account(key).await
+        }
+        async fn history(
+            &self,
+            key: AccountKey,
+            c: Option<Cursor>,
+            l: usize,
+        ) -> Result<HistoryPage, LedgerError> {
+            self.0.history(key, c, l).await
+        }
+        async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
+            self.0.snapshot().await
+        }
     }
 
-    fn wallet(ledger: Arc<dyn Ledger>, kv: impl FnOnce(Arc<ManualClock>) -> Arc<dyn Kv>) -> (Wallet, tokio::runtime::Runtime) {
+    fn wallet(
+        ledger: Arc<dyn Ledger>,
+        kv: impl FnOnce(Arc<ManualClock>) -> Arc<dyn Kv>,
+    ) -> (Wallet, tokio::runtime::Runtime) {
         let start = datetime_ms(&"2027-02-01T12:00:00Z".parse().expect("dt")).expect("ms");
         let clock = Arc::new(ManualClock::new(start));
         let tree = Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree"));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
         (Wallet::new(tree, ledger, kv(clock.clone()), clock), runtime)
     }
 
     fn counters(wallet: &Wallet, runtime: &tokio::runtime::Runtime) -> Vec<(String, i64)> {
-        runtime.block_on(wallet.kv().counters_with_prefix("")).expect("scan")
+        runtime
+            .block_on(wallet.kv().counters_with_prefix(""))
+            .expect("scan")
     }
 
     #[test]
     fn an_unknown_stock_consume_stays_consumed_and_earlier_reservations_are_released() {
         let (wallet, runtime) = wallet(Arc::new(MemoryLedger::new()), |clock| {
             let kv = MemoryKv::new(clock);
-            kv.set_faults(KvFaults { timeout_after_consume_prefix: Some("stock:".into()), ..KvFaults::default() });
+            kv.set_faults(KvFaults {
+                timeout_after_consume_prefix: Some("stock:".into()),
+                ..KvFaults::default()
+            });
             Arc::new(kv)
         });
-        let request = IssueRequest { app_id: 1, activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
+        let request = IssueRequest {
+            app_id: 1,
+            activity_id: 2027,
+            order_no: "7_2_1_2_1".into(),
+            award_id: 21,
+            amount_cents: 0,
+        };
         let result = runtime.block_on(wallet.issue(&request));
         assert!(matches!(result, Err(WalletError::Kv(_))), "{result:?}");
         assert_eq!(
             counters(&wallet, &runtime),
-            vec![("stock:1:701".to_owned(), 1), ("user-batch:1:b1:7".to_owned(), 0)],
+            vec![
+                ("stock:1:701".to_owned(), 1),
+                ("user-batch:1:b1:7".to_owned(), 0)
+            ],
             "stock stays consumed (under-issue), the per-user count is released"
         );
-        let group = runtime.block_on(wallet.kv().hold("user-group:1:g:7", "b2")).expect("hold");
-        assert_eq!(group, Hold::Held { holders: 1 }, "the group hold was released");
-        assert!(runtime.block_on(wallet.ledger().snapshot()).expect("snapshot").entries.is_empty());
+        let group = runtime
+            .block_on(wallet.kv().hold("user-group:1:g:7", "b2"))
+            .expect("hold");
+        assert_eq!(
+            group,
+            Hold::Held { holders: 1 },
+            "the group hold was released"
+        );
+        assert!(
+            runtime
+                .block_on(wallet.ledger().snapshot())
+                .expect("snapshot")
+                .entries
+                .is_empty()
+        );
     }
 
     #[test]
     fn a_failed_credit_releases_every_reservation() {
-        let (wallet, runtime) = wallet(Arc::new(DownLedger(MemoryLedger::new())), |clock| Arc::new(MemoryKv::new(clock)));
-        let coupon = IssueRequest { app_id: 1, activity_id: 2027, order_no: "7_2_1_2_1".into(), award_id: 21, amount_cents: 0 };
-        let cash = IssueRequest { app_id: 1, activity_id: 2027, order_no: "7_1_1_1_1".into(), award_id: 11, amount_cents: 300 };
-        assert!(matches!(runtime.block_on(wallet.issue(&coupon)), Err(WalletError::Ledger(_))));
-        assert!(matches!(runtime.block_on(wallet.issue(&cash)), Err(WalletError::Ledger(_))));
-        assert!(counters(&wallet, &runtime).iter().all(|(_, n)| *n == 0), "{:?}", counters(&wallet, &runtime));
-        let group = runtime.block_on(wallet.kv().hold("user-group:1:g:7", "b2")).expect("hold");
-        assert_eq!(group, Hold::Held { holders: 1 }, "the group hold was released");
+        let (wallet, runtime) = wallet(Arc::new(DownLedger(MemoryLedger::new())), |clock| {
+            Arc::new(MemoryKv::new(clock))
+        });
+        let coupon = IssueRequest {
+            app_id: 1,
+            activity_id: 2027,
+            order_no: "7_2_1_2_1".into(),
+            award_id: 21,
+            amount_cents: 0,
+        };
+        let cash = IssueRequest {
+            app_id: 1,
+            activity_id: 2027,
+            order_no: "7_1_1_1_1".into(),
+            award_id: 11,
+            amount_cents: 300,
+        };
+        assert!(matches!(
+            runtime.block_on(wallet.issue(&coupon)),
+            Err(WalletError::Ledger(_))
+        ));
+        assert!(matches!(
+            runtime.block_on(wallet.issue(&cash)),
+            Err(WalletError::Ledger(_))
+        ));
+        assert!(
+            counters(&wallet, &runtime).iter().all(|(_, n)| *n == 0),
+            "{:?}",
+            counters(&wallet, &runtime)
+        );
+        let group = runtime
+            .block_on(wallet.kv().hold("user-group:1:g:7", "b2"))
+            .expect("hold");
+        assert_eq!(
+            group,
+            Hold::Held { holders: 1 },
+            "the group hold was released"
+        );
     }
 }

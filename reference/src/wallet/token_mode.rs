@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
-use super::{IssueOutcome, IssueRequest, Reservation, ValidIssue, Wallet, WalletError, hex_bytes, replayed};
+use super::{
+    IssueOutcome, IssueRequest, Reservation, ValidIssue, Wallet, WalletError, hex_bytes, replayed,
+};
 use crate::clock::Millis;
 use crate::keys;
 use crate::kv::Kv;
@@ -52,22 +54,41 @@ impl IssuedToken {
 /// is the same before and after crediting.
 pub(crate) fn credit_of(facts: &TokenFacts) -> Credit {
     Credit {
-        account: AccountKey { child_id: facts.child_id, act_id: facts.act_id },
+        account: AccountKey {
+            child_id: facts.child_id,
+            act_id: facts.act_id,
+        },
         order_no: facts.order_no.clone(),
-        award: Award::Cash { amount_cents: facts.amount_cents },
+        award: Award::Cash {
+            amount_cents: facts.amount_cents,
+        },
         at_ms: facts.open_time_ms,
     }
 }
 
 /// Mark a token credited: status 8, and out of the inflight set. Best effort: a
 /// failure leaves it for the compensation scan, which finds the ledger idempotent.
-pub(crate) async fn mark_credited(kv: &dyn Kv, child_id: ChildId, order_no: &OrderNo, bytes: &[u8]) {
-    let _ignored = kv.put_status(&keys::token_status(child_id, &order_no.to_string()), STATUS_SUCCESS, None).await;
+pub(crate) async fn mark_credited(
+    kv: &dyn Kv,
+    child_id: ChildId,
+    order_no: &OrderNo,
+    bytes: &[u8],
+) {
+    let _ignored = kv
+        .put_status(
+            &keys::token_status(child_id, &order_no.to_string()),
+            STATUS_SUCCESS,
+            None,
+        )
+        .await;
     let _ignored = kv.inflight_remove(&keys::inflight(child_id), bytes).await;
 }
 
 fn same_award(a: &TokenFacts, b: &TokenFacts) -> bool {
-    a.act_id == b.act_id && a.child_id == b.child_id && a.award_id == b.award_id && a.amount_cents == b.amount_cents
+    a.act_id == b.act_id
+        && a.child_id == b.child_id
+        && a.award_id == b.award_id
+        && a.amount_cents == b.amount_cents
 }
 
 impl Wallet {
@@ -77,7 +98,9 @@ impl Wallet {
         request: &IssueRequest,
         now_ms: Millis,
     ) -> Result<IssueOutcome, WalletError> {
-        let keys = self.keys.clone().ok_or(WalletError::NoTokenKeys { scene_id: valid.scene.id })?;
+        let keys = self.keys.clone().ok_or(WalletError::NoTokenKeys {
+            scene_id: valid.scene.id,
+        })?;
         let child_id = valid.child.id;
         let order_text = valid.order_no.to_string();
         let record_key = keys::token_record(child_id, &order_text);
@@ -108,20 +131,32 @@ impl Wallet {
             Ok(None) => {}
             Ok(Some(reason)) => {
                 self.undo(reservations).await;
-                return Ok(IssueOutcome::Rejected { child_id: Some(child_id), reason });
+                return Ok(IssueOutcome::Rejected {
+                    child_id: Some(child_id),
+                    reason,
+                });
             }
             Err(e) => {
                 self.undo(reservations).await;
                 return Err(e.into());
             }
         }
-        let bytes = keys.sign(&facts).ok_or(WalletError::NoTokenKeys { scene_id: valid.scene.id })?;
+        let bytes = keys.sign(&facts).ok_or(WalletError::NoTokenKeys {
+            scene_id: valid.scene.id,
+        })?;
         let recorded = self
             .kv
-            .record_token(&record_key, &bytes, &keys::user_tokens(child_id, facts.act_id), &keys::pending(child_id))
+            .record_token(
+                &record_key,
+                &bytes,
+                &keys::user_tokens(child_id, facts.act_id),
+                &keys::pending(child_id),
+            )
             .await;
         match recorded {
-            Ok(None) => Ok(IssueOutcome::Accepted { token: IssuedToken::new(&facts, bytes) }),
+            Ok(None) => Ok(IssueOutcome::Accepted {
+                token: IssuedToken::new(&facts, bytes),
+            }),
             Ok(Some(existing)) => {
                 // Lost a race with a concurrent replay: theirs is the first outcome.
                 self.undo(reservations).await;
@@ -135,7 +170,11 @@ impl Wallet {
 
     /// The first answer for an order accepted as a token, if the token record can
     /// be read; `None` when there is none or the read fails (passive degrade).
-    pub(super) async fn earlier_token(&self, valid: &ValidIssue<'_>, request: &IssueRequest) -> Option<IssueOutcome> {
+    pub(super) async fn earlier_token(
+        &self,
+        valid: &ValidIssue<'_>,
+        request: &IssueRequest,
+    ) -> Option<IssueOutcome> {
         let keys = self.keys.clone()?;
         let record_key = keys::token_record(valid.child.id, &valid.order_no.to_string());
         let bytes = self.kv.bytes(&record_key).await.ok()??;
@@ -159,7 +198,12 @@ impl Wallet {
         bytes: Vec<u8>,
         asked: &TokenFacts,
     ) -> Result<IssueOutcome, WalletError> {
-        let first = keys.verify(&bytes).map_err(|error| WalletError::CorruptToken { key: record_key.to_owned(), error })?;
+        let first = keys
+            .verify(&bytes)
+            .map_err(|error| WalletError::CorruptToken {
+                key: record_key.to_owned(),
+                error,
+            })?;
         let token = IssuedToken::new(&first, bytes);
         Ok(if same_award(&first, asked) {
             IssueOutcome::DuplicateToken { token }

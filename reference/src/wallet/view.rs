@@ -47,8 +47,18 @@ pub struct FlowItem {
 
 impl FlowItem {
     /// Newest first; ties broken by kind and id so the order is total.
-    fn sort_key(&self) -> (std::cmp::Reverse<Millis>, std::cmp::Reverse<FlowKind>, std::cmp::Reverse<String>) {
-        (std::cmp::Reverse(self.at_ms), std::cmp::Reverse(self.kind), std::cmp::Reverse(self.id.clone()))
+    fn sort_key(
+        &self,
+    ) -> (
+        std::cmp::Reverse<Millis>,
+        std::cmp::Reverse<FlowKind>,
+        std::cmp::Reverse<String>,
+    ) {
+        (
+            std::cmp::Reverse(self.at_ms),
+            std::cmp::Reverse(self.kind),
+            std::cmp::Reverse(self.id.clone()),
+        )
     }
 }
 
@@ -101,7 +111,10 @@ impl Wallet {
             Ok(child) => child,
             Err(reason) => return Ok(Err(reason)),
         };
-        let account_key = AccountKey { child_id: child.id, act_id };
+        let account_key = AccountKey {
+            child_id: child.id,
+            act_id,
+        };
         // Token statuses first, ledger second: a token credited in between is then
         // counted twice (shows more) rather than not at all (shows less).
         let token_kv = self.switches.is_on(Switch::TokenKv);
@@ -109,8 +122,16 @@ impl Wallet {
         if let (Some(keys), true) = (&self.keys, token_kv) {
             let list_key = keys::user_tokens(child.id, act_id);
             for bytes in self.kv.list_range(&list_key, LIST_RANGE_MAX).await? {
-                let facts = keys.verify(&bytes).map_err(|error| WalletError::CorruptToken { key: list_key.clone(), error })?;
-                let status = self.kv.status(&keys::token_status(child.id, &facts.order_no.to_string())).await?;
+                let facts = keys
+                    .verify(&bytes)
+                    .map_err(|error| WalletError::CorruptToken {
+                        key: list_key.clone(),
+                        error,
+                    })?;
+                let status = self
+                    .kv
+                    .status(&keys::token_status(child.id, &facts.order_no.to_string()))
+                    .await?;
                 if status != Some(STATUS_SUCCESS) {
                     candidates.push(facts);
                 }
@@ -122,38 +143,70 @@ impl Wallet {
         let mut page_cursor: Option<Cursor> = None;
         let mut read = 0usize;
         loop {
-            let page = self.ledger.history(account_key, page_cursor, HISTORY_PAGE_LIMIT_MAX).await?;
+            let page = self
+                .ledger
+                .history(account_key, page_cursor, HISTORY_PAGE_LIMIT_MAX)
+                .await?;
             read += page.entries.len();
             for entry in page.entries {
                 match entry.kind {
                     EntryKind::Credit { order_no, award } => {
                         if award.cash_cents() > 0 {
-                            flow.push(FlowItem { at_ms: entry.at_ms, kind: FlowKind::Credited, id: order_no.to_string(), amount_cents: award.cash_cents() as i64 });
+                            flow.push(FlowItem {
+                                at_ms: entry.at_ms,
+                                kind: FlowKind::Credited,
+                                id: order_no.to_string(),
+                                amount_cents: award.cash_cents() as i64,
+                            });
                         }
                         credited.insert(order_no);
                     }
-                    EntryKind::Withdrawal { withdraw_no, amount_cents } => {
-                        flow.push(FlowItem { at_ms: entry.at_ms, kind: FlowKind::Withdrawal, id: withdraw_no, amount_cents: -(amount_cents as i64) });
+                    EntryKind::Withdrawal {
+                        withdraw_no,
+                        amount_cents,
+                    } => {
+                        flow.push(FlowItem {
+                            at_ms: entry.at_ms,
+                            kind: FlowKind::Withdrawal,
+                            id: withdraw_no,
+                            amount_cents: -(amount_cents as i64),
+                        });
                     }
                 }
             }
             match page.next {
                 Some(next) if read < FLOW_ENTRIES_MAX => page_cursor = Some(next),
-                Some(_) => return Err(WalletError::Ledger(crate::ledger::LedgerError::Misuse(format!(
-                    "user {act_id} has more than {FLOW_ENTRIES_MAX} ledger entries; the view does not truncate silently"
-                )))),
+                Some(_) => {
+                    return Err(WalletError::Ledger(crate::ledger::LedgerError::Misuse(
+                        format!(
+                            "user {act_id} has more than {FLOW_ENTRIES_MAX} ledger entries; the view does not truncate silently"
+                        ),
+                    )));
+                }
                 None => break,
             }
         }
         let mut pending_cents = 0u64;
         let mut pending_tokens = 0u32;
-        for facts in candidates.into_iter().filter(|f| !credited.contains(&f.order_no)) {
+        for facts in candidates
+            .into_iter()
+            .filter(|f| !credited.contains(&f.order_no))
+        {
             pending_cents = pending_cents.saturating_add(facts.amount_cents);
             pending_tokens += 1;
-            flow.push(FlowItem { at_ms: facts.open_time_ms, kind: FlowKind::Pending, id: facts.order_no.to_string(), amount_cents: facts.amount_cents as i64 });
+            flow.push(FlowItem {
+                at_ms: facts.open_time_ms,
+                kind: FlowKind::Pending,
+                id: facts.order_no.to_string(),
+                amount_cents: facts.amount_cents as i64,
+            });
         }
         let flow_on = self.switches.is_on(Switch::FlowList);
-        let (flow, next) = if flow_on { page_of(flow, cursor, limit) } else { (Vec::new(), None) };
+        let (flow, next) = if flow_on {
+            page_of(flow, cursor, limit)
+        } else {
+            (Vec::new(), None)
+        };
         Ok(Ok(WalletView {
             child_id: child.id,
             act_id,
@@ -169,19 +222,35 @@ impl Wallet {
     }
 }
 
-fn page_of(mut flow: Vec<FlowItem>, cursor: Option<FlowCursor>, limit: usize) -> (Vec<FlowItem>, Option<FlowCursor>) {
+fn page_of(
+    mut flow: Vec<FlowItem>,
+    cursor: Option<FlowCursor>,
+    limit: usize,
+) -> (Vec<FlowItem>, Option<FlowCursor>) {
     let limit = limit.clamp(1, HISTORY_PAGE_LIMIT_MAX);
     flow.sort_by_key(FlowItem::sort_key);
     let start = match cursor {
         None => 0,
         Some(c) => {
-            let after = FlowItem { at_ms: c.at_ms, kind: c.kind, id: c.id, amount_cents: 0 }.sort_key();
+            let after = FlowItem {
+                at_ms: c.at_ms,
+                kind: c.kind,
+                id: c.id,
+                amount_cents: 0,
+            }
+            .sort_key();
             flow.partition_point(|item| item.sort_key() <= after)
         }
     };
     let page: Vec<FlowItem> = flow.iter().skip(start).take(limit).cloned().collect();
     let next = (start + page.len() < flow.len())
-        .then(|| page.last().map(|last| FlowCursor { at_ms: last.at_ms, kind: last.kind, id: last.id.clone() }))
+        .then(|| {
+            page.last().map(|last| FlowCursor {
+                at_ms: last.at_ms,
+                kind: last.kind,
+                id: last.id.clone(),
+            })
+        })
         .flatten();
     (page, next)
 }

@@ -115,16 +115,47 @@ pub struct CreditWorker {
 
 impl CreditWorker {
     /// A worker over the wallet's stores; `keys` verifies server-side token copies.
-    pub fn new(tree: Arc<ActivityTree>, ledger: Arc<dyn Ledger>, kv: Arc<dyn Kv>, keys: Arc<KeyRing>, config: WorkerConfig) -> Self {
-        assert!(config.batch_max > 0 && config.batch_max <= CREDIT_BATCH_MAX.min(QUEUE_POP_MAX), "batch_max out of range");
-        assert!(config.backoff_min_ms > 0 && config.backoff_min_ms <= config.backoff_max_ms, "backoff range");
-        Self { tree, ledger, kv, keys, config, bucket_milli: 0, bucket_at_ms: None, next_scan_ms: 0, retry: None, crash_at: None, crashed_at: None, next_child: 0 }
+    pub fn new(
+        tree: Arc<ActivityTree>,
+        ledger: Arc<dyn Ledger>,
+        kv: Arc<dyn Kv>,
+        keys: Arc<KeyRing>,
+        config: WorkerConfig,
+    ) -> Self {
+        assert!(
+            config.batch_max > 0 && config.batch_max <= CREDIT_BATCH_MAX.min(QUEUE_POP_MAX),
+            "batch_max out of range"
+        );
+        assert!(
+            config.backoff_min_ms > 0 && config.backoff_min_ms <= config.backoff_max_ms,
+            "backoff range"
+        );
+        Self {
+            tree,
+            ledger,
+            kv,
+            keys,
+            config,
+            bucket_milli: 0,
+            bucket_at_ms: None,
+            next_scan_ms: 0,
+            retry: None,
+            crash_at: None,
+            crashed_at: None,
+            next_child: 0,
+        }
     }
 
     /// A worker sharing `wallet`'s stores and keys.
     pub fn for_wallet(wallet: &wallet::Wallet, config: WorkerConfig) -> Option<Self> {
         let keys = wallet.keys()?.clone();
-        Some(Self::new(Arc::new(wallet.tree().clone()), wallet.ledger().clone(), wallet.kv().clone(), keys, config))
+        Some(Self::new(
+            Arc::new(wallet.tree().clone()),
+            wallet.ledger().clone(),
+            wallet.kv().clone(),
+            keys,
+            config,
+        ))
     }
 
     /// Make the next tick stop at `point` (once).
@@ -164,7 +195,8 @@ impl CreditWorker {
         // The bucket starts empty: no one-second window ever exceeds `credit_tps`.
         let elapsed = self.bucket_at_ms.map_or(0, |at| now_ms.saturating_sub(at));
         // credit_tps per second = credit_tps milli-credits per millisecond.
-        self.bucket_milli = (self.bucket_milli + elapsed.saturating_mul(self.config.credit_tps)).min(capacity_milli);
+        self.bucket_milli = (self.bucket_milli + elapsed.saturating_mul(self.config.credit_tps))
+            .min(capacity_milli);
         self.bucket_at_ms = Some(now_ms);
     }
 
@@ -172,7 +204,9 @@ impl CreditWorker {
         if self.config.credit_tps == 0 {
             return self.config.batch_max;
         }
-        usize::try_from(self.bucket_milli / 1000).unwrap_or(usize::MAX).min(self.config.batch_max)
+        usize::try_from(self.bucket_milli / 1000)
+            .unwrap_or(usize::MAX)
+            .min(self.config.batch_max)
     }
 
     fn take(&mut self, n: usize) {
@@ -182,7 +216,10 @@ impl CreditWorker {
     }
 
     fn child_ids(&self) -> Vec<ChildId> {
-        self.tree.activities().flat_map(|a| a.children.iter().map(|c| c.id)).collect()
+        self.tree
+            .activities()
+            .flat_map(|a| a.children.iter().map(|c| c.id))
+            .collect()
     }
 
     /// Tokens waiting in pending queues and inflight sets, over all children.
@@ -208,7 +245,8 @@ impl CreditWorker {
                 self.retry = Some(retry);
                 return Ok(report);
             }
-            self.credit(retry.batch, Some(retry.backoff_ms), now_ms, &mut report).await?;
+            self.credit(retry.batch, Some(retry.backoff_ms), now_ms, &mut report)
+                .await?;
             return Ok(report);
         }
         let mut batch = Vec::new();
@@ -219,9 +257,23 @@ impl CreditWorker {
                 break;
             }
             let child_id = children[(self.next_child + step) % children.len()];
-            let claimed = self.kv.queue_claim(&keys::pending(child_id), &keys::inflight(child_id), want, now_ms).await?;
+            let claimed = self
+                .kv
+                .queue_claim(
+                    &keys::pending(child_id),
+                    &keys::inflight(child_id),
+                    want,
+                    now_ms,
+                )
+                .await?;
             for bytes in claimed {
-                let facts = self.keys.verify(&bytes).map_err(|error| WalletError::CorruptToken { key: keys::pending(child_id), error })?;
+                let facts =
+                    self.keys
+                        .verify(&bytes)
+                        .map_err(|error| WalletError::CorruptToken {
+                            key: keys::pending(child_id),
+                            error,
+                        })?;
                 batch.push((child_id, facts, bytes));
             }
         }
@@ -252,11 +304,15 @@ impl CreditWorker {
             match self.kv.status(&status_key).await? {
                 // Force-credited on withdraw (or by another worker) meanwhile.
                 Some(STATUS_SUCCESS) => {
-                    self.kv.inflight_remove(&keys::inflight(child_id), &bytes).await?;
+                    self.kv
+                        .inflight_remove(&keys::inflight(child_id), &bytes)
+                        .await?;
                     report.already_credited += 1;
                 }
                 _ => {
-                    self.kv.put_status(&status_key, STATUS_PROCESSING, None).await?;
+                    self.kv
+                        .put_status(&status_key, STATUS_PROCESSING, None)
+                        .await?;
                     todo.push((child_id, facts, bytes));
                 }
             }
@@ -268,7 +324,10 @@ impl CreditWorker {
         if todo.is_empty() {
             return Ok(());
         }
-        let credits: Vec<_> = todo.iter().map(|(_, facts, _)| wallet::token_credit(facts)).collect();
+        let credits: Vec<_> = todo
+            .iter()
+            .map(|(_, facts, _)| wallet::token_credit(facts))
+            .collect();
         match self.ledger.credit_batch(&credits).await {
             Ok(outcomes) => {
                 if self.crashes_at(CrashPoint::AfterCredit) {
@@ -281,7 +340,13 @@ impl CreditWorker {
                         CreditOutcome::Duplicate { .. } => report.already_credited += 1,
                         CreditOutcome::Conflict { .. } => report.conflicts += 1,
                     }
-                    wallet::token_mark_credited(self.kv.as_ref(), *child_id, &facts.order_no, bytes).await;
+                    wallet::token_mark_credited(
+                        self.kv.as_ref(),
+                        *child_id,
+                        &facts.order_no,
+                        bytes,
+                    )
+                    .await;
                 }
             }
             Err(_) => {
@@ -289,28 +354,57 @@ impl CreditWorker {
                 let backoff_ms = last_backoff_ms
                     .map_or(self.config.backoff_min_ms, |b| b.saturating_mul(2))
                     .min(self.config.backoff_max_ms);
-                self.retry = Some(Retry { batch: todo, next_at_ms: now_ms + backoff_ms, backoff_ms });
+                self.retry = Some(Retry {
+                    batch: todo,
+                    next_at_ms: now_ms + backoff_ms,
+                    backoff_ms,
+                });
             }
         }
         Ok(())
     }
 
     /// Re-queue tokens claimed before `now - processing_timeout` and not credited.
-    async fn compensate(&mut self, now_ms: Millis, report: &mut TickReport) -> Result<(), WalletError> {
+    async fn compensate(
+        &mut self,
+        now_ms: Millis,
+        report: &mut TickReport,
+    ) -> Result<(), WalletError> {
         let due_ms = now_ms.saturating_sub(self.config.processing_timeout_ms);
-        let retrying: Vec<Vec<u8>> = self.retry.iter().flat_map(|r| r.batch.iter().map(|(_, _, b)| b.clone())).collect();
+        let retrying: Vec<Vec<u8>> = self
+            .retry
+            .iter()
+            .flat_map(|r| r.batch.iter().map(|(_, _, b)| b.clone()))
+            .collect();
         for child_id in self.child_ids() {
             let inflight = keys::inflight(child_id);
-            for bytes in self.kv.inflight_due(&inflight, due_ms, LIST_RANGE_MAX).await? {
+            for bytes in self
+                .kv
+                .inflight_due(&inflight, due_ms, LIST_RANGE_MAX)
+                .await?
+            {
                 if retrying.contains(&bytes) {
                     continue; // this worker still owns it
                 }
-                let facts = self.keys.verify(&bytes).map_err(|error| WalletError::CorruptToken { key: inflight.clone(), error })?;
+                let facts =
+                    self.keys
+                        .verify(&bytes)
+                        .map_err(|error| WalletError::CorruptToken {
+                            key: inflight.clone(),
+                            error,
+                        })?;
                 let order_no: &OrderNo = &facts.order_no;
-                if self.kv.status(&keys::token_status(child_id, &order_no.to_string())).await? != Some(STATUS_SUCCESS) {
+                if self
+                    .kv
+                    .status(&keys::token_status(child_id, &order_no.to_string()))
+                    .await?
+                    != Some(STATUS_SUCCESS)
+                {
                     // Queue first, then drop from inflight: a crash in between
                     // leaves a duplicate queue entry, which crediting tolerates.
-                    self.kv.queue_push(&keys::pending(child_id), &bytes, None).await?;
+                    self.kv
+                        .queue_push(&keys::pending(child_id), &bytes, None)
+                        .await?;
                     report.requeued += 1;
                 }
                 self.kv.inflight_remove(&inflight, &bytes).await?;

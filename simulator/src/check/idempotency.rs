@@ -17,7 +17,10 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
             EntryKind::Credit { order_no, .. } => format!("order {order_no}"),
             EntryKind::Withdrawal { withdraw_no, .. } => format!("withdraw {withdraw_no}"),
         };
-        postings.entry((entry.account.child_id, key)).or_default().push(entry.seq);
+        postings
+            .entry((entry.account.child_id, key))
+            .or_default()
+            .push(entry.seq);
     }
     for ((child_id, key), seqs) in &postings {
         if seqs.len() > 1 {
@@ -32,22 +35,39 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
     let mut answers: BTreeMap<(u64, String), (u64, usize)> = BTreeMap::new();
     for event in &history.events {
         let (entry, first_time, key) = match event {
-            Event::Issue { outcome: IssueOutcome::Issued { entry }, request, .. } => (entry, true, format!("order {}", request.order_no)),
-            Event::Issue { outcome: IssueOutcome::Duplicate { entry }, request, .. } => (entry, false, format!("order {}", request.order_no)),
-            Event::Withdraw { outcome: WithdrawOutcome::Withdrawn { entry, .. }, request, .. } => {
-                (entry, true, format!("withdraw {}", request.withdraw_no))
-            }
-            Event::Withdraw { outcome: WithdrawOutcome::Duplicate { entry }, request, .. } => {
-                (entry, false, format!("withdraw {}", request.withdraw_no))
-            }
+            Event::Issue {
+                outcome: IssueOutcome::Issued { entry },
+                request,
+                ..
+            } => (entry, true, format!("order {}", request.order_no)),
+            Event::Issue {
+                outcome: IssueOutcome::Duplicate { entry },
+                request,
+                ..
+            } => (entry, false, format!("order {}", request.order_no)),
+            Event::Withdraw {
+                outcome: WithdrawOutcome::Withdrawn { entry, .. },
+                request,
+                ..
+            } => (entry, true, format!("withdraw {}", request.withdraw_no)),
+            Event::Withdraw {
+                outcome: WithdrawOutcome::Duplicate { entry },
+                request,
+                ..
+            } => (entry, false, format!("withdraw {}", request.withdraw_no)),
             _ => continue,
         };
-        let slot = answers.entry((entry.account.child_id, key.clone())).or_insert((entry.seq, 0));
+        let slot = answers
+            .entry((entry.account.child_id, key.clone()))
+            .or_insert((entry.seq, 0));
         if slot.0 != entry.seq {
             found.push(violation(
                 Invariant::I1Idempotency,
                 format!("child {} {key}", entry.account.child_id),
-                format!("answered with entry {} after entry {}: a replay must return the first outcome", entry.seq, slot.0),
+                format!(
+                    "answered with entry {} after entry {}: a replay must return the first outcome",
+                    entry.seq, slot.0
+                ),
             ));
         }
         if first_time {
@@ -71,12 +91,20 @@ fn check_tokens(history: &History, found: &mut Vec<Violation>) {
     let mut first: BTreeMap<(u64, String), (&[u8], usize)> = BTreeMap::new();
     for event in &history.events {
         let (token, fresh) = match event {
-            Event::Issue { outcome: IssueOutcome::Accepted { token }, .. } => (token, true),
-            Event::Issue { outcome: IssueOutcome::DuplicateToken { token }, .. } => (token, false),
+            Event::Issue {
+                outcome: IssueOutcome::Accepted { token },
+                ..
+            } => (token, true),
+            Event::Issue {
+                outcome: IssueOutcome::DuplicateToken { token },
+                ..
+            } => (token, false),
             _ => continue,
         };
         let key = (token.child_id, token.order_no.to_string());
-        let slot = first.entry(key.clone()).or_insert((token.bytes.as_slice(), 0));
+        let slot = first
+            .entry(key.clone())
+            .or_insert((token.bytes.as_slice(), 0));
         if slot.0 != token.bytes.as_slice() {
             found.push(violation(
                 Invariant::I1Idempotency,

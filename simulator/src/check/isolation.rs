@@ -14,31 +14,65 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
     let mut found = Vec::new();
     for event in &history.events {
         let (at_ms, activity_id, landed, what) = match event {
-            Event::Issue { at_ms, request, outcome } => {
+            Event::Issue {
+                at_ms,
+                request,
+                outcome,
+            } => {
                 let landed = match outcome {
-                    IssueOutcome::Issued { entry } | IssueOutcome::Duplicate { entry } => Some(entry.account.child_id),
+                    IssueOutcome::Issued { entry } | IssueOutcome::Duplicate { entry } => {
+                        Some(entry.account.child_id)
+                    }
                     IssueOutcome::Conflict { first } => Some(first.account.child_id),
                     IssueOutcome::Rejected { child_id, .. } => *child_id,
-                    IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } => Some(token.child_id),
+                    IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } => {
+                        Some(token.child_id)
+                    }
                     IssueOutcome::TokenConflict { first } => Some(first.child_id),
                 };
-                (*at_ms, request.activity_id, landed, format!("order {}", request.order_no))
+                (
+                    *at_ms,
+                    request.activity_id,
+                    landed,
+                    format!("order {}", request.order_no),
+                )
             }
-            Event::Withdraw { at_ms, request, outcome } => {
+            Event::Withdraw {
+                at_ms,
+                request,
+                outcome,
+            } => {
                 let landed = match outcome {
-                    WithdrawOutcome::Withdrawn { entry, .. } | WithdrawOutcome::Duplicate { entry } => Some(entry.account.child_id),
+                    WithdrawOutcome::Withdrawn { entry, .. }
+                    | WithdrawOutcome::Duplicate { entry } => Some(entry.account.child_id),
                     WithdrawOutcome::Conflict { first } => Some(first.account.child_id),
                     WithdrawOutcome::Rejected { child_id, .. } => *child_id,
                 };
-                (*at_ms, request.activity_id, landed, format!("withdraw {}", request.withdraw_no))
+                (
+                    *at_ms,
+                    request.activity_id,
+                    landed,
+                    format!("withdraw {}", request.withdraw_no),
+                )
             }
-            Event::View { at_ms, activity_id, act_id, view } => {
-                (*at_ms, *activity_id, Some(view.child_id), format!("view of user {act_id}"))
-            }
+            Event::View {
+                at_ms,
+                activity_id,
+                act_id,
+                view,
+            } => (
+                *at_ms,
+                *activity_id,
+                Some(view.child_id),
+                format!("view of user {act_id}"),
+            ),
             Event::Switch { .. } | Event::WorkerCrash { .. } => continue,
         };
         let Some(landed) = landed else { continue };
-        let open = tree.activity(activity_id).and_then(|a| a.child_at(at_ms)).map(|c| c.id);
+        let open = tree
+            .activity(activity_id)
+            .and_then(|a| a.child_at(at_ms))
+            .map(|c| c.id);
         if open != Some(landed) {
             found.push(violation(
                 Invariant::I6Isolation,
@@ -50,14 +84,21 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
     for entry in &state.ledger.entries {
         let child_id = entry.account.child_id;
         let Some((activity, child)) = tree.child(child_id) else {
-            found.push(violation(Invariant::I6Isolation, format!("entry {}", entry.seq), format!("child {child_id} is not configured")));
+            found.push(violation(
+                Invariant::I6Isolation,
+                format!("entry {}", entry.seq),
+                format!("child {child_id} is not configured"),
+            ));
             continue;
         };
         if !(child.start_ms <= entry.at_ms && entry.at_ms < child.end_ms) {
             found.push(violation(
                 Invariant::I6Isolation,
                 format!("entry {}", entry.seq),
-                format!("posted at {} ms into child {child_id}, whose window is {}..{} ms", entry.at_ms, child.start_ms, child.end_ms),
+                format!(
+                    "posted at {} ms into child {child_id}, whose window is {}..{} ms",
+                    entry.at_ms, child.start_ms, child.end_ms
+                ),
             ));
         }
         if let EntryKind::Credit { order_no, .. } = &entry.kind {
@@ -65,14 +106,20 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                 found.push(violation(
                     Invariant::I6Isolation,
                     format!("entry {} order {order_no}", entry.seq),
-                    format!("credited to user {} instead of {}", entry.account.act_id, order_no.act_id),
+                    format!(
+                        "credited to user {} instead of {}",
+                        entry.account.act_id, order_no.act_id
+                    ),
                 ));
             }
             if !activity.scenes.contains_key(&order_no.scene_id) {
                 found.push(violation(
                     Invariant::I6Isolation,
                     format!("entry {} order {order_no}", entry.seq),
-                    format!("scene {} does not belong to activity {}", order_no.scene_id, activity.id),
+                    format!(
+                        "scene {} does not belong to activity {}",
+                        order_no.scene_id, activity.id
+                    ),
                 ));
             }
         }

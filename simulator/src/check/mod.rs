@@ -93,16 +93,36 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}: {}", self.invariant.id(), self.invariant.name(), self.culprit, self.detail)
+        write!(
+            f,
+            "{} {}: {}: {}",
+            self.invariant.id(),
+            self.invariant.name(),
+            self.culprit,
+            self.detail
+        )
     }
 }
 
-fn violation(invariant: Invariant, culprit: impl fmt::Display, detail: impl Into<String>) -> Violation {
-    Violation { invariant, culprit: culprit.to_string(), detail: detail.into() }
+fn violation(
+    invariant: Invariant,
+    culprit: impl fmt::Display,
+    detail: impl Into<String>,
+) -> Violation {
+    Violation {
+        invariant,
+        culprit: culprit.to_string(),
+        detail: detail.into(),
+    }
 }
 
 /// Run one checker.
-pub fn check(invariant: Invariant, tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
+pub fn check(
+    invariant: Invariant,
+    tree: &ActivityTree,
+    history: &History,
+    state: &FinalState,
+) -> Vec<Violation> {
     match invariant {
         Invariant::I1Idempotency => idempotency::check(history, state),
         Invariant::I2NoOverIssue => over_issue::check(tree, state),
@@ -116,5 +136,8 @@ pub fn check(invariant: Invariant, tree: &ActivityTree, history: &History, state
 
 /// Run every checker; violations in invariant order.
 pub fn check_all(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
-    Invariant::CHECKED.into_iter().flat_map(|i| check(i, tree, history, state)).collect()
+    Invariant::CHECKED
+        .into_iter()
+        .flat_map(|i| check(i, tree, history, state))
+        .collect()
 }

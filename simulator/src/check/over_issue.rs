@@ -18,9 +18,13 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
     let mut per_user_batch: BTreeMap<(u64, u64, String), u64> = BTreeMap::new();
     let mut per_user_group: BTreeMap<(u64, u64, String), BTreeSet<String>> = BTreeMap::new();
     for entry in &state.ledger.entries {
-        let EntryKind::Credit { order_no, award } = &entry.kind else { continue };
+        let EntryKind::Credit { order_no, award } = &entry.kind else {
+            continue;
+        };
         // An entry of an unknown child is I6's to report.
-        let Some((activity, _)) = tree.child(entry.account.child_id) else { continue };
+        let Some((activity, _)) = tree.child(entry.account.child_id) else {
+            continue;
+        };
         let (child_id, act_id) = (entry.account.child_id, entry.account.act_id);
         match award {
             Award::Cash { amount_cents } => {
@@ -29,42 +33,71 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
                     found.push(violation(
                         Invariant::I2NoOverIssue,
                         format!("child {child_id} order {order_no}"),
-                        format!("{amount_cents} cents is over the per-transaction cap of {} cents", activity.per_txn_cap_cents),
+                        format!(
+                            "{amount_cents} cents is over the per-transaction cap of {} cents",
+                            activity.per_txn_cap_cents
+                        ),
                     ));
                 }
             }
             Award::Coupon { template_id, batch } => {
                 *coupons.entry((child_id, *template_id)).or_default() += 1;
-                *per_user_batch.entry((child_id, act_id, batch.clone())).or_default() += 1;
-                if let Some(group) = activity.coupon_template(*template_id).and_then(|c| c.group.clone()) {
-                    per_user_group.entry((child_id, act_id, group)).or_default().insert(batch.clone());
+                *per_user_batch
+                    .entry((child_id, act_id, batch.clone()))
+                    .or_default() += 1;
+                if let Some(group) = activity
+                    .coupon_template(*template_id)
+                    .and_then(|c| c.group.clone())
+                {
+                    per_user_group
+                        .entry((child_id, act_id, group))
+                        .or_default()
+                        .insert(batch.clone());
                 }
             }
             Award::Pendant { .. } => {}
         }
     }
     for (child_id, total) in &cash {
-        let Some((_, child)) = tree.child(*child_id) else { continue };
+        let Some((_, child)) = tree.child(*child_id) else {
+            continue;
+        };
         if *total > child.budget_cents {
             found.push(violation(
                 Invariant::I2NoOverIssue,
                 format!("child {child_id} budget"),
-                format!("{total} cents credited, budget is {} cents", child.budget_cents),
+                format!(
+                    "{total} cents credited, budget is {} cents",
+                    child.budget_cents
+                ),
             ));
         }
-        let consumed = state.counters.get(&keys::budget(*child_id)).copied().unwrap_or(0);
+        let consumed = state
+            .counters
+            .get(&keys::budget(*child_id))
+            .copied()
+            .unwrap_or(0);
         if consumed > i64::try_from(child.budget_cents).unwrap_or(i64::MAX) {
             found.push(violation(
                 Invariant::I2NoOverIssue,
                 format!("kv {}", keys::budget(*child_id)),
-                format!("budget counter {consumed} is over the budget of {} cents", child.budget_cents),
+                format!(
+                    "budget counter {consumed} is over the budget of {} cents",
+                    child.budget_cents
+                ),
             ));
         }
     }
     for ((child_id, template_id), issued) in &coupons {
-        let Some((activity, _)) = tree.child(*child_id) else { continue };
+        let Some((activity, _)) = tree.child(*child_id) else {
+            continue;
+        };
         let Some(coupon) = activity.coupon_template(*template_id) else {
-            found.push(violation(Invariant::I2NoOverIssue, format!("child {child_id} template {template_id}"), "coupon of a template that is not configured"));
+            found.push(violation(
+                Invariant::I2NoOverIssue,
+                format!("child {child_id} template {template_id}"),
+                "coupon of a template that is not configured",
+            ));
             continue;
         };
         let stock_controlled = activity.scenes.values().any(|s| s.stock_control && s.award_ids.iter().any(|id| {
@@ -79,8 +112,13 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
         }
     }
     for ((child_id, act_id, batch), held) in &per_user_batch {
-        let Some((activity, _)) = tree.child(*child_id) else { continue };
-        let limit = activity.coupons().find(|c| c.batch == *batch).map_or(0, |c| c.per_user_limit);
+        let Some((activity, _)) = tree.child(*child_id) else {
+            continue;
+        };
+        let limit = activity
+            .coupons()
+            .find(|c| c.batch == *batch)
+            .map_or(0, |c| c.per_user_limit);
         if *held > u64::from(limit) {
             found.push(violation(
                 Invariant::I2NoOverIssue,
@@ -107,7 +145,10 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
                     found.push(violation(
                         Invariant::I2NoOverIssue,
                         format!("kv {key}"),
-                        format!("stock counter {consumed} is over the stock of {}", coupon.stock),
+                        format!(
+                            "stock counter {consumed} is over the stock of {}",
+                            coupon.stock
+                        ),
                     ));
                 }
             }

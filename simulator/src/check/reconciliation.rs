@@ -20,8 +20,14 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
     let mut told: Vec<&Entry> = Vec::new();
     for event in &history.events {
         let entry = match event {
-            Event::Issue { outcome: IssueOutcome::Issued { entry }, .. } => entry,
-            Event::Withdraw { outcome: WithdrawOutcome::Withdrawn { entry, .. }, .. } => entry,
+            Event::Issue {
+                outcome: IssueOutcome::Issued { entry },
+                ..
+            } => entry,
+            Event::Withdraw {
+                outcome: WithdrawOutcome::Withdrawn { entry, .. },
+                ..
+            } => entry,
             _ => continue,
         };
         told.push(entry);
@@ -31,13 +37,24 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
     // Accepted tokens, by (child, order number): what the worker must credit.
     let mut accepted: BTreeMap<(u64, String), (u64, u64)> = BTreeMap::new();
     for event in &history.events {
-        if let Event::Issue { outcome: IssueOutcome::Accepted { token }, .. } = event {
-            accepted.insert((token.child_id, token.order_no.to_string()), (token.act_id, token.amount_cents));
+        if let Event::Issue {
+            outcome: IssueOutcome::Accepted { token },
+            ..
+        } = event
+        {
+            accepted.insert(
+                (token.child_id, token.order_no.to_string()),
+                (token.act_id, token.amount_cents),
+            );
         }
     }
     let mut credited_tokens: BTreeMap<(u64, String), (u64, u64)> = BTreeMap::new();
     for entry in &state.ledger.entries {
-        if let EntryKind::Credit { order_no, award: Award::Cash { amount_cents } } = &entry.kind {
+        if let EntryKind::Credit {
+            order_no,
+            award: Award::Cash { amount_cents },
+        } = &entry.kind
+        {
             let key = (entry.account.child_id, order_no.to_string());
             if accepted.contains_key(&key) {
                 credited_tokens.insert(key, (entry.account.act_id, *amount_cents));
@@ -51,7 +68,10 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
             Some(got) => found.push(violation(
                 Invariant::I4Reconciliation,
                 format!("child {} order {}", key.0, key.1),
-                format!("token for user {} of {} cents credited as user {} of {} cents", expected.0, expected.1, got.0, got.1),
+                format!(
+                    "token for user {} of {} cents credited as user {} of {} cents",
+                    expected.0, expected.1, got.0, got.1
+                ),
             )),
             None if backlog == 0 => found.push(violation(
                 Invariant::I4Reconciliation,
@@ -65,7 +85,9 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
         found.push(violation(
             Invariant::I4Reconciliation,
             "token backlog",
-            format!("{backlog} token(s) still pending or inflight at the end: the worker did not drain"),
+            format!(
+                "{backlog} token(s) still pending or inflight at the end: the worker did not drain"
+            ),
         ));
     }
     for entry in &told {
@@ -86,7 +108,9 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
     }
     for (seq, entry) in &posted {
         let token_credit = match &entry.kind {
-            EntryKind::Credit { order_no, .. } => credited_tokens.contains_key(&(entry.account.child_id, order_no.to_string())),
+            EntryKind::Credit { order_no, .. } => {
+                credited_tokens.contains_key(&(entry.account.child_id, order_no.to_string()))
+            }
             EntryKind::Withdrawal { .. } => false,
         };
         if !told_seqs.contains(seq) && !token_credit {
@@ -102,7 +126,9 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
 
 fn describe(entry: &Entry) -> String {
     match &entry.kind {
-        reference::ledger::EntryKind::Credit { order_no, .. } => format!("child {} order {order_no}", entry.account.child_id),
+        reference::ledger::EntryKind::Credit { order_no, .. } => {
+            format!("child {} order {order_no}", entry.account.child_id)
+        }
         reference::ledger::EntryKind::Withdrawal { withdraw_no, .. } => {
             format!("child {} withdraw {withdraw_no}", entry.account.child_id)
         }

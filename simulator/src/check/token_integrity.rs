@@ -21,12 +21,32 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
     let mut legit: BTreeSet<(u64, String, u64, u64)> = BTreeSet::new();
     for event in &history.events {
         match event {
-            Event::Issue { outcome: IssueOutcome::Accepted { token }, .. } => {
-                legit.insert((token.child_id, token.order_no.to_string(), token.act_id, token.amount_cents));
+            Event::Issue {
+                outcome: IssueOutcome::Accepted { token },
+                ..
+            } => {
+                legit.insert((
+                    token.child_id,
+                    token.order_no.to_string(),
+                    token.act_id,
+                    token.amount_cents,
+                ));
             }
-            Event::Issue { outcome: IssueOutcome::Issued { entry }, .. } => {
-                if let EntryKind::Credit { order_no, award: Award::Cash { amount_cents } } = &entry.kind {
-                    legit.insert((entry.account.child_id, order_no.to_string(), entry.account.act_id, *amount_cents));
+            Event::Issue {
+                outcome: IssueOutcome::Issued { entry },
+                ..
+            } => {
+                if let EntryKind::Credit {
+                    order_no,
+                    award: Award::Cash { amount_cents },
+                } = &entry.kind
+                {
+                    legit.insert((
+                        entry.account.child_id,
+                        order_no.to_string(),
+                        entry.account.act_id,
+                        *amount_cents,
+                    ));
                 }
             }
             _ => {}
@@ -37,40 +57,68 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
         .entries
         .iter()
         .filter_map(|e| match &e.kind {
-            EntryKind::Credit { order_no, award: Award::Cash { amount_cents } } => {
-                Some(((e.account.child_id, order_no.to_string()), (e.account.act_id, *amount_cents)))
-            }
+            EntryKind::Credit {
+                order_no,
+                award: Award::Cash { amount_cents },
+            } => Some((
+                (e.account.child_id, order_no.to_string()),
+                (e.account.act_id, *amount_cents),
+            )),
             _ => None,
         })
         .collect();
     let mut force_credit_on = true;
     for event in &history.events {
-        if let Event::Switch { switch: Switch::ForceCreditOnWithdraw, on, .. } = event {
+        if let Event::Switch {
+            switch: Switch::ForceCreditOnWithdraw,
+            on,
+            ..
+        } = event
+        {
             force_credit_on = *on;
         }
-        let Event::Withdraw { at_ms, request, outcome } = event else { continue };
+        let Event::Withdraw {
+            at_ms,
+            request,
+            outcome,
+        } = event
+        else {
+            continue;
+        };
         // Refusals are listed only by a withdraw that reached force-credit: one
         // turned away before it (gate, lock, bad input, no child) or with
         // force-credit switched off never looked at the copies.
         let refused: Option<BTreeSet<usize>> = match outcome {
             WithdrawOutcome::Withdrawn { force, .. }
-            | WithdrawOutcome::Rejected { reason: Rejection::InsufficientBalance { .. }, force, .. }
-                if force_credit_on =>
-            {
-                Some(force.rejected_tokens.iter().map(|(i, _)| *i).collect())
-            }
+            | WithdrawOutcome::Rejected {
+                reason: Rejection::InsufficientBalance { .. },
+                force,
+                ..
+            } if force_credit_on => Some(force.rejected_tokens.iter().map(|(i, _)| *i).collect()),
             _ => None,
         };
         for (index, bytes) in request.client_tokens.iter().enumerate() {
-            let Err(error) = verify_with(&keys, bytes, request.act_id, request.activity_id) else { continue };
-            let culprit = format!("withdraw {} of user {} at {at_ms} ms, client token #{index}", request.withdraw_no, request.act_id);
+            let Err(error) = verify_with(&keys, bytes, request.act_id, request.activity_id) else {
+                continue;
+            };
+            let culprit = format!(
+                "withdraw {} of user {} at {at_ms} ms, client token #{index}",
+                request.withdraw_no, request.act_id
+            );
             if refused.as_ref().is_some_and(|r| !r.contains(&index)) {
-                found.push(violation(Invariant::I7TokenIntegrity, &culprit, format!("the wallet accepted a token that fails verification ({error})")));
+                found.push(violation(
+                    Invariant::I7TokenIntegrity,
+                    &culprit,
+                    format!("the wallet accepted a token that fails verification ({error})"),
+                ));
             }
-            let Some(claimed) = decode_unverified(bytes) else { continue };
+            let Some(claimed) = decode_unverified(bytes) else {
+                continue;
+            };
             let key = (claimed.child_id, claimed.order_no.to_string());
             let forged_payload = (claimed.act_id, claimed.amount_cents);
-            let backed = legit.contains(&(key.0, key.1.clone(), claimed.act_id, claimed.amount_cents));
+            let backed =
+                legit.contains(&(key.0, key.1.clone(), claimed.act_id, claimed.amount_cents));
             if credited.get(&key) == Some(&forged_payload) && !backed {
                 found.push(violation(
                     Invariant::I7TokenIntegrity,

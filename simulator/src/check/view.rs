@@ -28,28 +28,47 @@ pub(super) fn check(history: &History) -> Vec<Violation> {
             }
             Event::Issue { outcome, .. } => {
                 let key = match outcome {
-                    IssueOutcome::Issued { entry } => (entry.account.child_id, entry.account.act_id),
+                    IssueOutcome::Issued { entry } => {
+                        (entry.account.child_id, entry.account.act_id)
+                    }
                     IssueOutcome::Accepted { token } => (token.child_id, token.act_id),
                     _ => continue,
                 };
                 *awarded.entry(key).or_default() += outcome.newly_awarded_cents();
             }
-            Event::Withdraw { at_ms, request, outcome } => {
-                let checked = !off.contains(&Switch::ForceCreditOnWithdraw) && !off.contains(&Switch::TokenKv);
+            Event::Withdraw {
+                at_ms,
+                request,
+                outcome,
+            } => {
+                let checked = !off.contains(&Switch::ForceCreditOnWithdraw)
+                    && !off.contains(&Switch::TokenKv);
                 let (child_id, shown) = match outcome {
-                    WithdrawOutcome::Withdrawn { entry, balance_after_cents, .. } => {
+                    WithdrawOutcome::Withdrawn {
+                        entry,
+                        balance_after_cents,
+                        ..
+                    } => {
                         if let EntryKind::Withdrawal { amount_cents, .. } = &entry.kind {
-                            *withdrawn.entry((entry.account.child_id, request.act_id)).or_default() += amount_cents;
+                            *withdrawn
+                                .entry((entry.account.child_id, request.act_id))
+                                .or_default() += amount_cents;
                         }
                         (entry.account.child_id, *balance_after_cents)
                     }
-                    WithdrawOutcome::Rejected { child_id: Some(child_id), reason: Rejection::InsufficientBalance { balance_cents, .. }, .. } => {
-                        (*child_id, *balance_cents)
-                    }
+                    WithdrawOutcome::Rejected {
+                        child_id: Some(child_id),
+                        reason: Rejection::InsufficientBalance { balance_cents, .. },
+                        ..
+                    } => (*child_id, *balance_cents),
                     _ => continue,
                 };
                 let key = (child_id, request.act_id);
-                let owed = awarded.get(&key).copied().unwrap_or(0).saturating_sub(withdrawn.get(&key).copied().unwrap_or(0));
+                let owed = awarded
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(withdrawn.get(&key).copied().unwrap_or(0));
                 if checked && shown != owed {
                     found.push(violation(
                         Invariant::I5View,
@@ -58,7 +77,12 @@ pub(super) fn check(history: &History) -> Vec<Violation> {
                     ));
                 }
             }
-            Event::View { at_ms, act_id, view, .. } => {
+            Event::View {
+                at_ms,
+                act_id,
+                view,
+                ..
+            } => {
                 if !view.complete {
                     continue;
                 }
@@ -66,7 +90,11 @@ pub(super) fn check(history: &History) -> Vec<Violation> {
                 let income = awarded.get(&key).copied().unwrap_or(0);
                 let balance = income.saturating_sub(withdrawn.get(&key).copied().unwrap_or(0));
                 if view.income_cents != income || view.balance_cents != balance {
-                    let how = if view.income_cents < income || view.balance_cents < balance { "less" } else { "more" };
+                    let how = if view.income_cents < income || view.balance_cents < balance {
+                        "less"
+                    } else {
+                        "more"
+                    };
                     found.push(violation(
                         Invariant::I5View,
                         format!("view of user {act_id} in child {} at {at_ms} ms", view.child_id),

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use reference::clock::Clock;
 use reference::kv::{Consume, Hold, Kv, KvError, MemoryKv};
 use reference::ledger::{
-    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger, LedgerError,
-    LedgerSnapshot, WithdrawOutcome, Withdrawal,
+    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
+    LedgerError, LedgerSnapshot, WithdrawOutcome, Withdrawal,
 };
 use reference::order_no::OrderNo;
 
@@ -36,17 +36,27 @@ pub struct NaiveLedger {
 
 impl NaiveLedger {
     pub fn new(bug: Option<Bug>) -> Self {
-        Self { bug, entries: Mutex::new(Vec::new()), credits_seen: Mutex::new(0) }
+        Self {
+            bug,
+            entries: Mutex::new(Vec::new()),
+            credits_seen: Mutex::new(0),
+        }
     }
 
     fn balance(entries: &[Entry], key: AccountKey) -> i128 {
-        entries.iter().filter(|e| e.account == key).map(Entry::cash_delta_cents).sum()
+        entries
+            .iter()
+            .filter(|e| e.account == key)
+            .map(Entry::cash_delta_cents)
+            .sum()
     }
 
     fn accounts(entries: &[Entry]) -> BTreeMap<AccountKey, AccountState> {
         let mut accounts: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
         for entry in entries {
-            let a = accounts.entry(entry.account).or_insert_with(|| AccountState::empty(entry.account));
+            let a = accounts
+                .entry(entry.account)
+                .or_insert_with(|| AccountState::empty(entry.account));
             match &entry.kind {
                 EntryKind::Credit { award, .. } => {
                     a.credited_cents += award.cash_cents();
@@ -74,9 +84,13 @@ impl Ledger for NaiveLedger {
             });
             if let (Some(first), false) = (earlier, matches!(self.bug, Some(Bug::NoIdempotency))) {
                 outcomes.push(if first.matches_credit(credit) {
-                    CreditOutcome::Duplicate { entry: first.clone() }
+                    CreditOutcome::Duplicate {
+                        entry: first.clone(),
+                    }
                 } else {
-                    CreditOutcome::Conflict { first: first.clone() }
+                    CreditOutcome::Conflict {
+                        first: first.clone(),
+                    }
                 });
                 continue;
             }
@@ -85,7 +99,15 @@ impl Ledger for NaiveLedger {
                 account.child_id = child_id;
             }
             let seq = entries.len() as u64 + 1;
-            let entry = Entry { seq, account, at_ms: credit.at_ms, kind: EntryKind::Credit { order_no: credit.order_no.clone(), award: credit.award.clone() } };
+            let entry = Entry {
+                seq,
+                account,
+                at_ms: credit.at_ms,
+                kind: EntryKind::Credit {
+                    order_no: credit.order_no.clone(),
+                    award: credit.award.clone(),
+                },
+            };
             let mut seen = self.credits_seen.lock().expect("lock");
             *seen += 1;
             let lose = matches!(self.bug, Some(Bug::LoseEvery(n)) if (*seen).is_multiple_of(n));
@@ -97,14 +119,21 @@ impl Ledger for NaiveLedger {
         Ok(outcomes)
     }
 
-    async fn lookup_credit(&self, child_id: u64, order_no: &OrderNo) -> Result<Option<Entry>, LedgerError> {
+    async fn lookup_credit(
+        &self,
+        child_id: u64,
+        order_no: &OrderNo,
+    ) -> Result<Option<Entry>, LedgerError> {
         if matches!(self.bug, Some(Bug::NoIdempotency)) {
             return Ok(None);
         }
         let entries = self.entries.lock().expect("lock");
         Ok(entries
             .iter()
-            .find(|e| e.account.child_id == child_id && matches!(&e.kind, EntryKind::Credit { order_no: o, .. } if o == order_no))
+            .find(|e| {
+                e.account.child_id == child_id
+                    && matches!(&e.kind, EntryKind::Credit { order_no: o, .. } if o == order_no)
+            })
             .cloned())
     }
 
@@ -121,30 +150,57 @@ impl Ledger for NaiveLedger {
             });
         }
         let balance = Self::balance(&entries, withdrawal.account);
-        if balance < i128::from(withdrawal.amount_cents) && !matches!(self.bug, Some(Bug::Overdraft)) {
-            return Ok(WithdrawOutcome::InsufficientBalance { balance_cents: u64::try_from(balance).unwrap_or(0) });
+        if balance < i128::from(withdrawal.amount_cents)
+            && !matches!(self.bug, Some(Bug::Overdraft))
+        {
+            return Ok(WithdrawOutcome::InsufficientBalance {
+                balance_cents: u64::try_from(balance).unwrap_or(0),
+            });
         }
         let entry = Entry {
             seq: entries.len() as u64 + 1,
             account: withdrawal.account,
             at_ms: withdrawal.at_ms,
-            kind: EntryKind::Withdrawal { withdraw_no: withdrawal.withdraw_no.clone(), amount_cents: withdrawal.amount_cents },
+            kind: EntryKind::Withdrawal {
+                withdraw_no: withdrawal.withdraw_no.clone(),
+                amount_cents: withdrawal.amount_cents,
+            },
         };
         entries.push(entry.clone());
         let after = balance - i128::from(withdrawal.amount_cents);
-        Ok(WithdrawOutcome::Withdrawn { entry, balance_after_cents: u64::try_from(after).unwrap_or(0) })
+        Ok(WithdrawOutcome::Withdrawn {
+            entry,
+            balance_after_cents: u64::try_from(after).unwrap_or(0),
+        })
     }
 
     async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
         let entries = self.entries.lock().expect("lock");
-        Ok(Self::accounts(&entries).get(&key).copied().unwrap_or_else(|| AccountState::empty(key)))
+        Ok(Self::accounts(&entries)
+            .get(&key)
+            .copied()
+            .unwrap_or_else(|| AccountState::empty(key)))
     }
 
-    async fn history(&self, key: AccountKey, cursor: Option<Cursor>, limit: usize) -> Result<HistoryPage, LedgerError> {
+    async fn history(
+        &self,
+        key: AccountKey,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<HistoryPage, LedgerError> {
         let entries = self.entries.lock().expect("lock");
         let before = cursor.map_or(u64::MAX, |c| c.before_seq);
-        let page: Vec<Entry> = entries.iter().rev().filter(|e| e.account == key && e.seq < before).take(limit).cloned().collect();
-        Ok(HistoryPage { entries: page, next: None })
+        let page: Vec<Entry> = entries
+            .iter()
+            .rev()
+            .filter(|e| e.account == key && e.seq < before)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok(HistoryPage {
+            entries: page,
+            next: None,
+        })
     }
 
     async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
@@ -176,7 +232,10 @@ impl LimitlessKv {
     }
 
     pub fn with_bug(clock: Arc<dyn Clock>, bug: KvBug) -> Self {
-        Self { inner: MemoryKv::new(clock), bug }
+        Self {
+            inner: MemoryKv::new(clock),
+            bug,
+        }
     }
 }
 
@@ -222,7 +281,12 @@ impl Kv for LimitlessKv {
     async fn status(&self, key: &str) -> Result<Option<u8>, KvError> {
         self.inner.status(key).await
     }
-    async fn queue_push(&self, key: &str, item: &[u8], ttl_ms: Option<u64>) -> Result<u64, KvError> {
+    async fn queue_push(
+        &self,
+        key: &str,
+        item: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<u64, KvError> {
         self.inner.queue_push(key, item, ttl_ms).await
     }
     async fn queue_pop(&self, key: &str, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
@@ -231,8 +295,16 @@ impl Kv for LimitlessKv {
     async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> {
         self.inner.counters_with_prefix(prefix).await
     }
-    async fn record_token(&self, record_key: &str, token: &[u8], list_key: &str, queue_key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.inner.record_token(record_key, token, list_key, queue_key).await
+    async fn record_token(
+        &self,
+        record_key: &str,
+        token: &[u8],
+        list_key: &str,
+        queue_key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner
+            .record_token(record_key, token, list_key, queue_key)
+            .await
     }
     async fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.inner.bytes(key).await
@@ -246,10 +318,23 @@ impl Kv for LimitlessKv {
     async fn queue_len(&self, key: &str) -> Result<u64, KvError> {
         self.inner.queue_len(key).await
     }
-    async fn queue_claim(&self, queue_key: &str, inflight_key: &str, max: usize, now_ms: u64) -> Result<Vec<Vec<u8>>, KvError> {
-        self.inner.queue_claim(queue_key, inflight_key, max, now_ms).await
+    async fn queue_claim(
+        &self,
+        queue_key: &str,
+        inflight_key: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u8>>, KvError> {
+        self.inner
+            .queue_claim(queue_key, inflight_key, max, now_ms)
+            .await
     }
-    async fn inflight_due(&self, inflight_key: &str, due_ms: u64, max: usize) -> Result<Vec<Vec<u8>>, KvError> {
+    async fn inflight_due(
+        &self,
+        inflight_key: &str,
+        due_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, KvError> {
         self.inner.inflight_due(inflight_key, due_ms, max).await
     }
     async fn inflight_remove(&self, inflight_key: &str, member: &[u8]) -> Result<bool, KvError> {
