@@ -166,13 +166,6 @@ pub const ORDER_NO_LEN_MAX: usize = 5 * 20 + 4;
 /// act_id is stored in signed 64-bit SQL columns.
 pub const ACT_ID_MAX: u64 = i64::MAX as u64;
 
-impl OrderNo {
-    /// The order number's text form.
-    pub fn to_text(&self) -> String {
-        self.to_string()
-    }
-}
-
 impl fmt::Display for OrderNo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -207,7 +200,7 @@ impl FromStr for OrderNo {
         let mut numbers = [0u64; 5];
         for (slot, (part, value)) in numbers
             .iter_mut()
-            .zip(OrderNoPart::ALL.into_iter().zip(parts))
+            .zip(OrderNoPart::ALL.into_iter().zip(parts.iter().copied()))
         {
             *slot = parse_part(input, part, value)?;
         }
@@ -220,7 +213,7 @@ impl FromStr for OrderNo {
         let award_type =
             AwardType::from_code(award_code).ok_or_else(|| OrderNoError::UnknownAwardType {
                 input: input.to_owned(),
-                value: parts_value(input, 3),
+                value: parts[3].to_owned(),
             })?;
         // The casts below cannot truncate: parse_part checked each part's range.
         Ok(OrderNo {
@@ -231,10 +224,6 @@ impl FromStr for OrderNo {
             stage: stage as u32,
         })
     }
-}
-
-fn parts_value(input: &str, index: usize) -> String {
-    input.split('_').nth(index).unwrap_or_default().to_owned()
 }
 
 fn parse_part(input: &str, part: OrderNoPart, value: &str) -> Result<u64, OrderNoError> {

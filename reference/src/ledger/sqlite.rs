@@ -19,6 +19,18 @@ use super::{
 use crate::ChildId;
 use crate::order_no::OrderNo;
 
+/// `SELECT <every entry column> FROM entries <rest>`, as one `&'static str`
+/// (sqlx 0.9 takes only static SQL), so the column list `entry_from_row` reads
+/// is written once.
+macro_rules! select_entries {
+    ($rest:literal) => {
+        concat!(
+            "SELECT seq, child_id, act_id, direction, idem_key, award_type, amount_cents, asset_id, batch, at_ms FROM entries ",
+            $rest
+        )
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Ledger in a SQLite database.
@@ -85,10 +97,9 @@ impl SqliteLedger {
         direction: &'static str,
         idem_key: &str,
     ) -> Result<Option<Entry>, LedgerError> {
-        let row = sqlx::query(
-            "SELECT seq, child_id, act_id, direction, idem_key, award_type, amount_cents, asset_id, batch, at_ms \
-             FROM entries WHERE child_id = ? AND direction = ? AND idem_key = ?",
-        )
+        let row = sqlx::query(select_entries!(
+            "WHERE child_id = ? AND direction = ? AND idem_key = ?"
+        ))
         .bind(to_i64(child_id, "child_id")?)
         .bind(direction)
         .bind(idem_key.to_owned())
@@ -380,10 +391,9 @@ impl Ledger for SqliteLedger {
             i64::try_from(c.before_seq).unwrap_or(i64::MAX)
         });
         // One row more than the page tells whether a next page exists.
-        let rows = sqlx::query(
-            "SELECT seq, child_id, act_id, direction, idem_key, award_type, amount_cents, asset_id, batch, at_ms \
-             FROM entries WHERE child_id = ? AND act_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-        )
+        let rows = sqlx::query(select_entries!(
+            "WHERE child_id = ? AND act_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        ))
         .bind(to_i64(key.child_id, "child_id")?)
         .bind(to_i64(key.act_id, "act_id")?)
         .bind(before)
@@ -406,13 +416,10 @@ impl Ledger for SqliteLedger {
     }
 
     async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT seq, child_id, act_id, direction, idem_key, award_type, amount_cents, asset_id, batch, at_ms \
-             FROM entries ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store)?;
+        let rows = sqlx::query(select_entries!("ORDER BY seq"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store)?;
         let entries = rows
             .iter()
             .map(entry_from_row)

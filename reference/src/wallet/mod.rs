@@ -31,7 +31,7 @@ use crate::switches::{Switch, Switches};
 use crate::token::{KeyRing, STATUS_SUCCESS, TokenError, TokenFacts};
 use crate::{ActId, ActivityId, ChildId};
 
-mod token_mode;
+pub(crate) mod token_mode;
 mod view;
 
 pub use token_mode::IssuedToken;
@@ -717,7 +717,6 @@ impl Wallet {
             }
             AwardDef::Pendant { .. } => {}
         }
-        let _ = valid.activity;
         Ok(None)
     }
 
@@ -897,23 +896,19 @@ impl Wallet {
                 Err(code) => report.rejected_tokens.push((index, code)),
             }
         }
-        let mut credits = Vec::new();
-        let mut credited_bytes = Vec::new();
+        let mut todo: Vec<(Credit, Vec<u8>)> = Vec::new();
         for (facts, bytes) in tokens.into_values() {
             let status_key = keys::token_status(child.id, &facts.order_no.to_string());
             if token_kv && self.kv.status(&status_key).await? == Some(STATUS_SUCCESS) {
                 report.already_credited += 1;
                 continue;
             }
-            credits.push(token_mode::credit_of(&facts));
-            credited_bytes.push(bytes);
+            todo.push((token_mode::credit_of(&facts), bytes));
         }
-        for (chunk, chunk_bytes) in credits
-            .chunks(crate::ledger::CREDIT_BATCH_MAX)
-            .zip(credited_bytes.chunks(crate::ledger::CREDIT_BATCH_MAX))
-        {
-            let outcomes = self.ledger.credit_batch(chunk).await?;
-            for ((credit, outcome), bytes) in chunk.iter().zip(outcomes).zip(chunk_bytes) {
+        for chunk in todo.chunks(crate::ledger::CREDIT_BATCH_MAX) {
+            let credits: Vec<Credit> = chunk.iter().map(|(credit, _)| credit.clone()).collect();
+            let outcomes = self.ledger.credit_batch(&credits).await?;
+            for ((credit, bytes), outcome) in chunk.iter().zip(outcomes) {
                 match outcome {
                     CreditOutcome::Credited { .. } => report.credited += 1,
                     CreditOutcome::Duplicate { .. } => report.already_credited += 1,
@@ -1103,18 +1098,3 @@ fn valid_withdraw_no(withdraw_no: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
-
-/// The ledger credit a token stands for (for the worker).
-pub(crate) fn token_credit(facts: &TokenFacts) -> Credit {
-    token_mode::credit_of(facts)
-}
-
-/// Mark a token credited (for the worker).
-pub(crate) async fn token_mark_credited(
-    kv: &dyn Kv,
-    child_id: ChildId,
-    order_no: &OrderNo,
-    bytes: &[u8],
-) {
-    token_mode::mark_credited(kv, child_id, order_no, bytes).await;
-}

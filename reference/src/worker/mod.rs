@@ -326,7 +326,7 @@ impl CreditWorker {
         }
         let credits: Vec<_> = todo
             .iter()
-            .map(|(_, facts, _)| wallet::token_credit(facts))
+            .map(|(_, facts, _)| wallet::token_mode::credit_of(facts))
             .collect();
         match self.ledger.credit_batch(&credits).await {
             Ok(outcomes) => {
@@ -340,7 +340,7 @@ impl CreditWorker {
                         CreditOutcome::Duplicate { .. } => report.already_credited += 1,
                         CreditOutcome::Conflict { .. } => report.conflicts += 1,
                     }
-                    wallet::token_mark_credited(
+                    wallet::token_mode::mark_credited(
                         self.kv.as_ref(),
                         *child_id,
                         &facts.order_no,
