@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod counter;
 pub mod keys;
 pub mod kv;
 pub mod ledger;

@@ -19,16 +19,28 @@ pub enum Switch {
     FlowList,
     /// Force-credit on withdraw: off → withdraw takes only the credited balance; pending tokens wait for the worker.
     ForceCreditOnWithdraw,
+    /// Hot-counter primary KV: off → counter reads come from the backup KV (writes still go to both).
+    CounterPrimary,
+    /// Ingress rate limits: off → issue requests are not limited per scene.
+    IngressRateLimit,
+    /// Circuit breakers: off → calls go to the ledger and the KV even after repeated failures.
+    CircuitBreaker,
+    /// Coupon pipeline: off → pipeline scenes issue through the sync path, one request at a time.
+    CouponPipeline,
 }
 
 impl Switch {
     /// Every switch, in registry order.
-    pub const ALL: [Switch; 5] = [
+    pub const ALL: [Switch; 9] = [
         Switch::TokenKv,
         Switch::IdempotencyPrecheck,
         Switch::DistributedLock,
         Switch::FlowList,
         Switch::ForceCreditOnWithdraw,
+        Switch::CounterPrimary,
+        Switch::IngressRateLimit,
+        Switch::CircuitBreaker,
+        Switch::CouponPipeline,
     ];
 
     /// The switch's name in configs, CLIs and the admin protocol.
@@ -39,6 +51,10 @@ impl Switch {
             Switch::DistributedLock => "distributed_lock",
             Switch::FlowList => "flow_list",
             Switch::ForceCreditOnWithdraw => "force_credit_on_withdraw",
+            Switch::CounterPrimary => "counter_primary",
+            Switch::IngressRateLimit => "ingress_rate_limit",
+            Switch::CircuitBreaker => "circuit_breaker",
+            Switch::CouponPipeline => "coupon_pipeline",
         }
     }
 
@@ -57,6 +73,16 @@ impl Switch {
             Switch::FlowList => "off: the wallet view shows balance and income only",
             Switch::ForceCreditOnWithdraw => {
                 "off: withdraw takes only the credited balance; pending tokens wait for the worker"
+            }
+            Switch::CounterPrimary => {
+                "off: hot-counter reads come from the backup KV (writes still go to both)"
+            }
+            Switch::IngressRateLimit => "off: issue requests are not limited per scene",
+            Switch::CircuitBreaker => {
+                "off: calls go to the ledger and the KV even after repeated failures"
+            }
+            Switch::CouponPipeline => {
+                "off: pipeline scenes issue through the sync path, one request at a time"
             }
         }
     }

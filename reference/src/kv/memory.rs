@@ -53,6 +53,16 @@ pub struct KvFaults {
     /// `consume_within` on keys with this prefix applies, then reports a timeout:
     /// the caller cannot know it consumed.
     pub timeout_after_consume_prefix: Option<String>,
+    /// `counter` reads of keys with this prefix fail (a read that times out).
+    pub fail_reads_prefix: Option<String>,
+    /// `incr_by` on keys with this prefix fails before applying (a lost write).
+    pub fail_writes_prefix: Option<String>,
+}
+
+impl KvFaults {
+    fn hits(prefix: &Option<String>, key: &str) -> bool {
+        prefix.as_deref().is_some_and(|p| key.starts_with(p))
+    }
 }
 
 /// KV kept in process memory.
@@ -76,6 +86,21 @@ impl MemoryKv {
     /// Switch faults on or off.
     pub fn set_faults(&self, faults: KvFaults) {
         *self.faults.lock().expect("kv faults lock poisoned") = faults;
+    }
+
+    /// Fails when `pick` of the faults names a prefix of `key`.
+    fn check_key(
+        &self,
+        key: &str,
+        pick: impl Fn(&KvFaults) -> &Option<String>,
+    ) -> Result<(), KvError> {
+        let faults = self.faults.lock().expect("kv faults lock poisoned");
+        if KvFaults::hits(pick(&faults), key) {
+            return Err(KvError::Store(format!(
+                "timeout on `{key}` (injected fault)"
+            )));
+        }
+        Ok(())
     }
 
     fn check_up(&self) -> Result<(), KvError> {
@@ -150,6 +175,7 @@ fn non_negative(key: &str, n: i64) -> Result<u64, KvError> {
 #[async_trait]
 impl Kv for MemoryKv {
     async fn incr_by(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.check_key(key, |f| &f.fail_writes_prefix)?;
         let mut slots = self.live(&[key])?;
         let n = counter_of(&slots, key)?
             .checked_add(delta)
@@ -159,6 +185,7 @@ impl Kv for MemoryKv {
     }
 
     async fn counter(&self, key: &str) -> Result<i64, KvError> {
+        self.check_key(key, |f| &f.fail_reads_prefix)?;
         counter_of(&*self.live(&[key])?, key)
     }
 
@@ -170,20 +197,26 @@ impl Kv for MemoryKv {
                 let stored = i64::try_from(after)
                     .map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
                 set_counter(&mut slots, key, stored);
-                let faults = self.faults.lock().expect("kv faults lock poisoned");
-                if faults
-                    .timeout_after_consume_prefix
-                    .as_deref()
-                    .is_some_and(|p| key.starts_with(p))
-                {
-                    return Err(KvError::Store(format!(
-                        "timeout on `{key}` (injected fault, applied)"
-                    )));
-                }
+                drop(slots);
+                self.check_key(key, |f| &f.timeout_after_consume_prefix)?;
                 Ok(Consume::Consumed { after })
             }
             _ => Ok(Consume::Exceeded { current }),
         }
+    }
+
+    async fn consume_up_to(&self, key: &str, n: u64, limit: u64) -> Result<u64, KvError> {
+        let mut slots = self.live(&[key])?;
+        let current = non_negative(key, counter_of(&slots, key)?)?;
+        let granted = n.min(limit.saturating_sub(current));
+        if granted > 0 {
+            let stored = i64::try_from(current + granted)
+                .map_err(|_| KvError::Misuse(format!("`{key}` beyond i64")))?;
+            set_counter(&mut slots, key, stored);
+        }
+        drop(slots);
+        self.check_key(key, |f| &f.timeout_after_consume_prefix)?;
+        Ok(granted)
     }
 
     async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
@@ -428,16 +461,9 @@ impl Kv for MemoryKv {
         {
             slots.remove(queue_key);
         }
-        let slot = slots
-            .entry(inflight_key.to_owned())
-            .or_insert_with(|| Slot {
-                value: Value::Scored(BTreeMap::new()),
-                expires_at_ms: None,
-            });
-        if let Value::Scored(members) = &mut slot.value {
-            for item in &taken {
-                members.insert(item.clone(), now_ms);
-            }
+        // The type was checked above, before anything was taken.
+        for item in &taken {
+            scored_insert(&mut slots, inflight_key, item, now_ms)?;
         }
         Ok(taken)
     }
@@ -494,6 +520,52 @@ impl Kv for MemoryKv {
         }
     }
 
+    async fn record_order(
+        &self,
+        record_key: &str,
+        record: &[u8],
+        open_key: &str,
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        let mut slots = self.live(&[record_key, open_key])?;
+        match slots.get(record_key).map(|s| &s.value) {
+            Some(Value::Bytes(existing)) => return Ok(Some(existing.clone())),
+            Some(other) => return Err(wrong(record_key, other, "bytes")),
+            None => {}
+        }
+        scored_insert(&mut slots, open_key, record_key.as_bytes(), now_ms)?;
+        slots.insert(
+            record_key.to_owned(),
+            Slot {
+                value: Value::Bytes(record.to_vec()),
+                expires_at_ms: None,
+            },
+        );
+        Ok(None)
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        let mut slots = self.live(&[key])?;
+        match slots.get_mut(key).map(|s| &mut s.value) {
+            Some(Value::Bytes(current)) if current.as_slice() == expected => {
+                *current = new.to_vec();
+                Ok(true)
+            }
+            Some(Value::Bytes(_)) | None => Ok(false),
+            Some(other) => Err(wrong(key, other, "bytes")),
+        }
+    }
+
+    async fn scored_add(&self, key: &str, member: &[u8], score: u64) -> Result<(), KvError> {
+        let mut slots = self.live(&[key])?;
+        scored_insert(&mut slots, key, member, score)
+    }
+
     async fn try_lock(&self, key: &str, owner: &str, ttl_ms: u64) -> Result<bool, KvError> {
         let expires_at_ms = self.expiry(Some(ttl_ms));
         let mut slots = self.live(&[key])?;
@@ -520,6 +592,26 @@ impl Kv for MemoryKv {
             Some(Value::Lock(_)) | None => Ok(false),
             Some(other) => Err(wrong(key, other, "a lock")),
         }
+    }
+}
+
+/// Add or move a member of the scored set at `key`, creating the set.
+fn scored_insert(
+    slots: &mut BTreeMap<String, Slot>,
+    key: &str,
+    member: &[u8],
+    score: u64,
+) -> Result<(), KvError> {
+    let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot {
+        value: Value::Scored(BTreeMap::new()),
+        expires_at_ms: None,
+    });
+    match &mut slot.value {
+        Value::Scored(members) => {
+            members.insert(member.to_vec(), score);
+            Ok(())
+        }
+        other => Err(wrong(key, other, "a scored set")),
     }
 }
 
@@ -727,6 +819,50 @@ mod tests {
         );
         kv.set_faults(KvFaults::default());
         assert!(runtime.block_on(kv.incr_by("c", 1)).is_ok());
+    }
+
+    #[test]
+    fn merged_consume_grants_what_fits_and_orders_are_recorded_once() {
+        run(async |_, kv| {
+            assert_eq!(kv.consume_up_to("s", 4, 10).await.ok(), Some(4));
+            assert_eq!(kv.consume_up_to("s", 8, 10).await.ok(), Some(6), "partial");
+            assert_eq!(kv.consume_up_to("s", 3, 10).await.ok(), Some(0));
+            assert_eq!(kv.counter("s").await.ok(), Some(10));
+            assert_eq!(kv.record_order("o:1", b"a", "open", 5).await.ok(), Some(None));
+            assert_eq!(
+                kv.record_order("o:1", b"b", "open", 9).await.ok(),
+                Some(Some(b"a".to_vec())),
+                "the first record wins"
+            );
+            assert_eq!(kv.inflight_due("open", 5, 10).await.ok(), Some(vec![b"o:1".to_vec()]));
+            assert_eq!(kv.compare_and_set("o:1", b"x", b"c").await.ok(), Some(false));
+            assert_eq!(kv.compare_and_set("o:1", b"a", b"c").await.ok(), Some(true));
+            assert_eq!(kv.bytes("o:1").await.ok(), Some(Some(b"c".to_vec())));
+            assert_eq!(kv.compare_and_set("o:2", b"a", b"c").await.ok(), Some(false));
+            kv.scored_add("open", b"o:1", 50).await.expect("zadd");
+            assert_eq!(kv.inflight_due("open", 49, 10).await.ok(), Some(vec![]));
+            assert!(kv.scored_add("s", b"m", 1).await.is_err(), "wrong type");
+        });
+    }
+
+    #[test]
+    fn counter_faults_fail_reads_and_lose_writes() {
+        let clock = Arc::new(ManualClock::new(0));
+        let kv = MemoryKv::new(clock);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        kv.set_faults(KvFaults {
+            fail_reads_prefix: Some("r".into()),
+            fail_writes_prefix: Some("w".into()),
+            ..KvFaults::default()
+        });
+        assert!(runtime.block_on(kv.incr_by("w1", 1)).is_err());
+        assert!(runtime.block_on(kv.incr_by("r1", 1)).is_ok());
+        assert!(runtime.block_on(kv.counter("r1")).is_err());
+        kv.set_faults(KvFaults::default());
+        assert_eq!(runtime.block_on(kv.counter("w1")).ok(), Some(0), "lost");
+        assert_eq!(runtime.block_on(kv.counter("r1")).ok(), Some(1));
     }
 
     #[test]

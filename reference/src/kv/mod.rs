@@ -94,6 +94,11 @@ pub trait Kv: Send + Sync + fmt::Debug {
     /// (`GET`, compare, `INCRBY`).
     async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError>;
 
+    /// Merged consume (seed 003's one `DECRBY N` for N users): add as much of `n`
+    /// as keeps the counter ≤ `limit` and return how much was granted (0..=n).
+    /// Redis: one Lua script (`GET`, `min`, `INCRBY`).
+    async fn consume_up_to(&self, key: &str, n: u64, limit: u64) -> Result<u64, KvError>;
+
     /// Give back `n` consumed by [`Kv::consume_within`]; never below zero. Redis:
     /// one Lua script (`DECRBY` clamped at 0). Returns the new value.
     async fn release(&self, key: &str, n: u64) -> Result<u64, KvError>;
@@ -177,6 +182,26 @@ pub trait Kv: Send + Sync + fmt::Debug {
 
     /// Members of a scored set. Redis: `ZCARD`.
     async fn inflight_len(&self, inflight_key: &str) -> Result<u64, KvError>;
+
+    /// Record an order once: set `record_key` to `record` unless it exists, and only
+    /// then add `record_key` to the scored set `open_key` with score `now_ms`.
+    /// Returns the existing record when there was one. Redis: one Lua script
+    /// (`SET NX`, `ZADD`).
+    async fn record_order(
+        &self,
+        record_key: &str,
+        record: &[u8],
+        open_key: &str,
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, KvError>;
+
+    /// Replace the byte value of `key` by `new` only if it is `expected` now;
+    /// `true` when replaced. Redis: one Lua script (`GET`, compare, `SET`).
+    async fn compare_and_set(&self, key: &str, expected: &[u8], new: &[u8])
+    -> Result<bool, KvError>;
+
+    /// Add a member to a scored set or move its score. Redis: `ZADD`.
+    async fn scored_add(&self, key: &str, member: &[u8], score: u64) -> Result<(), KvError>;
 
     /// Take a lock for `owner` unless someone holds it; it expires after `ttl_ms`.
     /// Redis: `SET key owner NX PX ttl`.

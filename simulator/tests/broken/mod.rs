@@ -253,8 +253,36 @@ impl Kv for LimitlessKv {
             KvBug::HideTokenLists => self.inner.consume_within(key, n, limit).await,
         }
     }
+    async fn consume_up_to(&self, key: &str, n: u64, limit: u64) -> Result<u64, KvError> {
+        match self.bug {
+            KvBug::IgnoreLimits => self.inner.consume_up_to(key, n, u64::MAX).await,
+            KvBug::HideTokenLists => self.inner.consume_up_to(key, n, limit).await,
+        }
+    }
     async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
         self.inner.release(key, n).await
+    }
+    async fn record_order(
+        &self,
+        record_key: &str,
+        record: &[u8],
+        open_key: &str,
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner
+            .record_order(record_key, record, open_key, now_ms)
+            .await
+    }
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        self.inner.compare_and_set(key, expected, new).await
+    }
+    async fn scored_add(&self, key: &str, member: &[u8], score: u64) -> Result<(), KvError> {
+        self.inner.scored_add(key, member, score).await
     }
     async fn hold(&self, key: &str, value: &str) -> Result<Hold, KvError> {
         match self.bug {
