@@ -218,6 +218,8 @@ pub enum Crediting {
     Sync,
     /// Sign a token now, credit later through the worker (cash only).
     Token,
+    /// Accept now, issue through the coupon pipeline's queues (coupons only; seed 003).
+    Pipeline,
 }
 
 /// Who may withdraw during the gray release of withdrawals.
@@ -815,6 +817,16 @@ fn build_scene(
             ),
         ));
     }
+    if file.crediting == Crediting::Pipeline && file.award_type != AwardType::Coupon {
+        return Err(v.error(
+            span,
+            format!("{path}.crediting"),
+            format!(
+                "pipeline crediting is for coupon scenes; this scene gives {}",
+                file.award_type
+            ),
+        ));
+    }
     if file.bill_text.trim().is_empty() {
         return Err(v.error(span, format!("{path}.bill_text"), "must not be empty"));
     }
@@ -1019,6 +1031,10 @@ stock = 100
                 )
             },
             "activity[0].scene[1].crediting: token crediting is for cash scenes",
+        );
+        check_err(
+            |s| s.replacen("reconciliation = true", "crediting = \"pipeline\"", 1),
+            "activity[0].scene[0].crediting: pipeline crediting is for coupon scenes",
         );
         check_err(
             |s| s.replace("reconciliation = true", "crediting = \"later\""),

@@ -53,3 +53,19 @@ pub fn inflight(child_id: ChildId) -> String {
 pub fn withdraw_lock(child_id: ChildId, act_id: ActId) -> String {
     format!("lock:withdraw:{child_id}:{act_id}")
 }
+
+/// A coupon-pipeline order record (the idempotency record: one per order number).
+pub fn order(child_id: ChildId, order_no: &str) -> String {
+    format!("order:{child_id}:{order_no}")
+}
+
+/// Pipeline orders not yet issued or failed, scored by when they were last
+/// (re)queued: the compensation scan's view.
+pub fn orders_open(child_id: ChildId) -> String {
+    format!("orders-open:{child_id}")
+}
+
+/// The durable queue an instance hands its local queues to on graceful shutdown.
+pub fn orders_handoff() -> String {
+    "orders-handoff".to_owned()
+}

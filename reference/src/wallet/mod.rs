@@ -19,7 +19,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};
-use crate::config::{Activity, ActivityTree, AwardDef, ChildActivity, Crediting, Scene};
+use crate::config::{
+    Activity, ActivityTree, AwardDef, ChildActivity, CouponDef, Crediting, Scene,
+};
 use crate::keys;
 use crate::kv::{Consume, Hold, Kv, KvError, LIST_RANGE_MAX};
 use crate::ledger::{
@@ -27,6 +29,9 @@ use crate::ledger::{
     LedgerError, WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
 };
 use crate::order_no::{OrderNo, OrderNoError};
+use crate::stability::{
+    Breaker, BreakerConfig, BreakerKv, BreakerLedger, IngressLimits, StabilityFigures,
+};
 use crate::switches::{Switch, Switches};
 use crate::token::{KeyRing, STATUS_SUCCESS, TokenError, TokenFacts};
 use crate::{ActId, ActivityId, ChildId};
@@ -199,6 +204,13 @@ pub enum Rejection {
     /// More client tokens than one withdraw may carry.
     #[error("{count} client tokens presented; at most {max}")]
     TooManyTokens { count: usize, max: usize },
+    /// The scene's ingress rate limit turned the request away; retry later.
+    #[error("scene {scene_id} is over its ingress limit of {limit_qps} requests/s")]
+    RateLimited { scene_id: u32, limit_qps: u64 },
+    /// The coupon pipeline's activity queue is full, or the instance is shutting
+    /// down; nothing was recorded, retry later.
+    #[error("the coupon pipeline is busy ({why}); nothing recorded, retry later")]
+    PipelineBusy { why: String },
 }
 
 impl Rejection {
@@ -224,6 +236,8 @@ impl Rejection {
             Rejection::WithdrawNotOpen { .. } => "withdraw_not_open",
             Rejection::WithdrawBusy { .. } => "withdraw_busy",
             Rejection::TooManyTokens { .. } => "too_many_tokens",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::PipelineBusy { .. } => "pipeline_busy",
         }
     }
 }
@@ -424,33 +438,110 @@ pub(crate) struct ValidIssue<'a> {
     award: Award,
 }
 
+/// How many instances share the ingress limits, and when breakers open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StabilityConfig {
+    /// Instances of the wallet sharing each scene's `rate_limit_qps`.
+    pub instances: u32,
+    /// The breakers around the ledger and the KV.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for StabilityConfig {
+    fn default() -> Self {
+        Self {
+            instances: 1,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// Ingress limits and the two breakers of one wallet instance.
+#[derive(Debug)]
+struct Stability {
+    ingress: IngressLimits,
+    kv_breaker: Arc<Breaker>,
+    ledger_breaker: Arc<Breaker>,
+}
+
 /// The reference wallet over a ledger and a KV.
 #[derive(Debug, Clone)]
 pub struct Wallet {
     tree: Arc<ActivityTree>,
+    /// The stores as given; `ledger` and `kv` are these behind the breakers.
+    raw: (Arc<dyn Ledger>, Arc<dyn Kv>),
     ledger: Arc<dyn Ledger>,
     kv: Arc<dyn Kv>,
     clock: Arc<dyn Clock>,
     keys: Option<Arc<KeyRing>>,
     switches: Arc<Switches>,
+    stability_config: StabilityConfig,
+    stability: Arc<Stability>,
 }
 
 impl Wallet {
     /// A wallet over the given tree, stores and clock, with every switch on and no
     /// token keys (token-mode scenes then fail with [`WalletError::NoTokenKeys`]).
+    /// Calls to the stores go through circuit breakers.
     pub fn new(
         tree: Arc<ActivityTree>,
         ledger: Arc<dyn Ledger>,
         kv: Arc<dyn Kv>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let switches = Arc::new(Switches::default());
+        let raw = (ledger, kv);
+        let (ledger, kv, stability) =
+            guarded(&raw, &clock, &switches, StabilityConfig::default());
         Self {
             tree,
+            raw,
             ledger,
             kv,
             clock,
             keys: None,
-            switches: Arc::new(Switches::default()),
+            switches,
+            stability_config: StabilityConfig::default(),
+            stability,
+        }
+    }
+
+    /// Rebuild the limits and breakers after a change of switches or config.
+    fn guard(&mut self) {
+        (self.ledger, self.kv, self.stability) =
+            guarded(&self.raw, &self.clock, &self.switches, self.stability_config);
+    }
+
+    /// Use `config` for the ingress limits and breakers (fresh ones).
+    pub fn with_stability(mut self, config: StabilityConfig) -> Self {
+        self.stability_config = config;
+        self.guard();
+        self
+    }
+
+    /// What the ingress limits and breakers have done.
+    pub fn stability(&self) -> StabilityFigures {
+        StabilityFigures {
+            rate_limited: self.stability.ingress.limited(),
+            kv_breaker: self.stability.kv_breaker.figures(),
+            ledger_breaker: self.stability.ledger_breaker.figures(),
+        }
+    }
+
+    /// The scene's ingress limit, when it has one and the switch is on.
+    pub(crate) fn admit(&self, scene: &Scene) -> Result<(), Rejection> {
+        match scene.rate_limit_qps {
+            Some(limit_qps) if self.switches.is_on(Switch::IngressRateLimit) => {
+                if self.stability.ingress.admit(scene.id, limit_qps) {
+                    Ok(())
+                } else {
+                    Err(Rejection::RateLimited {
+                        scene_id: scene.id,
+                        limit_qps,
+                    })
+                }
+            }
+            _ => Ok(()),
         }
     }
 
@@ -460,9 +551,10 @@ impl Wallet {
         self
     }
 
-    /// Use `switches` (shared with whoever flips them).
+    /// Use `switches` (shared with whoever flips them); limits and breakers start fresh.
     pub fn with_switches(mut self, switches: Arc<Switches>) -> Self {
         self.switches = switches;
+        self.guard();
         self
     }
 
@@ -503,6 +595,12 @@ impl Wallet {
             Ok(valid) => valid,
             Err((child_id, reason)) => return Ok(IssueOutcome::Rejected { child_id, reason }),
         };
+        if let Err(reason) = self.admit(valid.scene) {
+            return Ok(IssueOutcome::Rejected {
+                child_id: Some(valid.child.id),
+                reason,
+            });
+        }
         if valid.scene.crediting == Crediting::Token {
             if self.switches.is_on(Switch::TokenKv) {
                 return self.issue_token(&valid, request, now_ms).await;
@@ -642,7 +740,6 @@ impl Wallet {
         reservations: &mut Vec<Reservation>,
     ) -> Result<Option<Rejection>, KvError> {
         let child = valid.child;
-        let act_id = valid.order_no.act_id;
         match valid.award_def {
             AwardDef::Cash { .. } => {
                 let amount = valid.award.cash_cents();
@@ -666,39 +763,8 @@ impl Wallet {
                 }
             }
             AwardDef::Coupon(coupon) => {
-                if let Some(group) = &coupon.group {
-                    let key = keys::user_group(child.id, group, act_id);
-                    match self.kv.hold(&key, &coupon.batch).await? {
-                        Hold::Held { .. } => reservations.push(Reservation::Held {
-                            key,
-                            value: coupon.batch.clone(),
-                        }),
-                        Hold::HeldByOther { value } => {
-                            return Ok(Some(Rejection::BatchGroupTaken {
-                                act_id,
-                                group: group.clone(),
-                                batch: coupon.batch.clone(),
-                                held: value,
-                            }));
-                        }
-                    }
-                }
-                let key = keys::user_batch(child.id, &coupon.batch, act_id);
-                match self
-                    .kv
-                    .consume_within(&key, 1, u64::from(coupon.per_user_limit))
-                    .await?
-                {
-                    Consume::Consumed { .. } => {
-                        reservations.push(Reservation::Consumed { key, n: 1 })
-                    }
-                    Consume::Exceeded { .. } => {
-                        return Ok(Some(Rejection::UserBatchLimit {
-                            act_id,
-                            batch: coupon.batch.clone(),
-                            limit: coupon.per_user_limit,
-                        }));
-                    }
+                if let Some(reason) = self.reserve_user(valid, coupon, reservations).await? {
+                    return Ok(Some(reason));
                 }
                 if valid.scene.stock_control {
                     let key = keys::stock(child.id, coupon.template_id);
@@ -716,6 +782,51 @@ impl Wallet {
                 }
             }
             AwardDef::Pendant { .. } => {}
+        }
+        Ok(None)
+    }
+
+    /// The per-user part of a coupon's reservations: batch-group exclusion, then
+    /// the per-user per-batch limit.
+    pub(crate) async fn reserve_user(
+        &self,
+        valid: &ValidIssue<'_>,
+        coupon: &CouponDef,
+        reservations: &mut Vec<Reservation>,
+    ) -> Result<Option<Rejection>, KvError> {
+        let child = valid.child;
+        let act_id = valid.order_no.act_id;
+        if let Some(group) = &coupon.group {
+            let key = keys::user_group(child.id, group, act_id);
+            match self.kv.hold(&key, &coupon.batch).await? {
+                Hold::Held { .. } => reservations.push(Reservation::Held {
+                    key,
+                    value: coupon.batch.clone(),
+                }),
+                Hold::HeldByOther { value } => {
+                    return Ok(Some(Rejection::BatchGroupTaken {
+                        act_id,
+                        group: group.clone(),
+                        batch: coupon.batch.clone(),
+                        held: value,
+                    }));
+                }
+            }
+        }
+        let key = keys::user_batch(child.id, &coupon.batch, act_id);
+        match self
+            .kv
+            .consume_within(&key, 1, u64::from(coupon.per_user_limit))
+            .await?
+        {
+            Consume::Consumed { .. } => reservations.push(Reservation::Consumed { key, n: 1 }),
+            Consume::Exceeded { .. } => {
+                return Ok(Some(Rejection::UserBatchLimit {
+                    act_id,
+                    batch: coupon.batch.clone(),
+                    limit: coupon.per_user_limit,
+                }));
+            }
         }
         Ok(None)
     }
@@ -1025,6 +1136,28 @@ impl Wallet {
             )
             .await?))
     }
+}
+
+/// The raw stores behind breakers, with fresh ingress limits.
+fn guarded(
+    raw: &(Arc<dyn Ledger>, Arc<dyn Kv>),
+    clock: &Arc<dyn Clock>,
+    switches: &Arc<Switches>,
+    config: StabilityConfig,
+) -> (Arc<dyn Ledger>, Arc<dyn Kv>, Arc<Stability>) {
+    let breaker =
+        |name| Arc::new(Breaker::new(name, config.breaker, clock.clone(), switches.clone()));
+    let stability = Stability {
+        ingress: IngressLimits::new(clock.clone(), config.instances),
+        kv_breaker: breaker("kv"),
+        ledger_breaker: breaker("ledger"),
+    };
+    let ledger: Arc<dyn Ledger> = Arc::new(BreakerLedger::new(
+        raw.0.clone(),
+        stability.ledger_breaker.clone(),
+    ));
+    let kv: Arc<dyn Kv> = Arc::new(BreakerKv::new(raw.1.clone(), stability.kv_breaker.clone()));
+    (ledger, kv, Arc::new(stability))
 }
 
 pub(crate) fn replayed(first: Entry, credit: &Credit) -> IssueOutcome {
