@@ -329,8 +329,7 @@ impl LocalCounter {
 
     /// Writes counted locally and not yet moved into the primary KV.
     pub fn unflushed(&self) -> i64 {
-        self.local.load(Ordering::SeqCst)
-            + self.unflushed.lock().expect("counter lock poisoned")[0]
+        self.local.load(Ordering::SeqCst) + self.unflushed.lock().expect("counter lock poisoned")[0]
     }
 
     /// The KV calls made so far.
@@ -367,8 +366,18 @@ mod tests {
             }
             assert_eq!(counter.figures().kv_writes, 1_000, "one INCRBY per write");
             let first = counter.read().await;
-            assert_eq!(first, SplitRead { value: 2_000, missing_keys: 0 });
-            assert_eq!(counter.figures().kv_reads, 100, "a read fans out to every key");
+            assert_eq!(
+                first,
+                SplitRead {
+                    value: 2_000,
+                    missing_keys: 0
+                }
+            );
+            assert_eq!(
+                counter.figures().kv_reads,
+                100,
+                "a read fans out to every key"
+            );
             // One key's read times out: the partial sum is less than before.
             kv.set_faults(KvFaults {
                 fail_reads_prefix: Some("counter:fw:7".to_owned()),
@@ -383,7 +392,10 @@ mod tests {
                 ..KvFaults::default()
             });
             assert!(counter.add(3, 5).await.is_err());
-            assert!(counter.add(4, 5).await.is_ok(), "other keys still take writes");
+            assert!(
+                counter.add(4, 5).await.is_ok(),
+                "other keys still take writes"
+            );
             kv.set_faults(KvFaults::default());
             assert_eq!(counter.read().await.value, 2_005);
             assert_eq!(counter.figures().lost_amount, 5);
@@ -402,14 +414,22 @@ mod tests {
             let writer = LocalCounter::new(&config, kv.clone(), None, switches.clone());
             let reader = LocalCounter::new(&config, kv.clone(), None, switches);
             assert_eq!(reader.try_read(), None, "no value before the first refresh");
-            assert_eq!(reader.read(Duration::from_millis(5)).await, None, "bounded wait");
+            assert_eq!(
+                reader.read(Duration::from_millis(5)).await,
+                None,
+                "bounded wait"
+            );
             for _ in 0..10_000 {
                 writer.add(3);
             }
             assert_eq!(writer.figures().kv_ops(), 0, "writes stay local");
             let tick = writer.tick(0).await;
             assert_eq!((tick.flushed, tick.shown), (30_000, Some(30_000)));
-            assert_eq!(writer.figures().kv_writes, 1, "one INCRBY for 10,000 writes");
+            assert_eq!(
+                writer.figures().kv_writes,
+                1,
+                "one INCRBY for 10,000 writes"
+            );
             assert!(!writer.tick(999).await.ran, "not due yet");
             reader.tick(0).await;
             assert_eq!(reader.read(Duration::from_millis(5)).await, Some(30_000));
@@ -431,27 +451,47 @@ mod tests {
             let backup = memory_kv();
             let switches = Arc::new(Switches::default());
             let config = LocalCounterConfig::default();
-            let counter =
-                LocalCounter::new(&config, primary.clone(), Some(backup.clone()), switches.clone());
+            let counter = LocalCounter::new(
+                &config,
+                primary.clone(),
+                Some(backup.clone()),
+                switches.clone(),
+            );
             counter.add(10);
             counter.tick(0).await;
-            assert_eq!(backup.counter("counter:fireworks").await.ok(), Some(10), "dual write");
+            assert_eq!(
+                backup.counter("counter:fireworks").await.ok(),
+                Some(10),
+                "dual write"
+            );
             primary.set_faults(KvFaults {
                 down: true,
                 ..KvFaults::default()
             });
             counter.add(5);
             let tick = counter.tick(1_000).await;
-            assert_eq!((tick.flushed, tick.unflushed), (0, 5), "kept for the next tick");
+            assert_eq!(
+                (tick.flushed, tick.unflushed),
+                (0, 5),
+                "kept for the next tick"
+            );
             assert_eq!(backup.counter("counter:fireworks").await.ok(), Some(15));
             assert_eq!(tick.shown, Some(10), "the primary is down: the cache stays");
             switches.set(Switch::CounterPrimary, false);
-            assert_eq!(counter.tick(2_000).await.shown, Some(15), "read from the backup");
+            assert_eq!(
+                counter.tick(2_000).await.shown,
+                Some(15),
+                "read from the backup"
+            );
             primary.set_faults(KvFaults::default());
             let tick = counter.tick(3_000).await;
             assert_eq!((tick.flushed, tick.unflushed), (5, 0), "caught up");
             assert_eq!(primary.counter("counter:fireworks").await.ok(), Some(15));
-            assert_eq!(backup.counter("counter:fireworks").await.ok(), Some(15), "no double count");
+            assert_eq!(
+                backup.counter("counter:fireworks").await.ok(),
+                Some(15),
+                "no double count"
+            );
             assert_eq!(counter.unflushed(), 0);
         });
     }

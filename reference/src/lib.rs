@@ -13,6 +13,7 @@ pub mod keys;
 pub mod kv;
 pub mod ledger;
 pub mod order_no;
+pub mod pipeline;
 pub mod stability;
 pub mod switches;
 pub mod token;

@@ -392,11 +392,8 @@ impl Kv for BreakerKv {
         max: usize,
         now_ms: u64,
     ) -> Result<Vec<Vec<u8>>, KvError> {
-        self.call(
-            self.inner
-                .queue_claim(queue_key, inflight_key, max, now_ms),
-        )
-        .await
+        self.call(self.inner.queue_claim(queue_key, inflight_key, max, now_ms))
+            .await
     }
     async fn inflight_due(
         &self,
@@ -482,7 +479,8 @@ impl Ledger for BreakerLedger {
         child_id: crate::ChildId,
         order_no: &OrderNo,
     ) -> Result<Option<Entry>, LedgerError> {
-        self.call(self.inner.lookup_credit(child_id, order_no)).await
+        self.call(self.inner.lookup_credit(child_id, order_no))
+            .await
     }
     async fn withdraw(&self, withdrawal: &Withdrawal) -> Result<WithdrawOutcome, LedgerError> {
         self.call(self.inner.withdraw(withdrawal)).await
@@ -530,7 +528,11 @@ mod tests {
         let passed = (0..1_000).filter(|_| limits.admit(301, 400)).count();
         assert_eq!(passed, 100, "400 QPS over 4 instances");
         assert_eq!(limits.limited(), 900);
-        assert_eq!((0..10).filter(|_| limits.admit(302, 400)).count(), 10, "per scene");
+        assert_eq!(
+            (0..10).filter(|_| limits.admit(302, 400)).count(),
+            10,
+            "per scene"
+        );
     }
 
     #[test]
@@ -565,9 +567,16 @@ mod tests {
             matches!(&fast, Err(KvError::Store(m)) if m.contains("circuit open")),
             "{fast:?}"
         );
-        assert_eq!(runtime.block_on(inner.counter("c")).ok(), Some(0), "never reached");
+        assert_eq!(
+            runtime.block_on(inner.counter("c")).ok(),
+            Some(0),
+            "never reached"
+        );
         switches.set(Switch::CircuitBreaker, false);
-        assert!(runtime.block_on(kv.incr_by("c", 1)).is_ok(), "switched off: passes");
+        assert!(
+            runtime.block_on(kv.incr_by("c", 1)).is_ok(),
+            "switched off: passes"
+        );
         switches.set(Switch::CircuitBreaker, true);
         clock.advance(500);
         assert!(runtime.block_on(kv.incr_by("c", 1)).is_ok(), "the probe");
@@ -585,6 +594,10 @@ mod tests {
         clock.advance(500);
         assert!(runtime.block_on(kv.incr_by("c", 1)).is_err());
         assert_eq!(breaker.figures().state, BreakerState::Open);
-        assert_eq!(breaker.figures().trips, 3, "tripped, then reopened by the probe");
+        assert_eq!(
+            breaker.figures().trips,
+            3,
+            "tripped, then reopened by the probe"
+        );
     }
 }

@@ -828,17 +828,29 @@ mod tests {
             assert_eq!(kv.consume_up_to("s", 8, 10).await.ok(), Some(6), "partial");
             assert_eq!(kv.consume_up_to("s", 3, 10).await.ok(), Some(0));
             assert_eq!(kv.counter("s").await.ok(), Some(10));
-            assert_eq!(kv.record_order("o:1", b"a", "open", 5).await.ok(), Some(None));
+            assert_eq!(
+                kv.record_order("o:1", b"a", "open", 5).await.ok(),
+                Some(None)
+            );
             assert_eq!(
                 kv.record_order("o:1", b"b", "open", 9).await.ok(),
                 Some(Some(b"a".to_vec())),
                 "the first record wins"
             );
-            assert_eq!(kv.inflight_due("open", 5, 10).await.ok(), Some(vec![b"o:1".to_vec()]));
-            assert_eq!(kv.compare_and_set("o:1", b"x", b"c").await.ok(), Some(false));
+            assert_eq!(
+                kv.inflight_due("open", 5, 10).await.ok(),
+                Some(vec![b"o:1".to_vec()])
+            );
+            assert_eq!(
+                kv.compare_and_set("o:1", b"x", b"c").await.ok(),
+                Some(false)
+            );
             assert_eq!(kv.compare_and_set("o:1", b"a", b"c").await.ok(), Some(true));
             assert_eq!(kv.bytes("o:1").await.ok(), Some(Some(b"c".to_vec())));
-            assert_eq!(kv.compare_and_set("o:2", b"a", b"c").await.ok(), Some(false));
+            assert_eq!(
+                kv.compare_and_set("o:2", b"a", b"c").await.ok(),
+                Some(false)
+            );
             kv.scored_add("open", b"o:1", 50).await.expect("zadd");
             assert_eq!(kv.inflight_due("open", 49, 10).await.ok(), Some(vec![]));
             assert!(kv.scored_add("s", b"m", 1).await.is_err(), "wrong type");

@@ -197,8 +197,12 @@ pub trait Kv: Send + Sync + fmt::Debug {
 
     /// Replace the byte value of `key` by `new` only if it is `expected` now;
     /// `true` when replaced. Redis: one Lua script (`GET`, compare, `SET`).
-    async fn compare_and_set(&self, key: &str, expected: &[u8], new: &[u8])
-    -> Result<bool, KvError>;
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<bool, KvError>;
 
     /// Add a member to a scored set or move its score. Redis: `ZADD`.
     async fn scored_add(&self, key: &str, member: &[u8], score: u64) -> Result<(), KvError>;

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};
-use crate::config::{
-    Activity, ActivityTree, AwardDef, ChildActivity, CouponDef, Crediting, Scene,
-};
+use crate::config::{Activity, ActivityTree, AwardDef, ChildActivity, CouponDef, Crediting, Scene};
 use crate::keys;
 use crate::kv::{Consume, Hold, Kv, KvError, LIST_RANGE_MAX};
 use crate::ledger::{
@@ -39,6 +37,7 @@ use crate::{ActId, ActivityId, ChildId};
 pub(crate) mod token_mode;
 mod view;
 
+pub use crate::pipeline::QueuedOrder;
 pub use token_mode::IssuedToken;
 pub use view::{FLOW_ENTRIES_MAX, FlowCursor, FlowItem, FlowKind, WalletView};
 
@@ -204,6 +203,9 @@ pub enum Rejection {
     /// More client tokens than one withdraw may carry.
     #[error("{count} client tokens presented; at most {max}")]
     TooManyTokens { count: usize, max: usize },
+    /// A pipeline order failed for good (stock, limits, an unknown stock result).
+    #[error("the order failed in the coupon pipeline ({failure}): {detail}")]
+    OrderFailed { failure: String, detail: String },
     /// The scene's ingress rate limit turned the request away; retry later.
     #[error("scene {scene_id} is over its ingress limit of {limit_qps} requests/s")]
     RateLimited { scene_id: u32, limit_qps: u64 },
@@ -237,6 +239,7 @@ impl Rejection {
             Rejection::WithdrawBusy { .. } => "withdraw_busy",
             Rejection::TooManyTokens { .. } => "too_many_tokens",
             Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::OrderFailed { .. } => "order_failed",
             Rejection::PipelineBusy { .. } => "pipeline_busy",
         }
     }
@@ -283,6 +286,21 @@ pub enum IssueOutcome {
         /// The token issued the first time.
         first: IssuedToken,
     },
+    /// Coupon pipeline: recorded and queued; issued later.
+    Queued {
+        /// The order.
+        order: QueuedOrder,
+    },
+    /// Coupon pipeline: recorded before with the same payload.
+    DuplicateQueued {
+        /// The order as it stands.
+        order: QueuedOrder,
+    },
+    /// Coupon pipeline: the order number was recorded before with another payload.
+    OrderConflict {
+        /// The first order.
+        first: QueuedOrder,
+    },
 }
 
 impl IssueOutcome {
@@ -296,6 +314,9 @@ impl IssueOutcome {
             IssueOutcome::Accepted { .. } => "accepted",
             IssueOutcome::DuplicateToken { .. } => "duplicate",
             IssueOutcome::TokenConflict { .. } => "conflict",
+            IssueOutcome::Queued { .. } => "queued",
+            IssueOutcome::DuplicateQueued { .. } => "duplicate",
+            IssueOutcome::OrderConflict { .. } => "conflict",
         }
     }
 
@@ -415,6 +436,16 @@ pub enum WalletError {
     /// A token-mode scene was asked for, but the wallet has no signing key.
     #[error("scene {scene_id} credits by token but no token signing key is configured")]
     NoTokenKeys { scene_id: u32 },
+    /// This pipeline instance died at a crash point (tests and simulated faults).
+    #[error("the coupon pipeline instance is down")]
+    InstanceDown,
+    /// A pipeline order record does not decode.
+    #[error("order record {key} is corrupt: {error}")]
+    CorruptOrder { key: String, error: String },
+    /// A green request found its order mid-step in another processor, or a
+    /// store failed under it: the outcome is not known yet; retry.
+    #[error("order {key} is still in progress ({state}); retry")]
+    OrderInProgress { key: String, state: String },
     /// A server-side token copy does not verify: the store is corrupt or tampered with.
     #[error("server-side token for {key} does not verify: {error}")]
     CorruptToken { key: String, error: TokenError },
@@ -430,12 +461,12 @@ pub(crate) enum Reservation {
 /// A request that passed validation.
 #[derive(Debug)]
 pub(crate) struct ValidIssue<'a> {
-    activity: &'a Activity,
-    child: &'a ChildActivity,
-    scene: &'a Scene,
-    order_no: OrderNo,
-    award_def: &'a AwardDef,
-    award: Award,
+    pub(crate) activity: &'a Activity,
+    pub(crate) child: &'a ChildActivity,
+    pub(crate) scene: &'a Scene,
+    pub(crate) order_no: OrderNo,
+    pub(crate) award_def: &'a AwardDef,
+    pub(crate) award: Award,
 }
 
 /// How many instances share the ingress limits, and when breakers open.
@@ -491,8 +522,7 @@ impl Wallet {
     ) -> Self {
         let switches = Arc::new(Switches::default());
         let raw = (ledger, kv);
-        let (ledger, kv, stability) =
-            guarded(&raw, &clock, &switches, StabilityConfig::default());
+        let (ledger, kv, stability) = guarded(&raw, &clock, &switches, StabilityConfig::default());
         Self {
             tree,
             raw,
@@ -508,8 +538,12 @@ impl Wallet {
 
     /// Rebuild the limits and breakers after a change of switches or config.
     fn guard(&mut self) {
-        (self.ledger, self.kv, self.stability) =
-            guarded(&self.raw, &self.clock, &self.switches, self.stability_config);
+        (self.ledger, self.kv, self.stability) = guarded(
+            &self.raw,
+            &self.clock,
+            &self.switches,
+            self.stability_config,
+        );
     }
 
     /// Use `config` for the ingress limits and breakers (fresh ones).
@@ -1145,8 +1179,14 @@ fn guarded(
     switches: &Arc<Switches>,
     config: StabilityConfig,
 ) -> (Arc<dyn Ledger>, Arc<dyn Kv>, Arc<Stability>) {
-    let breaker =
-        |name| Arc::new(Breaker::new(name, config.breaker, clock.clone(), switches.clone()));
+    let breaker = |name| {
+        Arc::new(Breaker::new(
+            name,
+            config.breaker,
+            clock.clone(),
+            switches.clone(),
+        ))
+    };
     let stability = Stability {
         ingress: IngressLimits::new(clock.clone(), config.instances),
         kv_breaker: breaker("kv"),
