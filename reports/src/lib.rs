@@ -30,6 +30,9 @@ pub struct RunRecord {
     /// Token crediting figures, when the scenario credits by token.
     #[serde(default)]
     pub crediting: Option<CreditingSummary>,
+    /// Hot-counter figures, when the scenario shows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<CounterSummary>,
     /// Wall-clock figures of this run (the only non-deterministic part).
     pub wall: Wall,
     /// One verdict per checked invariant.
@@ -93,6 +96,31 @@ pub struct CreditingSummary {
     pub failed_attempts: u64,
     /// Forged, tampered or foreign tokens presented with withdraws.
     pub forged_presented: u64,
+}
+
+/// Hot-counter figures of a run (seed 000 §4.5).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CounterSummary {
+    /// `split` (plan 1) or `local` (plan 2).
+    pub plan: String,
+    /// Counter writes (cash awards counted).
+    pub writes: u64,
+    /// Reader polls answered.
+    pub reads: u64,
+    /// Polls that found no value yet (plan 2 before its first refresh).
+    pub blocked_reads: u64,
+    /// `INCRBY` calls the plan sent.
+    pub kv_writes: u64,
+    /// `GET` calls the plan sent.
+    pub kv_reads: u64,
+    /// KV calls per virtual second of the run.
+    pub kv_ops_per_s: f64,
+    /// Everything awarded, in cents.
+    pub true_total_cents: u64,
+    /// The highest value a reader shows at the end.
+    pub final_shown_cents: i64,
+    /// `(shown - truth) / truth`, percent.
+    pub final_error_pct: f64,
 }
 
 /// Wall-clock figures.
@@ -175,6 +203,22 @@ pub fn render_summary(record: &RunRecord) -> String {
         cents(t.cash_withdrawn_cents),
         cents(t.balance_cents)
     );
+    if let Some(c) = &record.counter {
+        let _ = writeln!(
+            out,
+            "\nhot counter (plan {}): {} writes, {} reads ({} blocked); {} KV writes + {} KV reads = {:.0} KV ops/s; shown {} of {} cents at the end ({:+.3}%)",
+            c.plan,
+            c.writes,
+            c.reads,
+            c.blocked_reads,
+            c.kv_writes,
+            c.kv_reads,
+            c.kv_ops_per_s,
+            c.final_shown_cents,
+            c.true_total_cents,
+            c.final_error_pct
+        );
+    }
     if let Some(c) = &record.crediting {
         let _ = writeln!(out, "\ntoken crediting");
         let _ = writeln!(
@@ -236,6 +280,7 @@ mod tests {
                 ..Totals::default()
             },
             crediting: None,
+            counter: None,
             wall: Wall {
                 elapsed_ms: 1500,
                 requests_per_s: 6.7,

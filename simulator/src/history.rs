@@ -55,6 +55,17 @@ pub enum Event {
         /// On or off.
         on: bool,
     },
+    /// A reader polled the hot counter.
+    CounterRead {
+        /// Wallet time.
+        at_ms: Millis,
+        /// The reader instance (each keeps its own cache).
+        reader: u32,
+        /// The value shown.
+        shown: i64,
+        /// How far behind the truth the plan may lag (its interval; 0 for plan 1).
+        lag_ms: u64,
+    },
     /// The credit worker died at a crash point and was restarted.
     WorkerCrash {
         /// Wallet time.

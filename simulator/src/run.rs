@@ -13,19 +13,22 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use reference::kv::Kv;
+use reference::counter::{LocalCounter, LocalCounterConfig, SplitCounter};
+use reference::kv::{Kv, KvFaults, MemoryKv};
 use reference::ledger::{Award, EntryKind, Ledger};
+use reference::switches::Switches;
 use reference::token::{KeyRing, decode_unverified};
 use reference::wallet::{CLIENT_TOKENS_MAX, IssueOutcome, Wallet, WithdrawOutcome};
 use reference::worker::{CreditWorker, TickReport};
 use reference::{Clock, ManualClock, kv, ledger};
 use reports::{
-    CreditingSummary, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, Totals, Verdict, Wall,
+    CounterSummary, CreditingSummary, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, Totals, Verdict,
+    Wall,
 };
 
 use crate::check::{self, Invariant, Violation};
 use crate::history::{Event, FinalState, History};
-use crate::scenario::{FaultKind, Scenario};
+use crate::scenario::{CounterKind, CounterPlan, FaultKind, Scenario};
 use crate::workload::{Request, Workload};
 
 /// Examples of violations kept per invariant in the record.
@@ -147,6 +150,10 @@ pub async fn run_on(
     let mut driver = Driver::new(&scenario, seed, &wallet, &stores.clock, options.progress);
     driver.run(Workload::new(&scenario, seed)).await?;
     let elapsed = started.elapsed();
+    let counter = match &driver.counter {
+        Some(rig) => Some(rig.summary(&scenario, driver.clock.now_ms()).await),
+        None => None,
+    };
     let Driver {
         history, summary, ..
     } = driver;
@@ -169,6 +176,7 @@ pub async fn run_on(
         &state,
         &violations,
         summary,
+        counter,
         elapsed.as_millis() as u64,
     );
     Ok(RunOutput {
@@ -193,7 +201,164 @@ struct Driver<'a> {
     rng: ChaCha8Rng,
     history: History,
     summary: CreditingSummary,
+    counter: Option<CounterRig>,
     bar: ProgressBar,
+}
+
+/// The hot counter of a run: its own KV (and backup), plan 1's split keys or
+/// plan 2's writer and reader instances, and the readers' polling schedule.
+struct CounterRig {
+    plan: CounterPlan,
+    primary: Arc<MemoryKv>,
+    split: Option<SplitCounter>,
+    writers: Vec<LocalCounter>,
+    readers: Vec<LocalCounter>,
+    next_reader: u32,
+    /// Poll credit carried between ticks, in reads × 1000.
+    read_credit: u64,
+    writes: u64,
+    reads: u64,
+    blocked_reads: u64,
+    true_total: u64,
+}
+
+impl CounterRig {
+    fn new(plan: &CounterPlan, clock: Arc<ManualClock>, switches: &Arc<Switches>) -> Self {
+        let primary = Arc::new(MemoryKv::new(clock.clone()));
+        let backup: Option<Arc<dyn Kv>> = plan
+            .backup
+            .then(|| Arc::new(MemoryKv::new(clock)) as Arc<dyn Kv>);
+        let config = LocalCounterConfig {
+            name: "fireworks".to_owned(),
+            interval_ms: plan.interval_ms,
+        };
+        let instances = |n: u32| -> Vec<LocalCounter> {
+            (0..n)
+                .map(|_| {
+                    LocalCounter::new(&config, primary.clone(), backup.clone(), switches.clone())
+                })
+                .collect()
+        };
+        let (split, writers, readers) = match plan.plan {
+            CounterKind::Split => (
+                Some(SplitCounter::new(
+                    primary.clone(),
+                    "fireworks",
+                    plan.split_keys,
+                )),
+                Vec::new(),
+                Vec::new(),
+            ),
+            CounterKind::Local => (None, instances(plan.writers), instances(plan.readers)),
+        };
+        Self {
+            plan: plan.clone(),
+            primary,
+            split,
+            writers,
+            readers,
+            next_reader: 0,
+            read_credit: 0,
+            writes: 0,
+            reads: 0,
+            blocked_reads: 0,
+            true_total: 0,
+        }
+    }
+
+    /// Count a cash award of `cents` to `act_id` (on the writer instance that served it).
+    async fn add(&mut self, act_id: u64, cents: u64) {
+        self.writes += 1;
+        self.true_total += cents;
+        let delta = i64::try_from(cents).unwrap_or(i64::MAX);
+        match &self.split {
+            // No retry: a failed write is lost (counted by the plan).
+            Some(split) => drop(split.add(act_id, delta).await),
+            None => self.writers[(act_id % self.writers.len() as u64) as usize].add(delta),
+        }
+    }
+
+    /// Flush and refresh every instance (writers first), then poll for one tick.
+    async fn tick(&mut self, now_ms: u64, tick_ms: u64, events: &mut Vec<Event>) {
+        for instance in self.writers.iter().chain(&self.readers) {
+            instance.tick(now_ms).await;
+        }
+        self.read_credit += u64::from(self.plan.reads_per_s) * tick_ms;
+        let polls = self.read_credit / 1000;
+        self.read_credit %= 1000;
+        for _ in 0..polls {
+            let reader = self.next_reader % self.plan.readers;
+            self.next_reader = self.next_reader.wrapping_add(1);
+            let shown = match &self.split {
+                Some(split) => Some(split.read().await.value),
+                None => self.readers[reader as usize].try_read(),
+            };
+            let Some(shown) = shown else {
+                self.blocked_reads += 1;
+                continue;
+            };
+            self.reads += 1;
+            let lag_ms = if self.split.is_some() {
+                0
+            } else {
+                self.plan.interval_ms
+            };
+            events.push(Event::CounterRead {
+                at_ms: now_ms,
+                reader,
+                shown,
+                lag_ms,
+            });
+        }
+    }
+
+    fn set_primary_up(&self, up: bool) {
+        self.primary.set_faults(KvFaults {
+            down: !up,
+            ..KvFaults::default()
+        });
+    }
+
+    /// The figures, after one more flush and refresh one interval after `now_ms`.
+    async fn summary(&self, scenario: &Scenario, now_ms: u64) -> CounterSummary {
+        let last = now_ms + self.plan.interval_ms;
+        for instance in self.writers.iter().chain(&self.readers) {
+            instance.tick(last).await;
+        }
+        let (figures, shown) = match &self.split {
+            Some(split) => (split.figures(), split.read().await.value),
+            None => {
+                let mut figures = reference::counter::CounterFigures::default();
+                for instance in self.writers.iter().chain(&self.readers) {
+                    let f = instance.figures();
+                    figures.kv_writes += f.kv_writes;
+                    figures.kv_reads += f.kv_reads;
+                }
+                let shown = self.readers.iter().filter_map(|r| r.try_read()).max();
+                (figures, shown.unwrap_or(0))
+            }
+        };
+        let truth = self.true_total;
+        CounterSummary {
+            plan: match self.plan.plan {
+                CounterKind::Split => "split".to_owned(),
+                CounterKind::Local => "local".to_owned(),
+            },
+            writes: self.writes,
+            reads: self.reads,
+            blocked_reads: self.blocked_reads,
+            kv_writes: figures.kv_writes,
+            kv_reads: figures.kv_reads,
+            kv_ops_per_s: figures.kv_ops() as f64 * 1000.0 / scenario.duration_ms.max(1) as f64,
+            true_total_cents: truth,
+            final_shown_cents: shown,
+            final_error_pct: if truth == 0 {
+                0.0
+            } else {
+                (shown as f64 - truth as f64) * 100.0 / truth as f64
+            },
+        }
+    }
 }
 
 /// The key the simulated forger signs with for a run of `seed` (key id 1).
@@ -209,7 +374,7 @@ impl<'a> Driver<'a> {
         scenario: &'a Scenario,
         seed: u64,
         wallet: &'a Wallet,
-        clock: &'a ManualClock,
+        clock: &'a Arc<ManualClock>,
         progress: bool,
     ) -> Self {
         let worker = CreditWorker::for_wallet(wallet, scenario.crediting.worker.clone());
@@ -226,6 +391,10 @@ impl<'a> Driver<'a> {
             rng: ChaCha8Rng::seed_from_u64(seed ^ CLIENT_RNG_NAME),
             history: History::default(),
             summary: CreditingSummary::default(),
+            counter: scenario
+                .counter
+                .as_ref()
+                .map(|plan| CounterRig::new(plan, clock.clone(), wallet.switches())),
             bar: progress_bar(scenario.requests, progress),
         }
     }
@@ -248,6 +417,12 @@ impl<'a> Driver<'a> {
             self.clock.set(now_ms);
             self.apply_faults(now_ms);
             self.tick(now_ms).await?;
+            if let Some(counter) = &mut self.counter {
+                let tick_ms = self.scenario.crediting.tick_interval_ms;
+                counter
+                    .tick(now_ms, tick_ms, &mut self.history.events)
+                    .await;
+            }
             self.next_tick_ms += self.scenario.crediting.tick_interval_ms;
         }
         Ok(())
@@ -262,6 +437,11 @@ impl<'a> Driver<'a> {
                 FaultKind::WorkerCrash(point) => {
                     if let Some(worker) = &mut self.worker {
                         worker.crash_at(point);
+                    }
+                }
+                FaultKind::CounterKv(up) => {
+                    if let Some(counter) = &self.counter {
+                        counter.set_primary_up(up);
                     }
                 }
                 FaultKind::Switch(switch, on) => {
@@ -324,6 +504,16 @@ impl<'a> Driver<'a> {
                     if matches!(outcome, IssueOutcome::Accepted { .. }) {
                         self.summary.accepted += 1;
                     }
+                }
+                let cents = outcome.newly_awarded_cents();
+                if let (Some(counter), true) = (&mut self.counter, cents > 0) {
+                    let act_id = request
+                        .order_no
+                        .split('_')
+                        .next()
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(0);
+                    counter.add(act_id, cents).await;
                 }
                 Event::Issue {
                     at_ms,
@@ -477,6 +667,7 @@ fn event_label(event: &Event) -> String {
             if *on { "on" } else { "off" }
         ),
         Event::WorkerCrash { .. } => "fault.worker_crash".to_owned(),
+        Event::CounterRead { .. } => "counter.read".to_owned(),
     }
 }
 
@@ -489,11 +680,15 @@ fn record(
     state: &FinalState,
     violations: &[Violation],
     crediting: CreditingSummary,
+    counter: Option<CounterSummary>,
     elapsed_ms: u64,
 ) -> RunRecord {
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for event in &history.events {
-        *outcomes.entry(event_label(event)).or_default() += 1;
+        // Counter polls are not requests; the counter summary counts them.
+        if !matches!(event, Event::CounterRead { .. }) {
+            *outcomes.entry(event_label(event)).or_default() += 1;
+        }
     }
     let mut totals = Totals {
         entries: state.ledger.entries.len() as u64,
@@ -575,6 +770,7 @@ fn record(
         outcomes,
         totals,
         crediting: uses_tokens.then_some(crediting),
+        counter,
         wall: Wall {
             elapsed_ms,
             requests_per_s: requests as f64 * 1000.0 / elapsed_ms.max(1) as f64,

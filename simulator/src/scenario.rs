@@ -51,6 +51,60 @@ pub struct Scenario {
     pub crediting: CreditingPlan,
     /// Faults at given virtual times, in time order.
     pub faults: Vec<Fault>,
+    /// The live hot counter (fireworks total), when the scenario shows one.
+    pub counter: Option<CounterPlan>,
+}
+
+/// Which of the seed's two hot-counter plans a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterKind {
+    /// Plan 1: split keys, direct writes, fan-out reads.
+    Split,
+    /// Plan 2: local aggregation, one flush per interval, monotone local cache.
+    Local,
+}
+
+/// The hot counter in a run: every cash award adds its amount; readers poll it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterPlan {
+    /// Plan 1 or plan 2.
+    pub plan: CounterKind,
+    /// Plan 1's keys.
+    #[serde(default = "default_split_keys")]
+    pub split_keys: u32,
+    /// Plan 2's flush and refresh interval (and I8's allowed lag).
+    #[serde(default = "default_counter_interval_ms")]
+    pub interval_ms: u64,
+    /// Instances that write (plan 2 aggregates per instance).
+    #[serde(default = "default_writers")]
+    pub writers: u32,
+    /// Instances that serve reads (each keeps its own cache).
+    #[serde(default = "default_readers")]
+    pub readers: u32,
+    /// Reader polls per virtual second, spread round-robin over the readers.
+    #[serde(default = "default_reads_per_s")]
+    pub reads_per_s: u32,
+    /// Dual-write to a backup KV (plan 2).
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn default_split_keys() -> u32 {
+    reference::counter::SPLIT_KEYS_DEFAULT
+}
+fn default_counter_interval_ms() -> u64 {
+    reference::counter::FLUSH_INTERVAL_MS_DEFAULT
+}
+fn default_writers() -> u32 {
+    8
+}
+fn default_readers() -> u32 {
+    20
+}
+fn default_reads_per_s() -> u32 {
+    20
 }
 
 /// Where the token keys come from.
@@ -102,6 +156,8 @@ pub enum FaultKind {
     WorkerCrash(CrashPoint),
     /// A degradation switch is flipped.
     Switch(Switch, bool),
+    /// The hot counter's primary KV goes down (`false`) or comes back (`true`).
+    CounterKv(bool),
 }
 
 /// Relative weights of fresh request kinds.
@@ -160,6 +216,7 @@ struct ScenarioFile {
     traffic: Spanned<Traffic>,
     tokens: Option<Spanned<TokensFile>>,
     crediting: Option<Spanned<CreditingFile>>,
+    counter: Option<Spanned<CounterPlan>>,
     #[serde(default)]
     fault: Vec<Spanned<FaultFile>>,
 }
@@ -213,6 +270,7 @@ struct FaultFile {
 enum FaultKindName {
     WorkerCrash,
     Switch,
+    CounterKv,
 }
 
 // The names are what scenario files say (`after_mark`); the prefix is the point.
@@ -403,6 +461,32 @@ impl Scenario {
                 }
             }
         };
+        let counter = match file.counter {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let c = spanned.into_inner();
+                let at = |key: &str, m: &str| {
+                    v.error(span.clone(), format!("counter.{key}"), m.to_owned())
+                };
+                if c.split_keys == 0 {
+                    return Err(at("split_keys", "must be at least 1"));
+                }
+                if c.interval_ms == 0 {
+                    return Err(at("interval_ms", "must be greater than 0"));
+                }
+                if c.writers == 0 || c.readers == 0 {
+                    return Err(at("writers", "writers and readers must be at least 1"));
+                }
+                if c.backup && c.plan == CounterKind::Split {
+                    return Err(at(
+                        "backup",
+                        "only plan 2 (`local`) dual-writes to a backup",
+                    ));
+                }
+                Some(c)
+            }
+        };
         let mut faults = Vec::new();
         for (index, spanned) in file.fault.iter().enumerate() {
             let f = spanned.get_ref();
@@ -429,6 +513,8 @@ impl Scenario {
                     FaultKind::Switch(switch, on)
                 }
                 (FaultKindName::Switch, _, _, _) => return Err(at("switch", "a switch fault takes `switch` and `on` and nothing else".to_owned())),
+                (FaultKindName::CounterKv, None, None, Some(on)) if counter.is_some() => FaultKind::CounterKv(on),
+                (FaultKindName::CounterKv, _, _, _) => return Err(at("kind", "a counter_kv fault takes `on` and nothing else, and needs a [counter] section".to_owned())),
             };
             faults.push(Fault {
                 at_ms: f.at_s * 1000,
@@ -451,6 +537,7 @@ impl Scenario {
             token_keys,
             crediting,
             faults,
+            counter,
         })
     }
 }

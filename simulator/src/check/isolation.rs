@@ -19,17 +19,20 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                 request,
                 outcome,
             } => {
-                let landed = match outcome {
-                    IssueOutcome::Issued { entry } | IssueOutcome::Duplicate { entry } => {
-                        Some(entry.account.child_id)
-                    }
-                    IssueOutcome::Conflict { first } => Some(first.account.child_id),
-                    IssueOutcome::Rejected { child_id, .. } => *child_id,
-                    IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } => {
-                        Some(token.child_id)
-                    }
-                    IssueOutcome::TokenConflict { first } => Some(first.child_id),
-                };
+                let landed =
+                    match outcome {
+                        IssueOutcome::Issued { entry } | IssueOutcome::Duplicate { entry } => {
+                            Some(entry.account.child_id)
+                        }
+                        IssueOutcome::Conflict { first } => Some(first.account.child_id),
+                        IssueOutcome::Rejected { child_id, .. } => *child_id,
+                        IssueOutcome::Accepted { token }
+                        | IssueOutcome::DuplicateToken { token } => Some(token.child_id),
+                        IssueOutcome::TokenConflict { first } => Some(first.child_id),
+                        IssueOutcome::Queued { order }
+                        | IssueOutcome::DuplicateQueued { order } => Some(order.child_id),
+                        IssueOutcome::OrderConflict { first } => Some(first.child_id),
+                    };
                 (
                     *at_ms,
                     request.activity_id,
@@ -66,7 +69,9 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                 Some(view.child_id),
                 format!("view of user {act_id}"),
             ),
-            Event::Switch { .. } | Event::WorkerCrash { .. } => continue,
+            Event::Switch { .. } | Event::WorkerCrash { .. } | Event::CounterRead { .. } => {
+                continue;
+            }
         };
         let Some(landed) = landed else { continue };
         let open = tree

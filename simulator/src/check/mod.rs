@@ -5,7 +5,7 @@
 //! Implemented here: I1 idempotency, I2 no over-issue, I3 conservation, I4
 //! reconciliation (sync credits and tokens: issued = credited + pending, pending
 //! drained to 0), I5 wallet view, I6 child-activity isolation and I7 token
-//! integrity. I8 (hot counter) arrives with the counter.
+//! integrity, and I8 hot counter.
 
 use std::fmt;
 
@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::history::{FinalState, History};
 
 mod conservation;
+mod counter;
 mod idempotency;
 mod isolation;
 mod over_issue;
@@ -39,11 +40,13 @@ pub enum Invariant {
     I6Isolation,
     /// Forged, tampered or foreign tokens are rejected and never credited.
     I7TokenIntegrity,
+    /// The shown hot counter never goes down for a reader and stays within 1% of the truth.
+    I8Counter,
 }
 
 impl Invariant {
     /// The invariants this build checks, in order.
-    pub const CHECKED: [Invariant; 7] = [
+    pub const CHECKED: [Invariant; 8] = [
         Invariant::I1Idempotency,
         Invariant::I2NoOverIssue,
         Invariant::I3Conservation,
@@ -51,6 +54,7 @@ impl Invariant {
         Invariant::I5View,
         Invariant::I6Isolation,
         Invariant::I7TokenIntegrity,
+        Invariant::I8Counter,
     ];
 
     /// `I1` … `I8`.
@@ -63,6 +67,7 @@ impl Invariant {
             Invariant::I5View => "I5",
             Invariant::I6Isolation => "I6",
             Invariant::I7TokenIntegrity => "I7",
+            Invariant::I8Counter => "I8",
         }
     }
 
@@ -76,6 +81,7 @@ impl Invariant {
             Invariant::I5View => "wallet view",
             Invariant::I6Isolation => "isolation",
             Invariant::I7TokenIntegrity => "token integrity",
+            Invariant::I8Counter => "hot counter",
         }
     }
 }
@@ -131,6 +137,7 @@ pub fn check(
         Invariant::I5View => view::check(history),
         Invariant::I6Isolation => isolation::check(tree, history, state),
         Invariant::I7TokenIntegrity => token_integrity::check(history, state),
+        Invariant::I8Counter => counter::check(history),
     }
 }
 
