@@ -152,6 +152,15 @@ pub struct OrderRecord {
 }
 
 impl OrderRecord {
+    /// The user (0 if the stored order number does not parse, which accept prevents).
+    pub fn act_id(&self) -> ActId {
+        self.request
+            .order_no
+            .parse::<OrderNo>()
+            .map(|o| o.act_id)
+            .unwrap_or(0)
+    }
+
     fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("order records serialise")
     }
@@ -185,12 +194,7 @@ impl QueuedOrder {
     fn of(record: &OrderRecord) -> Self {
         Self {
             child_id: record.child_id,
-            act_id: record
-                .request
-                .order_no
-                .parse::<OrderNo>()
-                .map(|o| o.act_id)
-                .unwrap_or(0),
+            act_id: record.act_id(),
             order_no: record.request.order_no.clone(),
             award_id: record.request.award_id,
             accepted_at_ms: record.accepted_at_ms,
@@ -800,7 +804,9 @@ impl CouponPipeline {
     /// Asset layer: one merged consume per template, then one ledger batch.
     async fn process_asset(&self, jobs: Vec<Job>) -> Result<(), Stop> {
         self.processed[1].fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        let mut groups: BTreeMap<String, (CouponDef, bool, Vec<(Job, ActId)>)> = BTreeMap::new();
+        // Stock key → (template, stock control, orders with their users).
+        type Group = (CouponDef, bool, Vec<(Job, ActId)>);
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         for mut job in jobs {
             match self.coupon_of(&job.record) {
                 Ok((order_no, coupon, stock_control)) => {
@@ -942,7 +948,7 @@ impl CouponPipeline {
                         }
                     }
                     CreditOutcome::Conflict { .. } => {
-                        let act_id = credits_act(&job);
+                        let act_id = job.record.act_id();
                         let mut held = self.user_reservations(job.record.child_id, act_id, &coupon);
                         held.push(Reservation::Consumed {
                             key: keys::stock(job.record.child_id, coupon.template_id),
@@ -1222,15 +1228,6 @@ impl CouponPipeline {
         };
         figures
     }
-}
-
-fn credits_act(job: &Job) -> ActId {
-    job.record
-        .request
-        .order_no
-        .parse::<OrderNo>()
-        .map(|o| o.act_id)
-        .unwrap_or(0)
 }
 
 fn credit_of(child_id: ChildId, order_no: &OrderNo, award: &Award, at_ms: Millis) -> Credit {
