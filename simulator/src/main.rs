@@ -61,6 +61,18 @@ enum BenchWhat {
         #[arg(long, default_value_t = 20_000)]
         tokens: u64,
     },
+    /// Coupon issues per second: the sync path beside the coupon pipeline (memory backend).
+    Coupons {
+        /// Coupon orders per path.
+        #[arg(long, default_value_t = 20_000)]
+        orders: u64,
+    },
+    /// Hot-counter KV operations: plan 1 (split keys) beside plan 2 (local aggregation).
+    Counter {
+        /// Counter writes (at 300k writes/s and 6 reads per write, virtual time).
+        #[arg(long, default_value_t = 1_000_000)]
+        writes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +145,22 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
             let rows = simulator::bench::bench_ledger(credits, dir.path()).await?;
             print!("{}", simulator::bench::render(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Coupons { orders },
+        } => {
+            anyhow::ensure!(orders > 0, "--orders must be greater than 0");
+            let rows = simulator::bench::bench_coupons(orders).await?;
+            print!("{}", simulator::bench::render_coupons(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Counter { writes },
+        } => {
+            anyhow::ensure!(writes > 0, "--writes must be greater than 0");
+            let bench = simulator::bench::bench_counter(writes).await?;
+            print!("{}", simulator::bench::render_counter(&bench));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,7 +1,10 @@
 //! The benchmarks run end to end at a tiny size, so they cannot rot. Their figures
 //! are printed by `redrain bench …`, never asserted here.
 
-use simulator::bench::{bench_ledger, bench_tokens, render, render_tokens};
+use simulator::bench::{
+    bench_counter, bench_coupons, bench_ledger, bench_tokens, render, render_counter,
+    render_coupons, render_tokens,
+};
 
 #[test]
 fn the_benchmarks_run_and_print_every_path() {
@@ -29,4 +32,42 @@ fn the_benchmarks_run_and_print_every_path() {
     ] {
         assert!(table.contains(path), "{path} missing:\n{table}");
     }
+}
+
+#[test]
+fn the_coupon_and_counter_benchmarks_run_and_print_every_path() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let coupons = runtime.block_on(bench_coupons(200)).expect("coupon bench");
+    assert_eq!(coupons.len(), 3);
+    // The bench itself errors unless every order was issued; this is the contract.
+    assert!(coupons.iter().all(|r| r.orders == 200 && r.issued == 200));
+    let table = render_coupons(&coupons);
+    for path in [
+        "wallet.issue sync",
+        "pipeline, merge_max 100",
+        "pipeline, merge_max 1",
+        "VIRTUAL time",
+    ] {
+        assert!(table.contains(path), "{path} missing:\n{table}");
+    }
+
+    let counter = runtime
+        .block_on(bench_counter(20_000))
+        .expect("counter bench");
+    let table = render_counter(&counter);
+    for plan in ["plan 1", "plan 2"] {
+        assert!(table.contains(plan), "{plan} missing:\n{table}");
+    }
+    let [plan1, plan2] = [&counter.rows[0], &counter.rows[1]];
+    assert!(plan1.plan.starts_with("plan 1") && plan2.plan.starts_with("plan 2"));
+    assert!(
+        plan2.kv_ops() < plan1.kv_ops(),
+        "plan 2 must make fewer KV calls:\n{table}"
+    );
+    // Plan 2 shows the exact total once its final tick has flushed everything.
+    assert_eq!(plan2.shown_end, 20_000, "{table}");
+    assert_eq!(plan1.shown_end, 20_000, "{table}");
 }
