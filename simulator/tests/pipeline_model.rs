@@ -17,10 +17,13 @@
 //!
 //! - every answer, against what the harness learnt from earlier answers (which
 //!   order numbers are recorded, with which payload): another payload answers
-//!   `conflict`; a recorded order never answers `queued`; `pipeline_busy` only when
-//!   the activity queue is full; errors only `InstanceDown` from an armed crash
-//!   point (`AfterRecord` for a queued request, any point for a green one) or
-//!   `OrderInProgress` for a green request;
+//!   `conflict` (or `pipeline_busy`: back-pressure is checked before the record is
+//!   read); a credited order number answers `duplicate`/`conflict` from the ledger;
+//!   a recorded order never answers `queued`; `pipeline_busy` only when the
+//!   activity queue is full; `issued`/`order_failed` only on the green channel,
+//!   matching the record and the ledger; errors only `InstanceDown` from an armed
+//!   crash point (`AfterRecord` for a queued request, any point for a green one)
+//!   or `OrderInProgress` for a green request;
 //! - the stores, after every step and again after a quiesce (the clock moved past
 //!   the compensation timeout and live instances ticked until every order record
 //!   is final), by [`audit`]: no over-issue (stock per template, per-user per-batch
@@ -30,6 +33,12 @@
 //!   award; `issued` ⇒ credited; `failed` ⇒ never credited), every record answered
 //!   and every answered order recorded, every unfinished order in the open set (so
 //!   the compensation scan can find it) and, at quiesce, nothing left unfinished.
+//!
+//! A second test adds flips of `Switch::CouponPipeline`: with it off, the same
+//! instances answer through the wallet's sync path over the same stores, which
+//! reads the pipeline's order record first: a recorded number keeps its first
+//! answer (`SYNC_PATH_HONOURS_PIPELINE_RECORDS`, and the
+//! `switch_off_answers_conflict_*` reproducer of the bug this test found).
 //!
 //! Planted violations at the end show the audit does fail.
 //!
@@ -108,7 +117,9 @@ stock = 5
 "#;
 
 static TREE_PARSED: LazyLock<Arc<ActivityTree>> = LazyLock::new(|| {
-    Arc::new(ActivityTree::from_toml_str(TREE, "pipeline_model.rs").expect("the test tree is valid"))
+    Arc::new(
+        ActivityTree::from_toml_str(TREE, "pipeline_model.rs").expect("the test tree is valid"),
+    )
 });
 
 const ACTIVITY_ID: u64 = 2027;
@@ -125,8 +136,8 @@ const ACTIVITY_QUEUE_MAX: usize = 4;
 const COMPENSATION_TIMEOUT_MS: u64 = 5_000;
 /// Whether the sync path (pipeline switched off) answers `conflict` to an order
 /// number the pipeline recorded with another payload, as the token scheme does
-/// for tokens accepted before its switch went off. It does not yet (see
-/// `known_bug_*` below), so the flip test holds it to the weaker rule.
+/// for tokens accepted before its switch went off (it does since the fix of the
+/// bug `switch_off_answers_conflict_*` reproduces).
 const SYNC_PATH_HONOURS_PIPELINE_RECORDS: bool = true;
 /// Quiesce: ticks of every instance, one second apart, before giving up.
 const QUIESCE_ROUNDS_MAX: usize = 60;
@@ -368,7 +379,12 @@ impl<const FLIPS: bool> ReferenceStateMachine for PipelineMachine<FLIPS> {
             ));
             arms.push((
                 2,
-                (instance(), select(state.sent.clone()), 1..COUPONS.len(), green())
+                (
+                    instance(),
+                    select(state.sent.clone()),
+                    1..COUPONS.len(),
+                    green(),
+                )
                     .prop_map(|(instance, order, shift, green)| {
                         let at = COUPONS
                             .iter()
@@ -555,7 +571,6 @@ impl Sut {
             slot.pipeline.has_crashed(),
             "{at}: the tick report and has_crashed agree"
         );
-        eprintln!("STAT tick act{} asset{} pick{} comp{} crash{}", report.activity_processed>0, report.asset_processed>0, report.picked_up>0, report.compensated>0, report.crashed);
         if report.crashed {
             assert!(
                 slot.armed.is_some(),
@@ -575,13 +590,13 @@ impl Sut {
         let armed = slot.armed;
         let pipeline_on = self.wallet.switches().is_on(Switch::CouponPipeline);
         let queue_full = slot.pipeline.depths().0 >= ACTIVITY_QUEUE_MAX as u64;
-        let result = self
-            .runtime
-            .block_on(slot.pipeline.issue(&request, green));
+        let result = self.runtime.block_on(slot.pipeline.issue(&request, green));
         let crashed = slot.pipeline.has_crashed();
         let shown = format!("{result:?}");
-        assert!(pipeline_on || !crashed, "{at}: the sync path crashed the instance");
-        eprintln!("STAT answer {} {}", if green {"green"} else {"plain"}, match &result { Ok(o) => o.label().to_owned(), Err(e) => format!("err:{}", match e { WalletError::InstanceDown => "down", WalletError::OrderInProgress{..} => "inprogress", _ => "other" }) });
+        assert!(
+            pipeline_on || !crashed,
+            "{at}: the sync path crashed the instance"
+        );
         let mut newly_recorded = false;
         match result {
             Err(WalletError::InstanceDown) => {
@@ -599,7 +614,10 @@ impl Sut {
                 }
             }
             Err(WalletError::OrderInProgress { .. }) => {
-                assert!(green, "{at}: only a green request waits for an order: {shown}");
+                assert!(
+                    green,
+                    "{at}: only a green request waits for an order: {shown}"
+                );
                 match first {
                     None => newly_recorded = true,
                     Some(first) => assert_eq!(first, order, "{at}: {shown}"),
@@ -616,11 +634,20 @@ impl Sut {
                     } else {
                         "conflict"
                     };
-                    assert_eq!(label, expected, "{at}: credited before as {credited:?}: {shown}");
+                    assert_eq!(
+                        label, expected,
+                        "{at}: credited before as {credited:?}: {shown}"
+                    );
                 } else if !pipeline_on {
+                    // A number the pipeline recorded keeps its first answer.
                     let allowed = matches!(
                         label,
-                        "issued" | "out_of_stock" | "user_batch_limit" | "batch_group_taken"
+                        "issued"
+                            | "out_of_stock"
+                            | "user_batch_limit"
+                            | "batch_group_taken"
+                            | "conflict"
+                            | "duplicate"
                     );
                     assert!(allowed, "{at}: the sync path answered {shown}");
                     if let Some(first) = first
@@ -697,7 +724,11 @@ impl Sut {
         match outcome {
             IssueOutcome::Queued { .. } => {
                 let record = record.unwrap_or_else(|| panic!("{at}: queued, but no record"));
-                assert_eq!(record.request, order.request(), "{at}: the record's payload");
+                assert_eq!(
+                    record.request,
+                    order.request(),
+                    "{at}: the record's payload"
+                );
                 assert_eq!(record.state, OrderState::Accepted, "{at}: just queued");
             }
             IssueOutcome::Issued { entry } if !pipeline_on => {
@@ -731,10 +762,10 @@ impl Sut {
                     "{at}: order_failed, but the record is {state:?}"
                 );
             }
-            IssueOutcome::Rejected { reason, .. } if reason.code() == "pipeline_busy" => {
-                if !self.recorded.contains_key(&order_no) {
-                    assert_eq!(record, None, "{at}: busy, yet recorded");
-                }
+            IssueOutcome::Rejected { reason, .. }
+                if reason.code() == "pipeline_busy" && !self.recorded.contains_key(&order_no) =>
+            {
+                assert_eq!(record, None, "{at}: busy, yet recorded");
             }
             _ => {}
         }
@@ -865,7 +896,9 @@ fn audit(
                 .entry(order_no.to_string())
                 .or_default()
                 .push((entry.account.act_id, award.clone())),
-            EntryKind::Withdrawal { .. } => violation("unexpected_withdrawal", format!("{entry:?}")),
+            EntryKind::Withdrawal { .. } => {
+                violation("unexpected_withdrawal", format!("{entry:?}"))
+            }
         }
     }
     let mut per_template: BTreeMap<u64, u64> = BTreeMap::new();
@@ -1054,10 +1087,7 @@ fn audit(
             ),
             (OrderState::Accepted | OrderState::UserReserved, true) if !mixed => violation(
                 "credited_too_early",
-                format!(
-                    "order {order_no} credited while {}",
-                    record.state.label()
-                ),
+                format!("order {order_no} credited while {}", record.state.label()),
             ),
             (OrderState::StockReserved, true) if quiesced => violation(
                 "not_final_at_quiesce",
@@ -1122,8 +1152,6 @@ impl<const FLIPS: bool> StateMachineTest for PipelineTest<FLIPS> {
             "the harness sent what the model remembers"
         );
         let rounds = sut.quiesce();
-        for no in &sut.sent { if let Some(r) = sut.record(no) { eprintln!("STAT final {}", match &r.state { OrderState::Failed{code,..} => format!("failed:{code}"), s => s.label().to_owned() }); } }
-        eprintln!("STAT quiesce_rounds {rounds}");
         let violations = sut.audit(true);
         assert!(
             violations.is_empty(),
@@ -1232,11 +1260,7 @@ fn clean_run() -> Sut {
     sut.quiesce();
     let violations = sut.audit(true);
     assert!(violations.is_empty(), "clean run: {}", listed(&violations));
-    assert_eq!(
-        sut.unfinished(),
-        0,
-        "the clean run finishes every order"
-    );
+    assert_eq!(sut.unfinished(), 0, "the clean run finishes every order");
     sut
 }
 
@@ -1266,17 +1290,24 @@ fn plant_credit(sut: &Sut, user: u64, rain: u32, award: u64) {
 #[test]
 fn a_planted_over_stock_credit_is_reported() {
     let mut sut = clean_run();
-    let credited_701 = COUPONS[0].stock;
-    // Three orders of 701 took its stock; a fourth credit goes straight in.
+    // Three orders of 701 took its whole stock; a fourth credit goes straight in.
     plant_credit(&sut, 6, 2, 21);
-    sut.sent.insert(Order { user: 6, rain: 2, award: 21 }.order_no());
-    let found = checks(&sut.audit(true));
-    assert!(found.contains("over_stock"), "{found:?} (stock {credited_701})");
-    assert!(
-        found.contains("stock_counter_below_credits"),
-        "the stock counter says 3: {found:?}"
+    sut.sent.insert(
+        Order {
+            user: 6,
+            rain: 2,
+            award: 21,
+        }
+        .order_no(),
     );
-    assert!(found.contains("credit_without_record"), "{found:?}");
+    let found = checks(&sut.audit(true));
+    for check in [
+        "over_stock",
+        "stock_counter_below_credits",
+        "credit_without_record",
+    ] {
+        assert!(found.contains(check), "{check}: {found:?}");
+    }
 }
 
 #[test]
@@ -1286,15 +1317,30 @@ fn a_planted_per_user_and_group_violation_is_reported() {
     plant_credit(&sut, 5, 3, 22);
     plant_credit(&sut, 5, 4, 21);
     let found = checks(&sut.audit(false));
-    assert!(found.contains("over_user_limit"), "{found:?}");
-    assert!(found.contains("group_exclusion"), "{found:?}");
-    assert!(found.contains("user_counter_below_credits"), "{found:?}");
     assert!(
         found.contains("credit_without_request"),
         "never sent: {found:?}"
     );
-    sut.sent.insert("5_2_3_2_1".to_owned());
-    assert!(found.contains("over_user_limit"));
+    for rain in [3, 4] {
+        sut.sent.insert(
+            Order {
+                user: 5,
+                rain,
+                award: 22,
+            }
+            .order_no(),
+        );
+    }
+    let found = checks(&sut.audit(false));
+    assert!(!found.contains("credit_without_request"), "{found:?}");
+    for check in [
+        "over_user_limit",
+        "group_exclusion",
+        "user_counter_below_credits",
+        "credit_without_record",
+    ] {
+        assert!(found.contains(check), "{check}: {found:?}");
+    }
 }
 
 #[test]
@@ -1332,7 +1378,12 @@ fn a_planted_record_regression_is_reported() {
     assert!(replaced);
     // The failed order's coupon appears in the ledger.
     let failed_order = sut.recorded[&failed];
-    plant_credit(&sut, failed_order.user, failed_order.rain, failed_order.award);
+    plant_credit(
+        &sut,
+        failed_order.user,
+        failed_order.rain,
+        failed_order.award,
+    );
     let found = checks(&sut.audit(true));
     for check in [
         "credited_too_early",
@@ -1342,4 +1393,42 @@ fn a_planted_record_regression_is_reported() {
     ] {
         assert!(found.contains(check), "{check}: {found:?}");
     }
+}
+
+/// Reproducer of a bug this test found: with the coupon-pipeline switch off,
+/// `Wallet::issue` used to credit a replay with another award under an order
+/// number the pipeline had already answered `queued` (the queued order then failed
+/// with `conflict`). The sync path now reads the order record first, as it reads
+/// the token record when the token KV is off.
+#[test]
+fn switch_off_answers_conflict_to_another_payload_under_a_queued_order_number() {
+    let mut sut = Sut::new(true);
+    let first = Order {
+        user: 2,
+        rain: 1,
+        award: 23,
+    };
+    let other = Order { award: 21, ..first };
+    let steps = [
+        Transition::Issue {
+            instance: 0,
+            order: first,
+            green: false,
+        },
+        Transition::SwitchFlip { on: false },
+    ];
+    for step in &steps {
+        sut.apply(step);
+    }
+    let answer = sut
+        .runtime
+        .block_on(sut.slots[0].pipeline.issue(&other.request(), false))
+        .expect("no operating error");
+    assert_eq!(
+        answer.label(),
+        "conflict",
+        "order {} was answered `queued` with award {} first: {answer:?}",
+        first.order_no(),
+        first.award
+    );
 }

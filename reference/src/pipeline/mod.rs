@@ -1230,6 +1230,28 @@ impl CouponPipeline {
     }
 }
 
+/// The answer an order recorded by the pipeline gets on the sync path: the same
+/// payload is a duplicate of the queued order (the pipeline finishes it), another
+/// payload a conflict. `None` when there is no record or it cannot be read now.
+pub(crate) async fn earlier_order(
+    wallet: &Wallet,
+    child_id: ChildId,
+    request: &IssueRequest,
+) -> Option<IssueOutcome> {
+    let key = keys::order(child_id, &request.order_no);
+    let bytes = wallet.kv().bytes(&key).await.ok()??;
+    let first = OrderRecord::decode(&key, &bytes).ok()?;
+    Some(if first.request == *request {
+        IssueOutcome::DuplicateQueued {
+            order: QueuedOrder::of(&first),
+        }
+    } else {
+        IssueOutcome::OrderConflict {
+            first: QueuedOrder::of(&first),
+        }
+    })
+}
+
 fn credit_of(child_id: ChildId, order_no: &OrderNo, award: &Award, at_ms: Millis) -> Credit {
     Credit {
         account: AccountKey {

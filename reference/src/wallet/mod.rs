@@ -647,6 +647,15 @@ impl Wallet {
                 return Ok(outcome);
             }
         }
+        // A pipeline scene on the sync path (pipeline switched off, or called
+        // directly): an order the pipeline recorded keeps its first answer, and the
+        // pipeline finishes it. Passive like the token read above.
+        if valid.scene.crediting == Crediting::Pipeline
+            && let Some(outcome) =
+                crate::pipeline::earlier_order(self, valid.child.id, request).await
+        {
+            return Ok(outcome);
+        }
         let credit = Credit {
             account: AccountKey {
                 child_id: valid.child.id,
