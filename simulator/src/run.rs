@@ -507,12 +507,11 @@ impl<'a> Driver<'a> {
                 }
                 let cents = outcome.newly_awarded_cents();
                 if let (Some(counter), true) = (&mut self.counter, cents > 0) {
+                    // Awarded, so the order number parsed.
                     let act_id = request
                         .order_no
-                        .split('_')
-                        .next()
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or(0);
+                        .parse::<reference::OrderNo>()
+                        .map_or(0, |o| o.act_id);
                     counter.add(act_id, cents).await;
                 }
                 Event::Issue {

@@ -90,6 +90,21 @@ pub struct Credit {
     pub at_ms: Millis,
 }
 
+impl Credit {
+    /// `award` to the owner of `order_no` in child `child_id`.
+    pub fn new(child_id: ChildId, order_no: OrderNo, award: Award, at_ms: Millis) -> Self {
+        Self {
+            account: AccountKey {
+                child_id,
+                act_id: order_no.act_id,
+            },
+            order_no,
+            award,
+            at_ms,
+        }
+    }
+}
+
 /// A withdrawal to post.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Withdrawal {

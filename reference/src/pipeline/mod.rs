@@ -43,7 +43,7 @@ use crate::clock::Millis;
 use crate::config::{AwardDef, CouponDef, Crediting};
 use crate::keys;
 use crate::kv::{KvError, LIST_RANGE_MAX, QUEUE_POP_MAX};
-use crate::ledger::{AccountKey, Award, CREDIT_BATCH_MAX, Credit, CreditOutcome, LedgerError};
+use crate::ledger::{Award, CREDIT_BATCH_MAX, Credit, CreditOutcome, LedgerError};
 use crate::order_no::OrderNo;
 use crate::stability::RateLimiter;
 use crate::switches::Switch;
@@ -506,7 +506,12 @@ impl CouponPipeline {
                 .lookup_credit(child_id, &valid.order_no)
                 .await?
         {
-            let credit = credit_of(child_id, &valid.order_no, &valid.award, now_ms);
+            let credit = Credit::new(
+                child_id,
+                valid.order_no.clone(),
+                valid.award.clone(),
+                now_ms,
+            );
             return Ok(replayed(first, &credit));
         }
         if !green && self.depths().0 >= self.config.activity_queue_max as u64 {
@@ -904,7 +909,7 @@ impl CouponPipeline {
                             template_id: coupon.template_id,
                             batch: coupon.batch.clone(),
                         };
-                        credits.push(credit_of(job.record.child_id, &order_no, &award, now_ms));
+                        credits.push(Credit::new(job.record.child_id, order_no, award, now_ms));
                         batches.push(coupon);
                     }
                     // Validated when accepted; a config change mid-run is a bug upstream.
@@ -1250,16 +1255,4 @@ pub(crate) async fn earlier_order(
             first: QueuedOrder::of(&first),
         }
     })
-}
-
-fn credit_of(child_id: ChildId, order_no: &OrderNo, award: &Award, at_ms: Millis) -> Credit {
-    Credit {
-        account: AccountKey {
-            child_id,
-            act_id: order_no.act_id,
-        },
-        order_no: order_no.clone(),
-        award: award.clone(),
-        at_ms,
-    }
 }

@@ -656,15 +656,12 @@ impl Wallet {
         {
             return Ok(outcome);
         }
-        let credit = Credit {
-            account: AccountKey {
-                child_id: valid.child.id,
-                act_id: valid.order_no.act_id,
-            },
-            order_no: valid.order_no.clone(),
-            award: valid.award.clone(),
-            at_ms: now_ms,
-        };
+        let credit = Credit::new(
+            valid.child.id,
+            valid.order_no.clone(),
+            valid.award.clone(),
+            now_ms,
+        );
         // A retry of a credited order must not consume anything again.
         if self.switches.is_on(Switch::IdempotencyPrecheck)
             && let Some(first) = self
