@@ -2,7 +2,8 @@
 //! (activity tree, order-number idempotency, coupon stock control, budgets and caps)
 //! over small storage traits with embedded backends.
 //!
-//! This crate must never read the wall clock or an OS random source, and never
+//! This crate must never read the wall clock (outside [`testenv`], which names
+//! test databases) or an OS random source, and never
 //! know about the simulator: time comes from an injected [`clock::Clock`], and
 //! everything random is decided by the caller.
 
@@ -16,6 +17,7 @@ pub mod order_no;
 pub mod pipeline;
 pub mod stability;
 pub mod switches;
+pub mod testenv;
 pub mod token;
 pub mod wallet;
 pub mod worker;

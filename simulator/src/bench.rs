@@ -114,7 +114,7 @@ async fn bench_wallet(url: &str, credits: u64) -> anyhow::Result<(u64, f64)> {
     let wallet = Wallet::new(
         tree,
         ledger::open(url).await?,
-        kv::open("memory", clock.clone())?,
+        kv::open("memory", clock.clone(), &kv::KvOptions::default()).await?,
         clock,
     );
     let started = Instant::now();
@@ -272,7 +272,7 @@ async fn bench_token_path(url: &str, tokens: u64) -> anyhow::Result<[(u64, f64);
     let wallet = Wallet::new(
         tree,
         ledger::open(url).await?,
-        kv::open("memory", clock.clone())?,
+        kv::open("memory", clock.clone(), &kv::KvOptions::default()).await?,
         clock.clone(),
     )
     .with_keys(Arc::new(KeyRing::dev(1)));
@@ -500,7 +500,7 @@ fn coupon_wallet(tree: &Arc<ActivityTree>) -> anyhow::Result<(Wallet, Arc<Manual
     let wallet = Wallet::new(
         tree.clone(),
         Arc::new(ledger::MemoryLedger::new()),
-        kv::open("memory", clock.clone())?,
+        Arc::new(kv::MemoryKv::new(clock.clone())),
         clock.clone(),
     );
     Ok((wallet, clock))

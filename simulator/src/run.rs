@@ -107,7 +107,9 @@ pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::
         .await
         .context("opening the ledger")?;
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
-    let kv = kv::open("memory", clock.clone()).context("opening the KV")?;
+    let kv = kv::open("memory", clock.clone(), &kv::KvOptions::default())
+        .await
+        .context("opening the KV")?;
     run_on(
         scenario,
         options,

@@ -15,8 +15,78 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 
 mod memory;
+mod redis;
 
 pub use memory::{KvFaults, MemoryKv};
+pub use redis::RedisKv;
+
+/// What shadow keys get after the store's own prefix.
+pub const SHADOW_PREFIX: &str = "shadow:";
+/// How long a shadow key lives after its last write: long enough to verify a load
+/// test, short enough that leftovers go by themselves (`redrain cleanup --shadow`
+/// removes them at once).
+pub const SHADOW_TTL_MS_DEFAULT: u64 = 6 * 60 * 60 * 1000;
+
+/// Where a KV's keys live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvOptions {
+    /// Put before every key: a test's or tenant's own namespace, usually empty.
+    /// Letters, digits, `_`, `-`, `:` and `.` only (no `{`/`}`: hash tags stay the keys').
+    pub prefix: String,
+    /// Shadow traffic: keys get [`SHADOW_PREFIX`] after `prefix`, and every key
+    /// written gets a TTL of `shadow_ttl_ms` (default [`SHADOW_TTL_MS_DEFAULT`]).
+    pub shadow: bool,
+    /// The shadow TTL; `None` = [`SHADOW_TTL_MS_DEFAULT`].
+    pub shadow_ttl_ms: Option<u64>,
+}
+
+impl KvOptions {
+    /// The shadow namespace under `prefix`.
+    pub fn shadow(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            shadow: true,
+            shadow_ttl_ms: None,
+        }
+    }
+
+    /// What every key of this store starts with.
+    pub fn key_prefix(&self) -> String {
+        if self.shadow {
+            format!("{}{SHADOW_PREFIX}", self.prefix)
+        } else {
+            self.prefix.clone()
+        }
+    }
+
+    /// The TTL every written key gets, if any.
+    pub fn write_ttl_ms(&self) -> Option<u64> {
+        self.shadow
+            .then(|| self.shadow_ttl_ms.unwrap_or(SHADOW_TTL_MS_DEFAULT))
+    }
+
+    fn check(&self, url: &str) -> Result<(), KvError> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || "_-:.".contains(c);
+        if self.prefix.chars().all(ok) {
+            Ok(())
+        } else {
+            Err(KvError::BadUrl {
+                url: url.to_owned(),
+                why: format!(
+                    "key prefix `{}` may hold only letters, digits, `_`, `-`, `:` and `.`",
+                    self.prefix
+                ),
+            })
+        }
+    }
+}
+
+/// What a shadow cleanup removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvCleanup {
+    /// Keys deleted.
+    pub keys: u64,
+}
 
 /// Most items one [`Kv::queue_pop`] returns.
 pub const QUEUE_POP_MAX: usize = 1024;
@@ -218,13 +288,45 @@ pub trait Kv: Send + Sync + fmt::Debug {
 /// Most items one [`Kv::list_range`] or [`Kv::inflight_due`] returns.
 pub const LIST_RANGE_MAX: usize = 4096;
 
-/// Open the KV a URL names: only `memory` in this build; Redis comes with its backend.
-pub fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Kv>, KvError> {
+/// Open the KV a URL names: `memory`, `redis://host:port[/db]` or
+/// `redis+cluster://host:port[,host:port…]`. A Redis URL is connected to and pinged
+/// here, so a wrong one fails before any traffic. A memory store is its own
+/// namespace, so `options` only matter for Redis.
+pub async fn open(
+    url: &str,
+    clock: Arc<dyn Clock>,
+    options: &KvOptions,
+) -> Result<Arc<dyn Kv>, KvError> {
+    options.check(url)?;
     if url == "memory" || url == "memory://" {
         return Ok(Arc::new(MemoryKv::new(clock)));
     }
+    if url.starts_with("redis://") || url.starts_with("redis+cluster://") {
+        return Ok(Arc::new(RedisKv::connect(url, options).await?));
+    }
     Err(KvError::BadUrl {
         url: url.to_owned(),
-        why: "expected `memory`".to_owned(),
+        why: "expected `memory`, `redis://host:port[/db]` or `redis+cluster://host:port[,host:port…]`"
+            .to_owned(),
+    })
+}
+
+/// Delete every shadow key under `prefix` in the KV `url` names. A memory store
+/// holds nothing after its process, so there is nothing to remove.
+pub async fn cleanup_shadow(url: &str, prefix: &str) -> Result<KvCleanup, KvError> {
+    let options = KvOptions::shadow(prefix);
+    options.check(url)?;
+    if url == "memory" || url == "memory://" {
+        return Ok(KvCleanup::default());
+    }
+    if url.starts_with("redis://") || url.starts_with("redis+cluster://") {
+        return RedisKv::connect(url, &options)
+            .await?
+            .delete_namespace()
+            .await;
+    }
+    Err(KvError::BadUrl {
+        url: url.to_owned(),
+        why: "expected `memory`, `redis://…` or `redis+cluster://…`".to_owned(),
     })
 }

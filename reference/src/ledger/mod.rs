@@ -16,10 +16,46 @@ use crate::order_no::{AwardType, OrderNo};
 use crate::{ActId, ChildId, Millis};
 
 mod memory;
+mod mysql;
+mod postgres;
 mod sqlite;
 
 pub use memory::MemoryLedger;
+pub use mysql::MySqlLedger;
+pub use postgres::PostgresLedger;
 pub use sqlite::SqliteLedger;
+
+/// What shadow tables are called before their real name (`shadow_entries`, …).
+pub const SHADOW_TABLE_PREFIX: &str = "shadow_";
+
+/// Which tables a ledger uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerOptions {
+    /// Shadow traffic: the `shadow_` tables, never the real ones. A memory ledger
+    /// is its own store, so this only matters for SQL backends.
+    pub shadow: bool,
+}
+
+impl LedgerOptions {
+    /// The shadow tables.
+    pub fn shadow() -> Self {
+        Self { shadow: true }
+    }
+
+    /// What this ledger's table names start with: `""` or [`SHADOW_TABLE_PREFIX`].
+    pub fn table_prefix(&self) -> &'static str {
+        if self.shadow { SHADOW_TABLE_PREFIX } else { "" }
+    }
+}
+
+/// What a shadow cleanup removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCleanup {
+    /// Rows deleted from `shadow_entries`.
+    pub entries: u64,
+    /// Rows deleted from `shadow_accounts`.
+    pub accounts: u64,
+}
 
 /// Largest page [`Ledger::history`] returns.
 pub const HISTORY_PAGE_LIMIT_MAX: usize = 100;
@@ -367,17 +403,63 @@ fn check_limit(limit: usize) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// Open the ledger a URL names: `memory`, or `sqlite://PATH` / `sqlite::memory:`.
+const URL_FORMS: &str =
+    "expected `memory`, `sqlite::memory:`, `sqlite://PATH`, `mysql://…` or `postgres://…`";
+
+/// Open the ledger a URL names, on the real tables.
 pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {
+    open_with(url, LedgerOptions::default()).await
+}
+
+/// Open the ledger a URL names: `memory`, `sqlite://PATH` / `sqlite::memory:`,
+/// `mysql://…` (MariaDB or MySQL) or `postgres://…`. SQL backends connect and
+/// migrate here, so a wrong URL fails before any traffic.
+pub async fn open_with(url: &str, options: LedgerOptions) -> Result<Arc<dyn Ledger>, LedgerError> {
     if url == "memory" || url == "memory://" {
         return Ok(Arc::new(MemoryLedger::new()));
     }
     if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteLedger::connect(url).await?));
+        return Ok(Arc::new(SqliteLedger::connect_with(url, options).await?));
+    }
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        return Ok(Arc::new(MySqlLedger::connect(url, options).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresLedger::connect(url, options).await?));
     }
     Err(LedgerError::BadUrl {
         url: url.to_owned(),
-        why: "expected `memory`, `sqlite::memory:` or `sqlite://PATH`".to_owned(),
+        why: URL_FORMS.to_owned(),
+    })
+}
+
+/// Delete every row of the shadow tables in the ledger `url` names. A memory
+/// ledger holds nothing after its process, so there is nothing to remove.
+pub async fn cleanup_shadow(url: &str) -> Result<LedgerCleanup, LedgerError> {
+    if url == "memory" || url == "memory://" {
+        return Ok(LedgerCleanup::default());
+    }
+    if url.starts_with("sqlite:") {
+        return SqliteLedger::connect_with(url, LedgerOptions::shadow())
+            .await?
+            .purge_shadow()
+            .await;
+    }
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        return MySqlLedger::connect(url, LedgerOptions::shadow())
+            .await?
+            .purge_shadow()
+            .await;
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return PostgresLedger::connect(url, LedgerOptions::shadow())
+            .await?
+            .purge_shadow()
+            .await;
+    }
+    Err(LedgerError::BadUrl {
+        url: url.to_owned(),
+        why: URL_FORMS.to_owned(),
     })
 }
 
