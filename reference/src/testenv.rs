@@ -58,3 +58,76 @@ pub fn unique_name(tag: &str) -> String {
         .collect();
     format!("redrain_t{}_{nanos:x}_{n}_{tag}", std::process::id())
 }
+
+/// A database of its own on the MariaDB/MySQL or PostgreSQL server `server_url`
+/// names (any database on it): created empty, dropped by [`ScratchDatabase::drop_now`].
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    server_url: String,
+    name: String,
+    /// The URL of the new database.
+    pub url: String,
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let host = rest.split_once('/').map_or(rest, |(host, _)| host);
+    let mut out = format!("{scheme}://{host}/{name}");
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+async fn admin_execute(server_url: &str, statement: String) -> Result<(), String> {
+    use sqlx::Connection as _;
+    let fail = |e: sqlx::Error| format!("{}: {e}", crate::redact_url(server_url));
+    if server_url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(server_url)
+            .await
+            .map_err(fail)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .map_err(fail)?;
+        conn.close().await.map_err(fail)?;
+    } else {
+        let mut conn = sqlx::MySqlConnection::connect(server_url)
+            .await
+            .map_err(fail)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .map_err(fail)?;
+        conn.close().await.map_err(fail)?;
+    }
+    Ok(())
+}
+
+impl ScratchDatabase {
+    /// Create a fresh, empty database named after `tag` on the server.
+    pub async fn create(server_url: &str, tag: &str) -> Result<Self, String> {
+        let name = unique_name(tag);
+        admin_execute(server_url, format!("CREATE DATABASE {name}")).await?;
+        Ok(Self {
+            server_url: server_url.to_owned(),
+            url: with_database(server_url, &name),
+            name,
+        })
+    }
+
+    /// Drop the database (connections to it must be closed first on PostgreSQL).
+    pub async fn drop_now(self) -> Result<(), String> {
+        let statement = if self.server_url.starts_with("postgres") {
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)
+        } else {
+            format!("DROP DATABASE IF EXISTS {}", self.name)
+        };
+        admin_execute(&self.server_url, statement).await
+    }
+}

@@ -19,8 +19,11 @@ pub struct RunRecord {
     pub scenario: ScenarioInfo,
     /// Which build ran it.
     pub build: String,
-    /// The ledger backend URL.
+    /// The ledger backend URL (password redacted).
     pub ledger_url: String,
+    /// The KV backend URL (password redacted).
+    #[serde(default = "memory_url")]
+    pub kv_url: String,
     /// BLAKE3 of the answered requests in order: equal hashes, equal runs.
     pub history_hash: String,
     /// Answers by kind, e.g. `issue.issued`, `issue.out_of_stock`, `withdraw.withdrawn`.
@@ -39,6 +42,10 @@ pub struct RunRecord {
     pub invariants: Vec<Verdict>,
     /// The command that reproduces this run.
     pub reproduce: String,
+}
+
+fn memory_url() -> String {
+    "memory".to_owned()
 }
 
 /// The scenario as run.
@@ -173,8 +180,9 @@ pub fn render_summary(record: &RunRecord) -> String {
     );
     let _ = writeln!(
         out,
-        "  ledger {} · build {} · history {}",
+        "  ledger {} · kv {} · build {} · history {}",
         record.ledger_url,
+        record.kv_url,
         record.build,
         &record.history_hash[..16.min(record.history_hash.len())]
     );
@@ -270,6 +278,7 @@ mod tests {
             },
             build: "redrain 0.1.0".into(),
             ledger_url: "memory".into(),
+            kv_url: "memory".into(),
             history_hash: "ab".repeat(32),
             outcomes: BTreeMap::from([
                 ("issue.issued".to_owned(), 9),

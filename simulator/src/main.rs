@@ -33,12 +33,33 @@ enum Command {
         /// Requests to send (default: the scenario's).
         #[arg(long)]
         requests: Option<u64>,
-        /// Ledger backend: memory, sqlite::memory: or sqlite://PATH.
-        #[arg(long, default_value = "memory")]
-        ledger: String,
+        /// Ledger URL (default: the scenario's `[stores] ledger`, else memory):
+        /// memory, sqlite::memory:, sqlite://PATH, mysql://… or postgres://…
+        #[arg(long)]
+        ledger: Option<String>,
+        /// KV URL (default: the scenario's `[stores] kv`, else memory): memory,
+        /// redis://host:port[/db] or redis+cluster://host:port[,host:port…]
+        #[arg(long)]
+        kv: Option<String>,
         /// Also write the RunRecord as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Remove what shadow traffic left behind: the rows of the `shadow_` tables and
+    /// the keys under `shadow:`. Real tables and keys are never touched.
+    Cleanup {
+        /// Remove shadow data (required: it is the only data cleanup removes).
+        #[arg(long)]
+        shadow: bool,
+        /// The ledger whose shadow tables to empty (mysql://…, postgres://…, sqlite://…).
+        #[arg(long)]
+        ledger: Option<String>,
+        /// The KV whose shadow keys to delete (redis://… or redis+cluster://…).
+        #[arg(long)]
+        kv: Option<String>,
+        /// The KV namespace the shadow keys sit under (the `prefix` the wallet used).
+        #[arg(long, default_value = "")]
+        kv_prefix: String,
     },
     /// Measure throughput.
     Bench {
@@ -78,7 +99,7 @@ enum BenchWhat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
@@ -103,6 +124,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             seed,
             requests,
             ledger,
+            kv,
             json,
         } => {
             let scenario = Scenario::load(&scenario)?;
@@ -111,6 +133,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 seed,
                 requests,
                 ledger_url: ledger,
+                kv_url: kv,
                 progress: !ci,
             };
             let output = run_scenario(&scenario, &options).await?;
@@ -126,6 +149,51 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Cleanup {
+            shadow,
+            ledger,
+            kv,
+            kv_prefix,
+        } => {
+            anyhow::ensure!(
+                shadow,
+                "cleanup removes only shadow data: pass --shadow to say so"
+            );
+            anyhow::ensure!(
+                ledger.is_some() || kv.is_some(),
+                "name what to clean: --ledger URL and/or --kv URL"
+            );
+            // Check both URLs before removing anything.
+            if let Some(url) = &ledger {
+                reference::ledger::check_url(url)?;
+            }
+            if let Some(url) = &kv {
+                reference::kv::check_url(url)?;
+            }
+            if let Some(url) = &ledger {
+                let removed = reference::ledger::cleanup_shadow(url)
+                    .await
+                    .with_context(|| format!("cleaning {}", reference::redact_url(url)))?;
+                println!(
+                    "ledger {}: removed {} entries and {} accounts from the shadow_ tables",
+                    reference::redact_url(url),
+                    removed.entries,
+                    removed.accounts
+                );
+            }
+            if let Some(url) = &kv {
+                let removed = reference::kv::cleanup_shadow(url, &kv_prefix)
+                    .await
+                    .with_context(|| format!("cleaning {}", reference::redact_url(url)))?;
+                println!(
+                    "kv {}: removed {} keys under `{kv_prefix}{}`",
+                    reference::redact_url(url),
+                    removed.keys,
+                    reference::kv::SHADOW_PREFIX
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             what: BenchWhat::Tokens { tokens },

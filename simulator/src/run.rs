@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference::counter::{LocalCounter, LocalCounterConfig, SplitCounter};
-use reference::kv::{Kv, KvFaults, MemoryKv};
+use reference::kv::{Kv, KvFaults, MemoryKv, RedisKv};
 use reference::ledger::{Award, EntryKind, Ledger};
 use reference::switches::Switches;
 use reference::token::{KeyRing, decode_unverified};
@@ -28,7 +28,7 @@ use reports::{
 
 use crate::check::{self, Invariant, Violation};
 use crate::history::{Event, FinalState, History};
-use crate::scenario::{CounterKind, CounterPlan, FaultKind, Scenario};
+use crate::scenario::{CounterKind, CounterPlan, FaultKind, Scenario, StoreUrls};
 use crate::workload::{Request, Workload};
 
 /// Examples of violations kept per invariant in the record.
@@ -47,8 +47,10 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Overrides the scenario's request count.
     pub requests: Option<u64>,
-    /// Ledger URL: `memory`, `sqlite::memory:` or `sqlite://PATH`.
-    pub ledger_url: String,
+    /// Overrides the scenario's ledger URL (`[stores] ledger`).
+    pub ledger_url: Option<String>,
+    /// Overrides the scenario's KV URL (`[stores] kv`).
+    pub kv_url: Option<String>,
     /// Draw a progress bar (only on a terminal).
     pub progress: bool,
 }
@@ -58,7 +60,8 @@ impl Default for RunOptions {
         Self {
             seed: None,
             requests: None,
-            ledger_url: "memory".to_owned(),
+            ledger_url: None,
+            kv_url: None,
             progress: false,
         }
     }
@@ -101,16 +104,59 @@ pub fn build_id() -> String {
     format!("redrain {} ({profile})", env!("CARGO_PKG_VERSION"))
 }
 
-/// Run `scenario` with `options` on fresh stores named by the options.
+/// The store URLs a run uses: the options' overrides, else the scenario's.
+pub fn store_urls(scenario: &Scenario, options: &RunOptions) -> StoreUrls {
+    StoreUrls {
+        ledger: options
+            .ledger_url
+            .clone()
+            .unwrap_or_else(|| scenario.stores.ledger.clone()),
+        kv: options
+            .kv_url
+            .clone()
+            .unwrap_or_else(|| scenario.stores.kv.clone()),
+    }
+}
+
+/// Run `scenario` with `options` on fresh stores named by the URLs. Both stores
+/// are opened (and a server reached) before any traffic. A ledger must be empty:
+/// the checkers compare it with this run's history. On Redis the run keeps its
+/// keys under a namespace of its own and deletes it at the end.
 pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<RunOutput> {
-    let ledger = ledger::open(&options.ledger_url)
+    let urls = store_urls(scenario, options);
+    let ledger = ledger::open(&urls.ledger)
         .await
         .context("opening the ledger")?;
-    let clock = Arc::new(ManualClock::new(scenario.start_ms));
-    let kv = kv::open("memory", clock.clone(), &kv::KvOptions::default())
+    let existing = ledger
+        .snapshot()
         .await
-        .context("opening the KV")?;
-    run_on(
+        .context("reading the ledger")?
+        .entries
+        .len();
+    anyhow::ensure!(
+        existing == 0,
+        "the ledger `{}` already holds {existing} entries; a run needs an empty one \
+         (a fresh database or SQLite file), because the checkers compare the ledger \
+         with this run's history",
+        reference::redact_url(&urls.ledger)
+    );
+    let clock = Arc::new(ManualClock::new(scenario.start_ms));
+    let (kv, redis): (Arc<dyn Kv>, Option<RedisKv>) = if urls.kv.starts_with("redis") {
+        let options = kv::KvOptions {
+            prefix: run_namespace(),
+            ..kv::KvOptions::default()
+        };
+        let redis = RedisKv::connect(&urls.kv, &options)
+            .await
+            .context("opening the KV")?;
+        (Arc::new(redis.clone()), Some(redis))
+    } else {
+        let kv = kv::open(&urls.kv, clock.clone(), &kv::KvOptions::default())
+            .await
+            .context("opening the KV")?;
+        (kv, None)
+    };
+    let output = run_on(
         scenario,
         options,
         Stores {
@@ -120,7 +166,23 @@ pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::
             wallet_keys: None,
         },
     )
-    .await
+    .await;
+    if let Some(redis) = redis {
+        redis
+            .delete_namespace()
+            .await
+            .context("deleting the run's keys")?;
+    }
+    output
+}
+
+/// A KV namespace no other run shares: `redrain-run-<unix ms>-<pid>:`.
+fn run_namespace() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("redrain-run-{ms}-{}:", std::process::id())
 }
 
 /// Run `scenario` on the given stores.
@@ -745,10 +807,12 @@ fn record(
             }
         })
         .collect();
+    let urls = store_urls(scenario, options);
     let mut reproduce = format!(
-        "redrain run {} --seed {seed} --ledger {}",
+        "redrain run {} --seed {seed} --ledger {} --kv {}",
         scenario.path.display(),
-        options.ledger_url
+        reference::redact_url(&urls.ledger),
+        reference::redact_url(&urls.kv),
     );
     if let Some(requests) = options.requests {
         reproduce.push_str(&format!(" --requests {requests}"));
@@ -766,7 +830,8 @@ fn record(
             duration_ms: scenario.duration_ms,
         },
         build: build_id(),
-        ledger_url: options.ledger_url.clone(),
+        ledger_url: reference::redact_url(&urls.ledger),
+        kv_url: reference::redact_url(&urls.kv),
         history_hash: history_hash(history),
         outcomes,
         totals,

@@ -53,6 +53,33 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     /// The live hot counter (fireworks total), when the scenario shows one.
     pub counter: Option<CounterPlan>,
+    /// The stores the wallet runs on (command-line flags override them).
+    pub stores: StoreUrls,
+}
+
+/// Which ledger and KV a run uses, by URL (`[stores]` in a scenario file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreUrls {
+    /// `memory`, `sqlite::memory:`, `sqlite://PATH`, `mysql://…` or `postgres://…`.
+    #[serde(default = "memory_url")]
+    pub ledger: String,
+    /// `memory`, `redis://host:port[/db]` or `redis+cluster://host:port[,…]`.
+    #[serde(default = "memory_url")]
+    pub kv: String,
+}
+
+impl Default for StoreUrls {
+    fn default() -> Self {
+        Self {
+            ledger: memory_url(),
+            kv: memory_url(),
+        }
+    }
+}
+
+fn memory_url() -> String {
+    "memory".to_owned()
 }
 
 /// Which of the seed's two hot-counter plans a run uses.
@@ -217,6 +244,7 @@ struct ScenarioFile {
     tokens: Option<Spanned<TokensFile>>,
     crediting: Option<Spanned<CreditingFile>>,
     counter: Option<Spanned<CounterPlan>>,
+    stores: Option<Spanned<StoreUrls>>,
     #[serde(default)]
     fault: Vec<Spanned<FaultFile>>,
 }
@@ -522,6 +550,20 @@ impl Scenario {
             });
         }
         faults.sort_by_key(|f| f.at_ms);
+        let stores = match file.stores {
+            None => StoreUrls::default(),
+            Some(stores) => {
+                let span = stores.span();
+                let stores = stores.into_inner();
+                if let Err(e) = reference::ledger::check_url(&stores.ledger) {
+                    return Err(v.error(span, "stores.ledger", e.to_string()));
+                }
+                if let Err(e) = reference::kv::check_url(&stores.kv) {
+                    return Err(v.error(span, "stores.kv", e.to_string()));
+                }
+                stores
+            }
+        };
         Ok(Scenario {
             path: path.to_owned(),
             name: run.name,
@@ -538,6 +580,7 @@ impl Scenario {
             crediting,
             faults,
             counter,
+            stores,
         })
     }
 }

@@ -57,7 +57,8 @@ fn same_seed_same_run_other_seed_other_run() {
         let options = RunOptions {
             seed: Some(seed),
             requests: Some(3000),
-            ledger_url: ledger.to_owned(),
+            ledger_url: Some(ledger.to_owned()),
+            kv_url: None,
             progress: false,
         };
         runtime()

@@ -142,7 +142,7 @@ pub enum KvError {
     #[error("kv misuse: {0}")]
     Misuse(String),
     /// The URL does not name a KV this build knows.
-    #[error("kv URL `{url}`: {why}")]
+    #[error("kv URL `{}`: {why}", crate::redact_url(.url))]
     BadUrl {
         /// The URL as given.
         url: String,
@@ -288,6 +288,24 @@ pub trait Kv: Send + Sync + fmt::Debug {
 /// Most items one [`Kv::list_range`] or [`Kv::inflight_due`] returns.
 pub const LIST_RANGE_MAX: usize = 4096;
 
+/// Check that `url` names a KV this build knows, without connecting (for config
+/// files, so a typo is reported with its line before anything runs).
+pub fn check_url(url: &str) -> Result<(), KvError> {
+    let known = url == "memory"
+        || url == "memory://"
+        || url.starts_with("redis://")
+        || url.starts_with("redis+cluster://");
+    if known {
+        Ok(())
+    } else {
+        Err(KvError::BadUrl {
+            url: url.to_owned(),
+            why: "expected `memory`, `redis://host:port[/db]` or `redis+cluster://host:port[,host:port…]`"
+                .to_owned(),
+        })
+    }
+}
+
 /// Open the KV a URL names: `memory`, `redis://host:port[/db]` or
 /// `redis+cluster://host:port[,host:port…]`. A Redis URL is connected to and pinged
 /// here, so a wrong one fails before any traffic. A memory store is its own
@@ -298,17 +316,11 @@ pub async fn open(
     options: &KvOptions,
 ) -> Result<Arc<dyn Kv>, KvError> {
     options.check(url)?;
+    check_url(url)?;
     if url == "memory" || url == "memory://" {
         return Ok(Arc::new(MemoryKv::new(clock)));
     }
-    if url.starts_with("redis://") || url.starts_with("redis+cluster://") {
-        return Ok(Arc::new(RedisKv::connect(url, options).await?));
-    }
-    Err(KvError::BadUrl {
-        url: url.to_owned(),
-        why: "expected `memory`, `redis://host:port[/db]` or `redis+cluster://host:port[,host:port…]`"
-            .to_owned(),
-    })
+    Ok(Arc::new(RedisKv::connect(url, options).await?))
 }
 
 /// Delete every shadow key under `prefix` in the KV `url` names. A memory store

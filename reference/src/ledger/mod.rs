@@ -340,7 +340,7 @@ pub enum LedgerError {
     #[error("ledger data is corrupt: {0}")]
     Corrupt(String),
     /// The URL does not name a ledger this build knows.
-    #[error("ledger URL `{url}`: {why}")]
+    #[error("ledger URL `{}`: {why}", crate::redact_url(.url))]
     BadUrl {
         /// The URL as given.
         url: String,
@@ -405,6 +405,30 @@ fn check_limit(limit: usize) -> Result<(), LedgerError> {
 
 const URL_FORMS: &str =
     "expected `memory`, `sqlite::memory:`, `sqlite://PATH`, `mysql://…` or `postgres://…`";
+
+/// Check that `url` names a ledger this build knows, without connecting (for
+/// config files, so a typo is reported with its line before anything runs).
+pub fn check_url(url: &str) -> Result<(), LedgerError> {
+    let known = url == "memory"
+        || url == "memory://"
+        || [
+            "sqlite:",
+            "mysql://",
+            "mariadb://",
+            "postgres://",
+            "postgresql://",
+        ]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    if known {
+        Ok(())
+    } else {
+        Err(LedgerError::BadUrl {
+            url: url.to_owned(),
+            why: URL_FORMS.to_owned(),
+        })
+    }
+}
 
 /// Open the ledger a URL names, on the real tables.
 pub async fn open(url: &str) -> Result<Arc<dyn Ledger>, LedgerError> {

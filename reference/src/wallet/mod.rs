@@ -446,6 +446,9 @@ pub enum WalletError {
     /// store failed under it: the outcome is not known yet; retry.
     #[error("order {key} is still in progress ({state}); retry")]
     OrderInProgress { key: String, state: String },
+    /// Shadow-tagged traffic came, but the wallet has no shadow stores.
+    #[error("shadow-tagged request, but no shadow stores are configured")]
+    NoShadowStores,
     /// A server-side token copy does not verify: the store is corrupt or tampered with.
     #[error("server-side token for {key} does not verify: {error}")]
     CorruptToken { key: String, error: TokenError },
@@ -508,6 +511,8 @@ pub struct Wallet {
     switches: Arc<Switches>,
     stability_config: StabilityConfig,
     stability: Arc<Stability>,
+    /// The twin that serves shadow-tagged traffic, over the shadow stores.
+    shadow: Option<Arc<Wallet>>,
 }
 
 impl Wallet {
@@ -533,6 +538,43 @@ impl Wallet {
             switches,
             stability_config: StabilityConfig::default(),
             stability,
+            shadow: None,
+        }
+    }
+
+    /// Serve shadow-tagged traffic from a twin over `ledger` and `kv` (the
+    /// `shadow_` tables and `shadow:` keys, see [`crate::ledger::LedgerOptions`]
+    /// and [`crate::kv::KvOptions`]). The twin shares the tree, clock, keys and
+    /// switches, so shadow traffic runs exactly like real traffic, but never
+    /// touches a real store; it has its own limits and breakers.
+    pub fn with_shadow_stores(mut self, ledger: Arc<dyn Ledger>, kv: Arc<dyn Kv>) -> Self {
+        let mut twin = Wallet::new(self.tree.clone(), ledger, kv, self.clock.clone());
+        twin.keys = self.keys.clone();
+        twin.switches = self.switches.clone();
+        twin.stability_config = self.stability_config;
+        twin.guard();
+        self.shadow = Some(Arc::new(twin));
+        self
+    }
+
+    /// The wallet for traffic with this shadow tag: `self` for real traffic, the
+    /// twin for shadow traffic.
+    pub fn route(&self, shadow: bool) -> Result<&Wallet, WalletError> {
+        if !shadow {
+            return Ok(self);
+        }
+        self.shadow.as_deref().ok_or(WalletError::NoShadowStores)
+    }
+
+    /// The shadow twin, if shadow stores were given.
+    pub fn shadow(&self) -> Option<&Wallet> {
+        self.shadow.as_deref()
+    }
+
+    /// Apply a builder step to the shadow twin too.
+    fn twin(&mut self, step: impl FnOnce(Wallet) -> Wallet) {
+        if let Some(twin) = self.shadow.take() {
+            self.shadow = Some(Arc::new(step(Wallet::clone(&twin))));
         }
     }
 
@@ -550,6 +592,7 @@ impl Wallet {
     pub fn with_stability(mut self, config: StabilityConfig) -> Self {
         self.stability_config = config;
         self.guard();
+        self.twin(|twin| twin.with_stability(config));
         self
     }
 
@@ -581,12 +624,14 @@ impl Wallet {
 
     /// Sign and verify tokens with `keys`.
     pub fn with_keys(mut self, keys: Arc<KeyRing>) -> Self {
+        self.twin(|twin| twin.with_keys(keys.clone()));
         self.keys = Some(keys);
         self
     }
 
     /// Use `switches` (shared with whoever flips them); limits and breakers start fresh.
     pub fn with_switches(mut self, switches: Arc<Switches>) -> Self {
+        self.twin(|twin| twin.with_switches(switches.clone()));
         self.switches = switches;
         self.guard();
         self
