@@ -131,3 +131,110 @@ impl ScratchDatabase {
         admin_execute(&self.server_url, statement).await
     }
 }
+
+/// A TCP proxy on loopback in front of a service, for fault tests: [`TcpProxy::cut`]
+/// drops every open connection and turns new ones away (the server "went down"
+/// or restarted mid-call); [`TcpProxy::restore`] lets connections through again.
+/// The shared servers stay up for everyone else.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: std::net::SocketAddr,
+    state: Arc<ProxyState>,
+    accept: tokio::task::AbortHandle,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    up: std::sync::atomic::AtomicBool,
+    links: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+use std::sync::Arc;
+
+impl TcpProxy {
+    /// Listen on an ephemeral loopback port and forward to `target` (`host:port`).
+    /// Must be called inside a tokio runtime, which runs the proxy's tasks.
+    pub async fn start(target: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(ProxyState::default());
+        state.up.store(true, Ordering::SeqCst);
+        let target = target.to_owned();
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !shared.up.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut links) = shared.links.lock() {
+                    links.retain(|l| !l.is_finished());
+                    links.push(link.abort_handle());
+                }
+            }
+        })
+        .abort_handle();
+        Ok(Self {
+            addr,
+            state,
+            accept,
+        })
+    }
+
+    /// `url` with its `host:port` replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        let (userinfo, hostpart) = match rest.rsplit_once('@') {
+            Some((userinfo, hostpart)) => (Some(userinfo), hostpart),
+            None => (None, rest),
+        };
+        let tail_at = hostpart.find(['/', '?']).unwrap_or(hostpart.len());
+        let tail = &hostpart[tail_at..];
+        match userinfo {
+            Some(userinfo) => format!("{scheme}://{userinfo}@{}{tail}", self.addr),
+            None => format!("{scheme}://{}{tail}", self.addr),
+        }
+    }
+
+    /// The service's `host:port` in `url`.
+    pub fn target_of(url: &str) -> Option<String> {
+        let rest = url.split_once("://")?.1;
+        let hostpart = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let end = hostpart.find(['/', '?']).unwrap_or(hostpart.len());
+        Some(hostpart[..end].to_owned())
+    }
+
+    /// Drop every open connection and turn new ones away.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.state.up.store(false, Ordering::SeqCst);
+        if let Ok(mut links) = self.state.links.lock() {
+            for link in links.drain(..) {
+                link.abort();
+            }
+        }
+    }
+
+    /// Let connections through again.
+    pub fn restore(&self) {
+        self.state
+            .up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

@@ -24,6 +24,9 @@ pub struct RunRecord {
     /// The KV backend URL (password redacted).
     #[serde(default = "memory_url")]
     pub kv_url: String,
+    /// Every request carried the shadow tag (served from the shadow stores).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// BLAKE3 of the answered requests in order: equal hashes, equal runs.
     pub history_hash: String,
     /// Answers by kind, e.g. `issue.issued`, `issue.out_of_stock`, `withdraw.withdrawn`.
@@ -180,9 +183,14 @@ pub fn render_summary(record: &RunRecord) -> String {
     );
     let _ = writeln!(
         out,
-        "  ledger {} · kv {} · build {} · history {}",
+        "  ledger {} · kv {}{} · build {} · history {}",
         record.ledger_url,
         record.kv_url,
+        if record.shadow {
+            " · shadow traffic"
+        } else {
+            ""
+        },
         record.build,
         &record.history_hash[..16.min(record.history_hash.len())]
     );
@@ -279,6 +287,7 @@ mod tests {
             build: "redrain 0.1.0".into(),
             ledger_url: "memory".into(),
             kv_url: "memory".into(),
+            shadow: false,
             history_hash: "ab".repeat(32),
             outcomes: BTreeMap::from([
                 ("issue.issued".to_owned(), 9),

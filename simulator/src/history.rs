@@ -97,6 +97,31 @@ pub struct FinalState {
     pub token_backlog: BTreeMap<ChildId, u64>,
     /// The public token keys the run trusted, by key id (for independent checks).
     pub token_keys: BTreeMap<u32, [u8; 32]>,
+    /// After a shadow run: what the real stores hold (they must hold nothing).
+    pub real_stores: Option<RealStores>,
+}
+
+/// What the real stores hold after a run whose traffic was all shadow-tagged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RealStores {
+    /// Entries in the real ledger tables.
+    pub entries: u64,
+    /// Accounts in the real ledger tables.
+    pub accounts: u64,
+    /// Counters (budget, stock, limits) in the real KV namespace.
+    pub counters: u64,
+}
+
+impl RealStores {
+    /// Read what the real stores hold.
+    pub async fn read(ledger: &dyn Ledger, kv: &dyn Kv) -> Result<Self, WalletError> {
+        let snapshot = ledger.snapshot().await?;
+        Ok(Self {
+            entries: snapshot.entries.len() as u64,
+            accounts: snapshot.accounts.len() as u64,
+            counters: kv.counters_with_prefix("").await?.len() as u64,
+        })
+    }
 }
 
 impl FinalState {
@@ -109,6 +134,7 @@ impl FinalState {
             counters,
             token_backlog: BTreeMap::new(),
             token_keys: BTreeMap::new(),
+            real_stores: None,
         })
     }
 

@@ -7,6 +7,7 @@
 //! except the progress bar and the benchmark timers.
 
 pub mod bench;
+pub mod bench_kv;
 pub mod check;
 pub mod history;
 pub mod run;

@@ -88,6 +88,15 @@ enum BenchWhat {
         #[arg(long, default_value_t = 20_000)]
         orders: u64,
     },
+    /// Coupon stock consumes on Redis: one call per request beside merged consumes.
+    Kv {
+        /// The Redis to measure (default: $REDRAIN_REDIS_URL, else redis://127.0.0.1:6379).
+        #[arg(long)]
+        kv: Option<String>,
+        /// Coupon requests per path.
+        #[arg(long, default_value_t = 200_000)]
+        requests: u64,
+    },
     /// Hot-counter KV operations: plan 1 (split keys) beside plan 2 (local aggregation).
     Counter {
         /// Counter writes (at 300k writes/s and 6 reads per write, virtual time).
@@ -221,6 +230,16 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(orders > 0, "--orders must be greater than 0");
             let rows = simulator::bench::bench_coupons(orders).await?;
             print!("{}", simulator::bench::render_coupons(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Kv { kv, requests },
+        } => {
+            let url = kv
+                .or_else(|| std::env::var(reference::testenv::REDIS).ok())
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+            let rows = simulator::bench_kv::bench_kv(&url, requests).await?;
+            print!("{}", simulator::bench_kv::render_kv(&url, &rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

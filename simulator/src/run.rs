@@ -15,7 +15,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use reference::counter::{LocalCounter, LocalCounterConfig, SplitCounter};
 use reference::kv::{Kv, KvFaults, MemoryKv, RedisKv};
-use reference::ledger::{Award, EntryKind, Ledger};
+use reference::ledger::{Award, EntryKind, Ledger, LedgerOptions};
 use reference::switches::Switches;
 use reference::token::{KeyRing, decode_unverified};
 use reference::wallet::{CLIENT_TOKENS_MAX, IssueOutcome, Wallet, WithdrawOutcome};
@@ -27,7 +27,7 @@ use reports::{
 };
 
 use crate::check::{self, Invariant, Violation};
-use crate::history::{Event, FinalState, History};
+use crate::history::{Event, FinalState, History, RealStores};
 use crate::scenario::{CounterKind, CounterPlan, FaultKind, Scenario, StoreUrls};
 use crate::workload::{Request, Workload};
 
@@ -79,6 +79,17 @@ pub struct Stores {
     /// Keys the wallet trusts, when they differ from the scenario's (a planted
     /// misconfiguration); the checkers always use the scenario's.
     pub wallet_keys: Option<Arc<KeyRing>>,
+    /// Where shadow-tagged traffic goes; required when the scenario is shadow.
+    pub shadow: Option<ShadowStores>,
+}
+
+/// The shadow tables and keys beside the real stores.
+#[derive(Debug, Clone)]
+pub struct ShadowStores {
+    /// The `shadow_` tables.
+    pub ledger: Arc<dyn Ledger>,
+    /// The `shadow:` keys.
+    pub kv: Arc<dyn Kv>,
 }
 
 /// Everything a run produced.
@@ -124,37 +135,20 @@ pub fn store_urls(scenario: &Scenario, options: &RunOptions) -> StoreUrls {
 /// keys under a namespace of its own and deletes it at the end.
 pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<RunOutput> {
     let urls = store_urls(scenario, options);
-    let ledger = ledger::open(&urls.ledger)
-        .await
-        .context("opening the ledger")?;
-    let existing = ledger
-        .snapshot()
-        .await
-        .context("reading the ledger")?
-        .entries
-        .len();
-    anyhow::ensure!(
-        existing == 0,
-        "the ledger `{}` already holds {existing} entries; a run needs an empty one \
-         (a fresh database or SQLite file), because the checkers compare the ledger \
-         with this run's history",
-        reference::redact_url(&urls.ledger)
-    );
+    let ledger = open_empty_ledger(&urls.ledger, LedgerOptions::default()).await?;
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
-    let (kv, redis): (Arc<dyn Kv>, Option<RedisKv>) = if urls.kv.starts_with("redis") {
-        let options = kv::KvOptions {
-            prefix: run_namespace(),
-            ..kv::KvOptions::default()
-        };
-        let redis = RedisKv::connect(&urls.kv, &options)
-            .await
-            .context("opening the KV")?;
-        (Arc::new(redis.clone()), Some(redis))
+    let namespace = run_namespace();
+    let (kv, redis) = open_kv(&urls.kv, &clock, &namespace, false).await?;
+    let mut redis = Vec::from_iter(redis);
+    let shadow = if scenario.shadow {
+        let (kv, shadow_redis) = open_kv(&urls.kv, &clock, &namespace, true).await?;
+        redis.extend(shadow_redis);
+        Some(ShadowStores {
+            ledger: open_empty_ledger(&urls.ledger, LedgerOptions::shadow()).await?,
+            kv,
+        })
     } else {
-        let kv = kv::open(&urls.kv, clock.clone(), &kv::KvOptions::default())
-            .await
-            .context("opening the KV")?;
-        (kv, None)
+        None
     };
     let output = run_on(
         scenario,
@@ -164,16 +158,69 @@ pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::
             kv,
             clock,
             wallet_keys: None,
+            shadow,
         },
     )
     .await;
-    if let Some(redis) = redis {
+    for redis in redis {
         redis
             .delete_namespace()
             .await
             .context("deleting the run's keys")?;
     }
     output
+}
+
+/// Open a ledger and make sure it is empty: the checkers compare it with this
+/// run's history.
+async fn open_empty_ledger(url: &str, options: LedgerOptions) -> anyhow::Result<Arc<dyn Ledger>> {
+    let tables = if options.shadow {
+        "shadow tables"
+    } else {
+        "tables"
+    };
+    let ledger = ledger::open_with(url, options)
+        .await
+        .with_context(|| format!("opening the ledger's {tables}"))?;
+    let existing = ledger
+        .snapshot()
+        .await
+        .with_context(|| format!("reading the ledger's {tables}"))?
+        .entries
+        .len();
+    anyhow::ensure!(
+        existing == 0,
+        "the ledger `{}` already holds {existing} entries in its {tables}; a run needs \
+         an empty ledger (a fresh database or SQLite file, or `redrain cleanup --shadow` \
+         for shadow tables), because the checkers compare it with this run's history",
+        reference::redact_url(url)
+    );
+    Ok(ledger)
+}
+
+/// Open the KV: a fresh memory store, or Redis under the run's own namespace
+/// (returned too, so the run can delete it at the end).
+async fn open_kv(
+    url: &str,
+    clock: &Arc<ManualClock>,
+    namespace: &str,
+    shadow: bool,
+) -> anyhow::Result<(Arc<dyn Kv>, Option<RedisKv>)> {
+    let options = kv::KvOptions {
+        prefix: namespace.to_owned(),
+        shadow,
+        shadow_ttl_ms: None,
+    };
+    if kv::check_url(url).is_ok() && url.starts_with("redis") {
+        let redis = RedisKv::connect(url, &options)
+            .await
+            .context("opening the KV")?;
+        return Ok((Arc::new(redis.clone()), Some(redis)));
+    }
+    let kv = kv::open(url, clock.clone(), &options)
+        .await
+        .context("opening the KV")?;
+    Ok((kv, None))
 }
 
 /// A KV namespace no other run shares: `redrain-run-<unix ms>-<pid>:`.
@@ -210,8 +257,19 @@ pub async fn run_on(
     if let Some(wallet_keys) = stores.wallet_keys.clone().or_else(|| keys.clone()) {
         wallet = wallet.with_keys(wallet_keys);
     }
+    // A shadow scenario tags every request: the wallet serves it from its twin
+    // over the shadow stores, and the final state is read from those.
+    let (read_ledger, read_kv) = match (&stores.shadow, scenario.shadow) {
+        (Some(shadow), true) => {
+            wallet = wallet.with_shadow_stores(shadow.ledger.clone(), shadow.kv.clone());
+            (shadow.ledger.clone(), shadow.kv.clone())
+        }
+        (None, true) => anyhow::bail!("a shadow scenario needs shadow stores"),
+        _ => (stores.ledger.clone(), stores.kv.clone()),
+    };
+    let serving = wallet.route(scenario.shadow)?;
     let started = Instant::now();
-    let mut driver = Driver::new(&scenario, seed, &wallet, &stores.clock, options.progress);
+    let mut driver = Driver::new(&scenario, seed, serving, &stores.clock, options.progress);
     driver.run(Workload::new(&scenario, seed)).await?;
     let elapsed = started.elapsed();
     let counter = match &driver.counter {
@@ -225,12 +283,19 @@ pub async fn run_on(
         .activities()
         .flat_map(|a| a.children.iter().map(|c| c.id))
         .collect::<Vec<_>>();
-    let state = FinalState::read(stores.ledger.as_ref(), stores.kv.as_ref())
+    let mut state = FinalState::read(read_ledger.as_ref(), read_kv.as_ref())
         .await
         .context("reading the final state")?
-        .with_tokens(stores.kv.as_ref(), children, keys.as_deref())
+        .with_tokens(read_kv.as_ref(), children, keys.as_deref())
         .await
         .context("reading the token backlog")?;
+    if scenario.shadow {
+        state.real_stores = Some(
+            RealStores::read(stores.ledger.as_ref(), stores.kv.as_ref())
+                .await
+                .context("reading the real stores after a shadow run")?,
+        );
+    }
     let violations = check::check_all(&scenario.tree, &history, &state);
     let record = record(
         &scenario,
@@ -832,6 +897,7 @@ fn record(
         build: build_id(),
         ledger_url: reference::redact_url(&urls.ledger),
         kv_url: reference::redact_url(&urls.kv),
+        shadow: scenario.shadow,
         history_hash: history_hash(history),
         outcomes,
         totals,

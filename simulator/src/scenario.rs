@@ -55,6 +55,9 @@ pub struct Scenario {
     pub counter: Option<CounterPlan>,
     /// The stores the wallet runs on (command-line flags override them).
     pub stores: StoreUrls,
+    /// Every request carries the shadow tag: the wallet serves it from the shadow
+    /// stores (`shadow_` tables, `shadow:` keys) and the real ones stay untouched.
+    pub shadow: bool,
 }
 
 /// Which ledger and KV a run uses, by URL (`[stores]` in a scenario file).
@@ -322,6 +325,8 @@ struct RunFile {
     duration_s: u64,
     requests: u64,
     users: u64,
+    #[serde(default)]
+    shadow: bool,
 }
 
 impl Scenario {
@@ -581,6 +586,7 @@ impl Scenario {
             faults,
             counter,
             stores,
+            shadow: run.shadow,
         })
     }
 }

@@ -13,9 +13,14 @@ use simulator::scenario::Scenario;
 const REQUESTS: u64 = 3000;
 
 fn run(ledger: &str, kv: &str) -> reports::RunRecord {
-    let scenario =
+    run_tagged(ledger, kv, false)
+}
+
+fn run_tagged(ledger: &str, kv: &str, shadow: bool) -> reports::RunRecord {
+    let mut scenario =
         Scenario::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml"))
             .expect("smoke");
+    scenario.shadow = shadow;
     let options = RunOptions {
         requests: Some(REQUESTS),
         ledger_url: Some(ledger.to_owned()),
@@ -85,4 +90,31 @@ fn every_backend_answers_like_memory() {
         compared.push(name);
     }
     eprintln!("compared: {compared:?}");
+}
+
+/// Shadow traffic runs exactly like real traffic (the same answers), lands only
+/// in the `shadow_` tables and `shadow:` keys, and leaves the real ones empty
+/// (the I6 checker reads the real stores after a shadow run).
+#[test]
+fn shadow_runs_answer_like_real_ones_and_leave_real_stores_empty() {
+    let real = run("memory", "memory");
+    let shadow = run_tagged("memory", "memory", true);
+    assert!(shadow.shadow);
+    assert_eq!(shadow.history_hash, real.history_hash);
+    let test = "shadow_runs_answer_like_real_ones_and_leave_real_stores_empty";
+    let redis = testenv::service_url(REDIS, test);
+    let cluster = testenv::service_url(REDIS_CLUSTER, test);
+    for (var, name, kv) in [(MYSQL, "mariadb", redis), (POSTGRES, "postgres", cluster)] {
+        let Some(server) = testenv::service_url(var, test) else {
+            continue;
+        };
+        let kv = kv.unwrap_or_else(|| "memory".to_owned());
+        let db = scratch(&server, name);
+        let record = run_tagged(&db.url, &kv, true);
+        drop_scratch(db);
+        assert_eq!(
+            record.history_hash, real.history_hash,
+            "shadow traffic on {name} + {kv} answers like real traffic"
+        );
+    }
 }

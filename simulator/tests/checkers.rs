@@ -530,6 +530,7 @@ fn run_broken(
         kv,
         clock,
         wallet_keys: None,
+        shadow: None,
     };
     runtime()
         .block_on(run_on(&scenario, &RunOptions::default(), stores))
@@ -631,6 +632,7 @@ fn a_kv_that_loses_token_lists_breaks_i5() {
         kv,
         clock,
         wallet_keys: None,
+        shadow: None,
     };
     let violations = runtime()
         .block_on(run_on(&scenario, &RunOptions::default(), stores))
@@ -657,6 +659,7 @@ fn a_wallet_that_trusts_a_foreign_key_breaks_i7() {
         kv: Arc::new(reference::kv::MemoryKv::new(clock.clone())),
         clock,
         wallet_keys: Some(Arc::new(wallet_keys)),
+        shadow: None,
     };
     let violations = runtime()
         .block_on(run_on(&scenario, &RunOptions::default(), stores))
@@ -804,5 +807,63 @@ fn plan_1_under_a_counter_outage_breaks_i8_and_plan_2_does_not() {
             &clean.state
         )
         .is_empty()
+    );
+}
+
+#[test]
+fn shadow_traffic_that_lands_in_the_real_stores_breaks_i6() {
+    let mut scenario = smoke();
+    scenario.shadow = true;
+    scenario.requests = 2000;
+    let clock = Arc::new(ManualClock::new(scenario.start_ms));
+    let ledger: Arc<dyn reference::ledger::Ledger> =
+        Arc::new(reference::ledger::MemoryLedger::new());
+    let kv: Arc<dyn reference::kv::Kv> = Arc::new(reference::kv::MemoryKv::new(clock.clone()));
+    // Planted: the "shadow" stores are the real ones (a router that ignores the tag).
+    let leaky = Stores {
+        ledger: ledger.clone(),
+        kv: kv.clone(),
+        clock: clock.clone(),
+        wallet_keys: None,
+        shadow: Some(simulator::run::ShadowStores { ledger, kv }),
+    };
+    let violations = runtime()
+        .block_on(run_on(&scenario, &RunOptions::default(), leaky))
+        .expect("run")
+        .violations;
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.invariant == Invariant::I6Isolation
+                && v.detail.contains("shadow traffic touched the real stores")),
+        "{violations:#?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .all(|v| v.invariant == Invariant::I6Isolation),
+        "only I6 fires: {violations:#?}"
+    );
+
+    // The same run with separate shadow stores is clean.
+    let clock = Arc::new(ManualClock::new(scenario.start_ms));
+    let separate = Stores {
+        ledger: Arc::new(reference::ledger::MemoryLedger::new()),
+        kv: Arc::new(reference::kv::MemoryKv::new(clock.clone())),
+        clock: clock.clone(),
+        wallet_keys: None,
+        shadow: Some(simulator::run::ShadowStores {
+            ledger: Arc::new(reference::ledger::MemoryLedger::new()),
+            kv: Arc::new(reference::kv::MemoryKv::new(clock)),
+        }),
+    };
+    let output = runtime()
+        .block_on(run_on(&scenario, &RunOptions::default(), separate))
+        .expect("run");
+    assert!(output.violations.is_empty(), "{:#?}", output.violations);
+    assert!(output.record.shadow);
+    assert!(
+        output.state.ledger.entries.len() > 100,
+        "shadow traffic was served"
     );
 }

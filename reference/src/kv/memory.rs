@@ -622,6 +622,8 @@ fn bounded(max: usize, bound: usize, verb: &str) -> Result<usize, KvError> {
     Ok(max)
 }
 
+/// Memory-only cases: injected faults and TTLs on the manual clock. The cases every
+/// backend shares are in `conformance.rs`.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,75 +637,6 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(test(&clock, &kv));
-    }
-
-    #[test]
-    fn consume_within_never_passes_the_limit() {
-        run(async |_, kv| {
-            assert_eq!(
-                kv.consume_within("s", 2, 3).await.ok(),
-                Some(Consume::Consumed { after: 2 })
-            );
-            assert_eq!(
-                kv.consume_within("s", 2, 3).await.ok(),
-                Some(Consume::Exceeded { current: 2 })
-            );
-            assert_eq!(
-                kv.consume_within("s", 1, 3).await.ok(),
-                Some(Consume::Consumed { after: 3 })
-            );
-            assert_eq!(
-                kv.consume_within("s", 0, 3).await.ok(),
-                Some(Consume::Consumed { after: 3 })
-            );
-            assert_eq!(
-                kv.release("s", 5).await.ok(),
-                Some(0),
-                "release clamps at zero"
-            );
-            assert_eq!(
-                kv.consume_within("s", u64::MAX, 3).await.ok(),
-                Some(Consume::Exceeded { current: 0 })
-            );
-            assert_eq!(kv.counter("s").await.ok(), Some(0));
-        });
-    }
-
-    #[test]
-    fn holds_are_shared_by_one_value_and_exclusive_against_others() {
-        run(async |_, kv| {
-            assert_eq!(
-                kv.hold("g", "b1").await.ok(),
-                Some(Hold::Held { holders: 1 })
-            );
-            assert_eq!(
-                kv.hold("g", "b1").await.ok(),
-                Some(Hold::Held { holders: 2 })
-            );
-            assert_eq!(
-                kv.hold("g", "b2").await.ok(),
-                Some(Hold::HeldByOther {
-                    value: "b1".to_owned()
-                })
-            );
-            assert_eq!(
-                kv.unhold("g", "b2").await.ok(),
-                Some(0),
-                "unholding another value changes nothing"
-            );
-            assert_eq!(kv.unhold("g", "b1").await.ok(), Some(1));
-            assert_eq!(
-                kv.hold("g", "b2").await.ok(),
-                Some(Hold::HeldByOther {
-                    value: "b1".to_owned()
-                })
-            );
-            assert_eq!(kv.unhold("g", "b1").await.ok(), Some(0));
-            assert_eq!(
-                kv.hold("g", "b2").await.ok(),
-                Some(Hold::Held { holders: 1 })
-            );
-        });
     }
 
     #[test]
@@ -723,75 +656,6 @@ mod tests {
             );
             clock.advance(50);
             assert_eq!(kv.status("t").await.ok(), Some(None), "status expired");
-        });
-    }
-
-    #[test]
-    fn tokens_are_recorded_once_and_claimed_into_inflight() {
-        run(async |_, kv| {
-            assert_eq!(
-                kv.record_token("r:1", b"t1", "l:u", "q").await.ok(),
-                Some(None)
-            );
-            assert_eq!(
-                kv.record_token("r:1", b"other", "l:u", "q").await.ok(),
-                Some(Some(b"t1".to_vec())),
-                "second record returns the first"
-            );
-            assert_eq!(
-                kv.record_token("r:2", b"t2", "l:u", "q").await.ok(),
-                Some(None)
-            );
-            assert_eq!(
-                kv.list_range("l:u", 10).await.ok(),
-                Some(vec![b"t1".to_vec(), b"t2".to_vec()])
-            );
-            assert_eq!(kv.queue_len("q").await.ok(), Some(2));
-            assert_eq!(
-                kv.queue_claim("q", "inflight", 1, 100).await.ok(),
-                Some(vec![b"t1".to_vec()])
-            );
-            assert_eq!(
-                kv.queue_claim("q", "inflight", 5, 200).await.ok(),
-                Some(vec![b"t2".to_vec()])
-            );
-            assert_eq!(kv.queue_len("q").await.ok(), Some(0));
-            assert_eq!(kv.inflight_len("inflight").await.ok(), Some(2));
-            assert_eq!(
-                kv.inflight_due("inflight", 150, 10).await.ok(),
-                Some(vec![b"t1".to_vec()])
-            );
-            assert_eq!(
-                kv.inflight_due("inflight", 200, 10).await.ok(),
-                Some(vec![b"t1".to_vec(), b"t2".to_vec()])
-            );
-            assert_eq!(kv.inflight_remove("inflight", b"t1").await.ok(), Some(true));
-            assert_eq!(
-                kv.inflight_remove("inflight", b"t1").await.ok(),
-                Some(false)
-            );
-            assert_eq!(kv.bytes("r:2").await.ok(), Some(Some(b"t2".to_vec())));
-            assert_eq!(
-                kv.list_range("l:u", 10).await.ok().map(|l| l.len()),
-                Some(2),
-                "the user's list is never consumed"
-            );
-        });
-    }
-
-    #[test]
-    fn locks_expire_and_only_the_owner_unlocks() {
-        run(async |clock, kv| {
-            assert_eq!(kv.try_lock("lk", "a", 100).await.ok(), Some(true));
-            assert_eq!(kv.try_lock("lk", "b", 100).await.ok(), Some(false));
-            assert_eq!(kv.unlock("lk", "b").await.ok(), Some(false));
-            clock.advance(100);
-            assert_eq!(
-                kv.try_lock("lk", "b", 100).await.ok(),
-                Some(true),
-                "expired"
-            );
-            assert_eq!(kv.unlock("lk", "b").await.ok(), Some(true));
         });
     }
 
@@ -822,42 +686,6 @@ mod tests {
     }
 
     #[test]
-    fn merged_consume_grants_what_fits_and_orders_are_recorded_once() {
-        run(async |_, kv| {
-            assert_eq!(kv.consume_up_to("s", 4, 10).await.ok(), Some(4));
-            assert_eq!(kv.consume_up_to("s", 8, 10).await.ok(), Some(6), "partial");
-            assert_eq!(kv.consume_up_to("s", 3, 10).await.ok(), Some(0));
-            assert_eq!(kv.counter("s").await.ok(), Some(10));
-            assert_eq!(
-                kv.record_order("o:1", b"a", "open", 5).await.ok(),
-                Some(None)
-            );
-            assert_eq!(
-                kv.record_order("o:1", b"b", "open", 9).await.ok(),
-                Some(Some(b"a".to_vec())),
-                "the first record wins"
-            );
-            assert_eq!(
-                kv.inflight_due("open", 5, 10).await.ok(),
-                Some(vec![b"o:1".to_vec()])
-            );
-            assert_eq!(
-                kv.compare_and_set("o:1", b"x", b"c").await.ok(),
-                Some(false)
-            );
-            assert_eq!(kv.compare_and_set("o:1", b"a", b"c").await.ok(), Some(true));
-            assert_eq!(kv.bytes("o:1").await.ok(), Some(Some(b"c".to_vec())));
-            assert_eq!(
-                kv.compare_and_set("o:2", b"a", b"c").await.ok(),
-                Some(false)
-            );
-            kv.scored_add("open", b"o:1", 50).await.expect("zadd");
-            assert_eq!(kv.inflight_due("open", 49, 10).await.ok(), Some(vec![]));
-            assert!(kv.scored_add("s", b"m", 1).await.is_err(), "wrong type");
-        });
-    }
-
-    #[test]
     fn counter_faults_fail_reads_and_lose_writes() {
         let clock = Arc::new(ManualClock::new(0));
         let kv = MemoryKv::new(clock);
@@ -875,25 +703,5 @@ mod tests {
         kv.set_faults(KvFaults::default());
         assert_eq!(runtime.block_on(kv.counter("w1")).ok(), Some(0), "lost");
         assert_eq!(runtime.block_on(kv.counter("r1")).ok(), Some(1));
-    }
-
-    #[test]
-    fn sets_counters_and_types() {
-        run(async |_, kv| {
-            assert_eq!(kv.set_add("u", "a").await.ok(), Some(true));
-            assert_eq!(kv.set_add("u", "a").await.ok(), Some(false));
-            assert_eq!(kv.set_contains("u", "a").await.ok(), Some(true));
-            assert_eq!(kv.set_contains("u", "b").await.ok(), Some(false));
-            assert!(matches!(
-                kv.incr_by("u", 1).await,
-                Err(KvError::WrongType { .. })
-            ));
-            assert_eq!(kv.incr_by("c:1", 5).await.ok(), Some(5));
-            assert_eq!(kv.incr_by("c:2", -2).await.ok(), Some(-2));
-            assert_eq!(kv.incr_by("d", 1).await.ok(), Some(1));
-            let listed = kv.counters_with_prefix("c:").await.expect("scan");
-            assert_eq!(listed, vec![("c:1".to_owned(), 5), ("c:2".to_owned(), -2)]);
-            assert!(kv.queue_pop("q", QUEUE_POP_MAX + 1).await.is_err());
-        });
     }
 }

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 
+#[cfg(test)]
+mod conformance;
 mod memory;
 mod redis;
 

@@ -1,14 +1,14 @@
 //! I6 (child activities): every request lands in the child open at its time,
 //! every entry sits in an account of the child it was posted for, inside that
-//! child's window, and names a scene of that child's parent. Shadow isolation
-//! joins this checker with the shadow-tagged stores.
+//! child's window, and names a scene of that child's parent. After a shadow run
+//! (every request shadow-tagged), the real stores must hold nothing at all.
 
 use reference::ActivityTree;
 use reference::ledger::EntryKind;
 use reference::wallet::{IssueOutcome, WithdrawOutcome};
 
 use super::{Invariant, Violation, violation};
-use crate::history::{Event, FinalState, History};
+use crate::history::{Event, FinalState, History, RealStores};
 
 pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
@@ -128,6 +128,19 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                 ));
             }
         }
+    }
+    if let Some(real) = state.real_stores
+        && real != RealStores::default()
+    {
+        found.push(violation(
+            Invariant::I6Isolation,
+            "real stores",
+            format!(
+                "shadow traffic touched the real stores: {} entries and {} accounts in the \
+                 real tables, {} counters under real keys",
+                real.entries, real.accounts, real.counters
+            ),
+        ));
     }
     found
 }
