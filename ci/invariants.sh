@@ -29,3 +29,35 @@ for ledger in memory "sqlite://$out/suite.db"; do
   done
 done
 echo "invariant suite: all runs passed"
+
+# The real backends, when .ci/run has set their URLs: one seed on MariaDB + Redis
+# and one on PostgreSQL + Redis Cluster, each in a database of its own, plus a
+# shadow run (I6 then also checks that the real tables and keys stay empty).
+run_on() {
+  local name="$1" ledger="$2" kv="$3" scenario="$4"
+  echo "== $(basename "$scenario" .toml) seed 20270209 on $name"
+  if ! cargo run -q -p simulator -- run "$scenario" --requests "$requests" \
+      --ledger "$ledger" --kv "$kv" >"$out/summary.txt" 2>&1; then
+    cat "$out/summary.txt"
+    echo "invariant suite: FAILED ($name)"
+    exit 1
+  fi
+  grep -E "^  I[0-9]" "$out/summary.txt" | tr -s ' ' | paste -sd ';' -
+}
+shadow="$out/smoke-shadow.toml"
+sed 's/^users = 2000$/users = 2000\nshadow = true/' scenarios/smoke.toml >"$shadow"
+cp -r scenarios/activities "$out/"
+if [[ -n "${REDRAIN_MYSQL_URL:-}" && -n "${REDRAIN_REDIS_URL:-}" ]]; then
+  db="redrain_suite_$$"
+  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db"
+  run_on "mariadb + redis" "mysql://root@127.0.0.1:3306/$db" "$REDRAIN_REDIS_URL" scenarios/smoke.toml
+  run_on "mariadb + redis, shadow" "mysql://root@127.0.0.1:3306/$db" "$REDRAIN_REDIS_URL" "$shadow"
+  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE $db"
+fi
+if [[ -n "${REDRAIN_POSTGRES_URL:-}" && -n "${REDRAIN_REDIS_CLUSTER_URL:-}" ]]; then
+  db="redrain_suite_$$"
+  psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+  run_on "postgres + redis cluster" "postgres://postgres@127.0.0.1:5432/$db" "$REDRAIN_REDIS_CLUSTER_URL" scenarios/smoke.toml
+  psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE $db"
+fi
+

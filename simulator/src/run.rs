@@ -41,7 +41,7 @@ const FORGER_KEY_ID: u32 = 1;
 const VIEW_PAGE_LIMIT: usize = 20;
 
 /// How to run a scenario.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Overrides the scenario's seed.
     pub seed: Option<u64>,
@@ -55,17 +55,6 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self {
-            seed: None,
-            requests: None,
-            ledger_url: None,
-            kv_url: None,
-            progress: false,
-        }
-    }
-}
 
 /// Stores to run on, for tests that plant broken ones.
 #[derive(Debug, Clone)]

@@ -122,12 +122,15 @@ impl Ledger for MemoryLedger {
                 WithdrawOutcome::Conflict { first }
             });
         }
-        let account = state.account_mut(withdrawal.account);
-        if account.balance_cents < withdrawal.amount_cents {
-            return Ok(WithdrawOutcome::InsufficientBalance {
-                balance_cents: account.balance_cents,
-            });
+        // A refusal writes nothing, not even an empty account.
+        let balance_cents = state
+            .accounts
+            .get(&withdrawal.account)
+            .map_or(0, |a| a.balance_cents);
+        if balance_cents < withdrawal.amount_cents {
+            return Ok(WithdrawOutcome::InsufficientBalance { balance_cents });
         }
+        let account = state.account_mut(withdrawal.account);
         account.balance_cents -= withdrawal.amount_cents;
         account.withdrawn_cents += withdrawal.amount_cents;
         let balance_after_cents = account.balance_cents;

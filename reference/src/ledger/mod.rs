@@ -18,6 +18,7 @@ use crate::{ActId, ChildId, Millis};
 mod memory;
 mod mysql;
 mod postgres;
+mod sql;
 mod sqlite;
 
 pub use memory::MemoryLedger;
