@@ -55,7 +55,6 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-
 /// Stores to run on, for tests that plant broken ones.
 #[derive(Debug, Clone)]
 pub struct Stores {

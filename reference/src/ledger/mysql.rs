@@ -43,6 +43,10 @@ pub struct MySqlLedger {
     pool: MySqlPool,
     options: LedgerOptions,
     sql: Arc<Statements>,
+    /// The server numbers the rows of one multi-row INSERT consecutively
+    /// (`innodb_autoinc_lock_mode` ≤ 1 and `auto_increment_increment` = 1), so a
+    /// batch's `seq`s are LAST_INSERT_ID + row index and need no read-back.
+    consecutive_ids: bool,
 }
 
 /// Every statement of one ledger, built once from its table names (never from
@@ -164,6 +168,16 @@ impl MySqlLedger {
             .run(&mut conn)
             .await
             .map_err(|e| LedgerError::Migration(e.to_string()))?;
+        // Interleaved mode (2, MySQL 8's default) or a Galera-style increment gives
+        // no consecutive numbers: then the inserted rows are read back by key.
+        let (lock_mode, increment): (i64, i64) = sqlx::query_as(
+            "SELECT CAST(@@GLOBAL.innodb_autoinc_lock_mode AS SIGNED), \
+             CAST(@@GLOBAL.auto_increment_increment AS SIGNED)",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| bad_url(url, format!("cannot read the auto-increment settings: {e}")))?;
+        let consecutive_ids = lock_mode <= 1 && increment == 1;
         // Best effort: the pool opens its own connections.
         let _ = conn.close().await;
         let pool = MySqlPoolOptions::new()
@@ -174,6 +188,7 @@ impl MySqlLedger {
             pool,
             options,
             sql: Arc::new(Statements::new(&Tables::new(options))),
+            consecutive_ids,
         })
     }
 
@@ -303,14 +318,30 @@ impl MySqlLedger {
                         .push_bind(v.batch.as_deref())
                         .push_bind(v.at_ms);
                 });
-                let first = query.build().execute(&mut *tx).await?.last_insert_id();
+                let done = query.build().execute(&mut *tx).await?;
+                let first = done.last_insert_id();
                 first_seq.get_or_insert(first);
+                if self.consecutive_ids {
+                    if done.rows_affected() != chunk.len() as u64 {
+                        return Err(LedgerError::Corrupt(format!(
+                            "an INSERT of {} credits inserted {}",
+                            chunk.len(),
+                            done.rows_affected()
+                        ))
+                        .into());
+                    }
+                    for (n, &i) in chunk.iter().enumerate() {
+                        inserted.insert(plan.key(i).clone(), first + n as u64);
+                    }
+                }
             }
             let first_seq = first_seq.ok_or_else(|| {
                 LedgerError::Corrupt("an INSERT of credits reported no seq".to_owned())
             })?;
-            let keys: Vec<&CreditKey> = insert.iter().map(|&i| plan.key(i)).collect();
-            inserted = self.inserted_seqs(&mut tx, &keys, first_seq).await?;
+            if !self.consecutive_ids {
+                let keys: Vec<&CreditKey> = insert.iter().map(|&i| plan.key(i)).collect();
+                inserted = self.inserted_seqs(&mut tx, &keys, first_seq).await?;
+            }
             let deltas = plan.account_deltas(&insert)?;
             for chunk in deltas.chunks(ROWS_PER_STATEMENT_MAX) {
                 let mut query = QueryBuilder::<MySql>::new(&self.sql.upsert_accounts_head);
