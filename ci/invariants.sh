@@ -14,7 +14,14 @@ if [[ "${REDRAIN_LONG:-0}" == "1" ]]; then
 fi
 
 out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+suite_db="redrain_suite_$$"
+cleanup() {
+  rm -rf "$out"
+  # Best effort: the suite's own databases, also after a failed run.
+  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS $suite_db; DROP DATABASE IF EXISTS ${suite_db}_shadow" >/dev/null 2>&1 || true
+  psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE IF EXISTS $suite_db" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 for ledger in memory "sqlite://$out/suite.db"; do
   for seed in "${seeds[@]}"; do
     rm -f "$out"/suite.db*
@@ -48,14 +55,16 @@ shadow="$out/smoke-shadow.toml"
 sed 's/^users = 2000$/users = 2000\nshadow = true/' scenarios/smoke.toml >"$shadow"
 cp -r scenarios/activities "$out/"
 if [[ -n "${REDRAIN_MYSQL_URL:-}" && -n "${REDRAIN_REDIS_URL:-}" ]]; then
-  db="redrain_suite_$$"
-  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db"
+  # A run needs empty tables (a shadow run checks the real ones stay empty), so
+  # each run gets a database of its own.
+  db="$suite_db"
+  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS $db; CREATE DATABASE $db; DROP DATABASE IF EXISTS ${db}_shadow; CREATE DATABASE ${db}_shadow"
   run_on "mariadb + redis" "mysql://root@127.0.0.1:3306/$db" "$REDRAIN_REDIS_URL" scenarios/smoke.toml
-  run_on "mariadb + redis, shadow" "mysql://root@127.0.0.1:3306/$db" "$REDRAIN_REDIS_URL" "$shadow"
-  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE $db"
+  run_on "mariadb + redis, shadow" "mysql://root@127.0.0.1:3306/${db}_shadow" "$REDRAIN_REDIS_URL" "$shadow"
+  mariadb -h 127.0.0.1 -u root -e "DROP DATABASE $db; DROP DATABASE ${db}_shadow"
 fi
 if [[ -n "${REDRAIN_POSTGRES_URL:-}" && -n "${REDRAIN_REDIS_CLUSTER_URL:-}" ]]; then
-  db="redrain_suite_$$"
+  db="$suite_db"
   psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
   run_on "postgres + redis cluster" "postgres://postgres@127.0.0.1:5432/$db" "$REDRAIN_REDIS_CLUSTER_URL" scenarios/smoke.toml
   psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE $db"
