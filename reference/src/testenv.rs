@@ -69,7 +69,8 @@ pub struct ScratchDatabase {
     pub url: String,
 }
 
-fn with_database(url: &str, name: &str) -> String {
+/// `url` with its database replaced by `name` (query parameters kept).
+pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),

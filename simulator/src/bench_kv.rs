@@ -36,14 +36,6 @@ impl KvRow {
     }
 }
 
-fn namespace(path: &str) -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("redrain-bench-{ms}-{}-{path}:", std::process::id())
-}
-
 /// Run both paths with `requests` coupon requests on the Redis `url` names.
 pub async fn bench_kv(url: &str, requests: u64) -> anyhow::Result<Vec<KvRow>> {
     anyhow::ensure!(requests > 0, "--requests must be greater than 0");
@@ -54,7 +46,7 @@ pub async fn bench_kv(url: &str, requests: u64) -> anyhow::Result<Vec<KvRow>> {
 
 async fn run_path(url: &str, path: &str, requests: u64, merge: u64) -> anyhow::Result<KvRow> {
     let options = KvOptions {
-        prefix: namespace(path),
+        prefix: crate::run::unique_namespace(&format!("bench-{path}")),
         ..KvOptions::default()
     };
     let redis = RedisKv::connect(url, &options)

@@ -125,7 +125,7 @@ pub async fn run_scenario(scenario: &Scenario, options: &RunOptions) -> anyhow::
     let urls = store_urls(scenario, options);
     let ledger = open_empty_ledger(&urls.ledger, LedgerOptions::default()).await?;
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
-    let namespace = run_namespace();
+    let namespace = unique_namespace("run");
     let (kv, redis) = open_kv(&urls.kv, &clock, &namespace, false).await?;
     let mut redis = Vec::from_iter(redis);
     let shadow = if scenario.shadow {
@@ -211,13 +211,13 @@ async fn open_kv(
     Ok((kv, None))
 }
 
-/// A KV namespace no other run shares: `redrain-run-<unix ms>-<pid>:`.
-fn run_namespace() -> String {
+/// A KV namespace no other process shares: `redrain-<kind>-<unix ms>-<pid>:`.
+pub fn unique_namespace(kind: &str) -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    format!("redrain-run-{ms}-{}:", std::process::id())
+    format!("redrain-{kind}-{ms}-{}:", std::process::id())
 }
 
 /// Run `scenario` on the given stores.

@@ -717,19 +717,6 @@ fn shadow_tables_are_isolated_and_purged() {
     });
 }
 
-/// `url` with its database replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let (scheme, rest) = base.split_once("://").expect("server URL");
-    let host = rest.split_once('/').map_or(rest, |(host, _)| host);
-    match query {
-        Some(query) => format!("{scheme}://{host}/{name}?{query}"),
-        None => format!("{scheme}://{host}/{name}"),
-    }
-}
-
 /// How long a bad server URL may take to fail (the connect timeout is 5 s).
 const FAIL_WITHIN: Duration = Duration::from_secs(10);
 
@@ -770,7 +757,7 @@ fn unknown_server_databases_are_rejected_at_open() {
             continue;
         };
         let missing = unique_name("missing");
-        let url = with_database(&server, &missing);
+        let url = crate::testenv::with_database(&server, &missing);
         let err = runtime
             .block_on(async { tokio::time::timeout(FAIL_WITHIN, open(&url)).await })
             .unwrap_or_else(|_| panic!("{url}: no answer within {FAIL_WITHIN:?}"))

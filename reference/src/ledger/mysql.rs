@@ -22,7 +22,8 @@ use sqlx::{AssertSqlSafe, Connection as _, MySql, MySqlExecutor, QueryBuilder, T
 use super::sql::{
     ACCOUNT_COLUMNS, ACQUIRE_TIMEOUT, AccountRow, BatchPlan, CONNECT_TIMEOUT, CreditKey, EntryRow,
     EntryValues, POOL_CONNECTIONS_MAX, ROWS_PER_STATEMENT_MAX, Tables, TxError, bad_url,
-    by_credit_key, entries, entry_columns, store, to_i64, to_u64, with_retries,
+    by_credit_key, entries, entry_columns, history_before, history_page, store, to_i64, to_u64,
+    with_retries,
 };
 use super::{
     AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
@@ -504,9 +505,7 @@ impl Ledger for MySqlLedger {
         limit: usize,
     ) -> Result<HistoryPage, LedgerError> {
         check_limit(limit)?;
-        let before = cursor.map_or(i64::MAX, |c| {
-            i64::try_from(c.before_seq).unwrap_or(i64::MAX)
-        });
+        let before = history_before(cursor);
         // One row more than the page tells whether a next page exists.
         let rows: Vec<EntryRow> = sqlx::query_as(sql(&self.sql.history))
             .bind(to_i64(key.child_id, "child_id")?)
@@ -516,15 +515,7 @@ impl Ledger for MySqlLedger {
             .fetch_all(&self.pool)
             .await
             .map_err(store)?;
-        let mut entries = entries(rows)?;
-        let more = entries.len() > limit;
-        entries.truncate(limit);
-        let next = if more {
-            entries.last().map(|e| Cursor { before_seq: e.seq })
-        } else {
-            None
-        };
-        Ok(HistoryPage { entries, next })
+        history_page(rows, limit)
     }
 
     async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {

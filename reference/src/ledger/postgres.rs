@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgExecutor, Postgres, Transaction};
 use super::sql::{
     ACCOUNT_COLUMNS, ACQUIRE_TIMEOUT, AccountRow, BatchPlan, CONNECT_TIMEOUT, CreditKey, EntryRow,
     EntryValues, POOL_CONNECTIONS_MAX, Tables, TxError, bad_url, by_credit_key, entries,
-    entry_columns, store, to_i64, to_u64, with_retries,
+    entry_columns, history_before, history_page, store, to_i64, to_u64, with_retries,
 };
 use super::{
     AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
@@ -455,9 +455,7 @@ impl Ledger for PostgresLedger {
         limit: usize,
     ) -> Result<HistoryPage, LedgerError> {
         check_limit(limit)?;
-        let before = cursor.map_or(i64::MAX, |c| {
-            i64::try_from(c.before_seq).unwrap_or(i64::MAX)
-        });
+        let before = history_before(cursor);
         // One row more than the page tells whether a next page exists.
         let rows: Vec<EntryRow> = sqlx::query_as(sql(&self.sql.history))
             .bind(to_i64(key.child_id, "child_id")?)
@@ -467,15 +465,7 @@ impl Ledger for PostgresLedger {
             .fetch_all(&self.pool)
             .await
             .map_err(store)?;
-        let mut entries = entries(rows)?;
-        let more = entries.len() > limit;
-        entries.truncate(limit);
-        let next = if more {
-            entries.last().map(|e| Cursor { before_seq: e.seq })
-        } else {
-            None
-        };
-        Ok(HistoryPage { entries, next })
+        history_page(rows, limit)
     }
 
     async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
 use super::{
-    AccountKey, AccountState, Award, Credit, CreditOutcome, Entry, EntryKind, LedgerError,
-    LedgerOptions,
+    AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage,
+    LedgerError, LedgerOptions,
 };
 use crate::ChildId;
 use crate::order_no::OrderNo;
@@ -238,6 +238,27 @@ impl EntryValues {
 pub(super) type CreditKey = (ChildId, String);
 
 /// The key of a posted credit entry (`None` for a withdrawal).
+/// The newest `seq` a history page may show: below the cursor, or any.
+pub(super) fn history_before(cursor: Option<Cursor>) -> i64 {
+    cursor.map_or(i64::MAX, |c| {
+        i64::try_from(c.before_seq).unwrap_or(i64::MAX)
+    })
+}
+
+/// A history page from up to `limit + 1` rows, newest first: the extra row only
+/// tells that a next page exists.
+pub(super) fn history_page(rows: Vec<EntryRow>, limit: usize) -> Result<HistoryPage, LedgerError> {
+    let mut entries = entries(rows)?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next = if more {
+        entries.last().map(|e| Cursor { before_seq: e.seq })
+    } else {
+        None
+    };
+    Ok(HistoryPage { entries, next })
+}
+
 pub(super) fn credit_key(entry: &Entry) -> Option<CreditKey> {
     match &entry.kind {
         EntryKind::Credit { order_no, .. } => Some((entry.account.child_id, order_no.to_string())),

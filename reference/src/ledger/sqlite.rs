@@ -16,8 +16,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Sqlite, Transaction};
 
 use super::sql::{
-    ACCOUNT_COLUMNS, AccountRow, EntryRow, EntryValues, Tables, entries, entry_columns, store,
-    to_i64, to_u64,
+    ACCOUNT_COLUMNS, AccountRow, EntryRow, EntryValues, Tables, entries, entry_columns,
+    history_before, history_page, store, to_i64, to_u64,
 };
 use super::{
     AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
@@ -349,9 +349,7 @@ impl Ledger for SqliteLedger {
         limit: usize,
     ) -> Result<HistoryPage, LedgerError> {
         check_limit(limit)?;
-        let before = cursor.map_or(i64::MAX, |c| {
-            i64::try_from(c.before_seq).unwrap_or(i64::MAX)
-        });
+        let before = history_before(cursor);
         // One row more than the page tells whether a next page exists.
         let rows: Vec<EntryRow> = sqlx::query_as(sql(&self.sql.history))
             .bind(to_i64(key.child_id, "child_id")?)
@@ -361,15 +359,7 @@ impl Ledger for SqliteLedger {
             .fetch_all(&self.pool)
             .await
             .map_err(store)?;
-        let mut entries = entries(rows)?;
-        let more = entries.len() > limit;
-        entries.truncate(limit);
-        let next = if more {
-            entries.last().map(|e| Cursor { before_seq: e.seq })
-        } else {
-            None
-        };
-        Ok(HistoryPage { entries, next })
+        history_page(rows, limit)
     }
 
     async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
