@@ -391,6 +391,32 @@ impl ActivityTree {
         let child = activity.children.iter().find(|c| c.id == child_id)?;
         Some((activity, child))
     }
+
+    /// This tree for a sampled run that sends `share` of the traffic: every
+    /// shared quantity — child budgets, coupon stock, scene rate limits — times
+    /// `share`, rounded up (never below 1). Per-user limits and per-transaction
+    /// caps stay as they are: each simulated user is a whole user.
+    pub fn scaled(&self, share: f64) -> ActivityTree {
+        let mut tree = self.clone();
+        if share >= 1.0 {
+            return tree;
+        }
+        let scale = |n: u64| (((n as f64) * share).ceil() as u64).max(1);
+        for activity in tree.activities.values_mut() {
+            for child in &mut activity.children {
+                child.budget_cents = scale(child.budget_cents);
+            }
+            for scene in activity.scenes.values_mut() {
+                scene.rate_limit_qps = scene.rate_limit_qps.map(scale);
+            }
+            for award in activity.awards.values_mut() {
+                if let AwardDef::Coupon(coupon) = award {
+                    coupon.stock = scale(coupon.stock);
+                }
+            }
+        }
+        tree
+    }
 }
 
 // ---- file shapes (what users write) ----

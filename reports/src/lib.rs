@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const RUN_RECORD_VERSION: u32 = 1;
+pub const RUN_RECORD_VERSION: u32 = 2;
 
 /// Everything a report needs to know about one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,13 @@ pub struct RunRecord {
     /// Every request carried the shadow tag (served from the shadow stores).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// Share of users simulated; aggregate counts are of the sample (multiply
+    /// by `1 / sample_rate` for the full population).
+    #[serde(default = "one")]
+    pub sample_rate: f64,
+    /// The trace that was sent.
+    #[serde(default)]
+    pub trace: TraceInfo,
     /// BLAKE3 of the answered requests in order: equal hashes, equal runs.
     pub history_hash: String,
     /// Answers by kind, e.g. `issue.issued`, `issue.out_of_stock`, `withdraw.withdrawn`.
@@ -39,6 +46,21 @@ pub struct RunRecord {
     /// Hot-counter figures, when the scenario shows one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counter: Option<CounterSummary>,
+    /// Credit delay (award to ledger credit), over the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelaySummary>,
+    /// What wallet pages showed against what was owed.
+    #[serde(default)]
+    pub views: ViewSummary,
+    /// Capacity gates: requests admitted and refused per gate, and the planner's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacitySummary>,
+    /// KV and DB calls the wallet made.
+    #[serde(default)]
+    pub stores: StoresSummary,
+    /// One row per virtual second (counts of the sample).
+    #[serde(default)]
+    pub series: Vec<SecondSample>,
     /// Wall-clock figures of this run (the only non-deterministic part).
     pub wall: Wall,
     /// One verdict per checked invariant.
@@ -49,6 +71,132 @@ pub struct RunRecord {
 
 fn memory_url() -> String {
     "memory".to_owned()
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The trace a run sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    /// BLAKE3 of the trace's JSONL body (`redrain trace export` writes the same).
+    pub hash: String,
+    /// Requests in it.
+    pub ops: u64,
+    /// `i/N` when only one shard ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// Where it came from: `generated` or the replayed file.
+    pub source: String,
+}
+
+/// Percentiles of a delay, in virtual milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelaySummary {
+    /// Credits measured.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: u64,
+    /// 90th percentile.
+    pub p90_ms: u64,
+    /// 99th percentile.
+    pub p99_ms: u64,
+    /// 99.9th percentile.
+    pub p999_ms: u64,
+    /// Longest.
+    pub max_ms: u64,
+}
+
+/// Wallet pages against what the user was owed at that moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewSummary {
+    /// Pages shown.
+    pub views: u64,
+    /// Pages (token scheme: credited + pending tokens) that showed less than owed.
+    pub short: u64,
+    /// Pages that would have shown less under plain async crediting (credited only).
+    pub plain_async_short: u64,
+    /// Largest amount plain async crediting would have hidden on one page, in cents.
+    pub plain_async_hidden_max_cents: u64,
+}
+
+/// Capacity gates of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CapacitySummary {
+    /// Per gate (`app`, `db`, `kv`, `kv_key`): units admitted and refused.
+    pub gates: BTreeMap<String, GateFigures>,
+    /// DB instances synchronous crediting would need at this run's peak award
+    /// rate (full population), by the scenario's DB model; `None` when unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_db_instances_needed: Option<u64>,
+    /// The peak award rate that answer is for (full population, per second).
+    pub peak_award_qps: f64,
+    /// DB transactions per second the configured instances give (full population).
+    pub db_tps: f64,
+}
+
+/// One gate's totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateFigures {
+    /// Units admitted.
+    pub admitted: u64,
+    /// Units refused.
+    pub refused: u64,
+}
+
+/// Store calls over the run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoresSummary {
+    /// KV calls.
+    pub kv_calls: u64,
+    /// Ledger calls (a credit batch is one).
+    pub db_calls: u64,
+    /// Busiest virtual second of KV calls.
+    pub kv_peak_per_s: u64,
+    /// Busiest virtual second of ledger calls.
+    pub db_peak_per_s: u64,
+}
+
+/// One virtual second of a run (counts of the sample).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondSample {
+    /// Seconds since the start.
+    pub t_s: u64,
+    /// Requests that arrived.
+    pub offered: u64,
+    /// Awards answered with a first success (issued, accepted or queued).
+    pub awarded: u64,
+    /// Requests turned away, by reason (`capacity.db`, `out_of_stock`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, u64>,
+    /// Ledger credits posted (sync, worker, force-credit, pipeline).
+    pub credited: u64,
+    /// Tokens pending or inflight at the end of the second.
+    pub backlog: u64,
+    /// Coupon orders queued in the pipeline at the end of the second.
+    #[serde(default)]
+    pub pipeline_depth: u64,
+    /// Credit delay of this second's credits, median, ms.
+    pub delay_p50_ms: u64,
+    /// 99th percentile.
+    pub delay_p99_ms: u64,
+    /// Longest.
+    pub delay_max_ms: u64,
+    /// Coupons consumed so far, all templates.
+    pub coupons_consumed: u64,
+    /// Coupon stock, all templates.
+    pub coupon_stock: u64,
+    /// Hot counter: the highest value a reader showed this second.
+    #[serde(default)]
+    pub counter_shown: i64,
+    /// Hot counter: the true total at the end of the second.
+    #[serde(default)]
+    pub counter_true: u64,
+    /// KV calls this second.
+    pub kv_ops: u64,
+    /// Ledger calls this second.
+    pub db_ops: u64,
 }
 
 /// The scenario as run.
@@ -140,6 +288,10 @@ pub struct Wall {
     pub elapsed_ms: u64,
     /// Requests answered per wall second.
     pub requests_per_s: f64,
+    /// Wall time by part: trace, requests, credit worker, coupon pipeline, hot
+    /// counter, series, final state, checkers (the run's profile).
+    #[serde(default)]
+    pub spent_ms: BTreeMap<String, u64>,
 }
 
 /// One invariant's verdict.
@@ -164,6 +316,31 @@ impl RunRecord {
     }
 }
 
+fn ms(value: u64) -> String {
+    if value >= 60_000 {
+        format!("{:.1} min", value as f64 / 60_000.0)
+    } else if value >= 1000 {
+        format!("{:.1} s", value as f64 / 1000.0)
+    } else {
+        format!("{value} ms")
+    }
+}
+
+fn spent_line(spent: &BTreeMap<String, u64>) -> String {
+    let total: u64 = spent.values().sum();
+    if total == 0 {
+        return String::new();
+    }
+    let mut parts: Vec<(&String, &u64)> = spent.iter().filter(|(_, v)| **v > 0).collect();
+    parts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = parts
+        .iter()
+        .take(4)
+        .map(|(k, v)| format!("{k} {:.0}%", **v as f64 * 100.0 / total as f64))
+        .collect();
+    format!(" · time: {}", shown.join(", "))
+}
+
 fn cents(value: u64) -> String {
     format!("{}.{:02}", value / 100, value % 100)
 }
@@ -173,9 +350,18 @@ pub fn render_summary(record: &RunRecord) -> String {
     let mut out = String::new();
     let s = &record.scenario;
     // Writing to a String cannot fail.
+    let sample = if record.sample_rate < 1.0 {
+        format!(
+            " · sample {} (counts are of the sample; ×{:.0} for everyone)",
+            record.sample_rate,
+            1.0 / record.sample_rate
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "redrain run · {} · seed {} · {} requests over {} s (virtual)",
+        "redrain run · {} · seed {} · {} requests over {} s (virtual){sample}",
         s.name,
         s.seed,
         s.requests,
@@ -196,9 +382,23 @@ pub fn render_summary(record: &RunRecord) -> String {
     );
     let _ = writeln!(
         out,
-        "  wall {:.2} s · {:.0} requests/s",
+        "  trace {}{} · {} ops from {}",
+        &record.trace.hash[..16.min(record.trace.hash.len())],
+        record
+            .trace
+            .shard
+            .as_deref()
+            .map(|s| format!(" (shard {s})"))
+            .unwrap_or_default(),
+        record.trace.ops,
+        record.trace.source
+    );
+    let _ = writeln!(
+        out,
+        "  wall {:.2} s · {:.0} requests/s{}",
         record.wall.elapsed_ms as f64 / 1000.0,
-        record.wall.requests_per_s
+        record.wall.requests_per_s,
+        spent_line(&record.wall.spent_ms)
     );
     let _ = writeln!(out, "\noutcomes");
     for (kind, count) in &record.outcomes {
@@ -252,6 +452,56 @@ pub fn render_summary(record: &RunRecord) -> String {
             c.worker_crashes, c.requeued, c.failed_attempts, c.forged_presented
         );
     }
+    if let Some(d) = &record.delay {
+        let _ = writeln!(
+            out,
+            "\ncredit delay (award to ledger, virtual): p50 {} · p90 {} · p99 {} · p99.9 {} · max {} over {} credits",
+            ms(d.p50_ms),
+            ms(d.p90_ms),
+            ms(d.p99_ms),
+            ms(d.p999_ms),
+            ms(d.max_ms),
+            d.count
+        );
+    }
+    let v = &record.views;
+    if v.views > 0 {
+        let _ = writeln!(
+            out,
+            "wallet pages: {} shown, {} short of what was owed; plain async crediting would have shown {} short (up to {} hidden)",
+            v.views,
+            v.short,
+            v.plain_async_short,
+            cents(v.plain_async_hidden_max_cents)
+        );
+    }
+    if let Some(c) = &record.capacity {
+        let gates: Vec<String> = c
+            .gates
+            .iter()
+            .filter(|(_, g)| g.admitted + g.refused > 0)
+            .map(|(name, g)| format!("{name} {} in / {} refused", g.admitted, g.refused))
+            .collect();
+        let _ = writeln!(out, "\ncapacity: {}", gates.join(" · "));
+        let needed = c
+            .sync_db_instances_needed
+            .map_or("more than the model can reach".to_owned(), |n| {
+                n.to_string()
+            });
+        let _ = writeln!(
+            out,
+            "  peak awards {:.0}/s (everyone) · sync crediting would need {needed} DB instances · configured DB gives {:.0} TPS",
+            c.peak_award_qps, c.db_tps
+        );
+    }
+    let st = &record.stores;
+    if st.kv_calls + st.db_calls > 0 {
+        let _ = writeln!(
+            out,
+            "stores: {} KV calls (peak {}/s) · {} DB calls (peak {}/s)",
+            st.kv_calls, st.kv_peak_per_s, st.db_calls, st.db_peak_per_s
+        );
+    }
     let _ = writeln!(out, "\ninvariants");
     for verdict in &record.invariants {
         let mark = if verdict.passed { "pass" } else { "FAIL" };
@@ -288,6 +538,8 @@ mod tests {
             ledger_url: "memory".into(),
             kv_url: "memory".into(),
             shadow: false,
+            sample_rate: 1.0,
+            trace: TraceInfo::default(),
             history_hash: "ab".repeat(32),
             outcomes: BTreeMap::from([
                 ("issue.issued".to_owned(), 9),
@@ -299,9 +551,15 @@ mod tests {
             },
             crediting: None,
             counter: None,
+            delay: None,
+            views: ViewSummary::default(),
+            capacity: None,
+            stores: StoresSummary::default(),
+            series: Vec::new(),
             wall: Wall {
                 elapsed_ms: 1500,
                 requests_per_s: 6.7,
+                spent_ms: BTreeMap::new(),
             },
             invariants: vec![Verdict {
                 id: "I1".into(),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use reference::kv::Kv;
 use reference::ledger::{Ledger, LedgerSnapshot};
+use reference::pipeline::OrderRecord;
 use reference::switches::Switch;
 use reference::token::KeyRing;
 use reference::wallet::{IssueOutcome, IssueRequest, WalletView, WithdrawOutcome, WithdrawRequest};
@@ -97,6 +98,10 @@ pub struct FinalState {
     pub token_backlog: BTreeMap<ChildId, u64>,
     /// The public token keys the run trusted, by key id (for independent checks).
     pub token_keys: BTreeMap<u32, [u8; 32]>,
+    /// Coupon-pipeline order records of every order number a pipeline answer
+    /// named (queued, duplicate or conflict), by child activity and order number
+    /// as recorded. Empty when the run drove no pipeline.
+    pub orders: BTreeMap<ChildId, BTreeMap<String, OrderRecord>>,
     /// After a shadow run: what the real stores hold (they must hold nothing).
     pub real_stores: Option<RealStores>,
 }
@@ -134,6 +139,7 @@ impl FinalState {
             counters,
             token_backlog: BTreeMap::new(),
             token_keys: BTreeMap::new(),
+            orders: BTreeMap::new(),
             real_stores: None,
         })
     }
@@ -158,5 +164,48 @@ impl FinalState {
                 .collect();
         }
         Ok(self)
+    }
+
+    /// Also read the coupon-pipeline order record of every order a pipeline
+    /// answer in `history` names: one KV read per distinct order, none when the
+    /// run drove no pipeline. The KV has no scan over byte keys, so the history
+    /// says which records to read; an order recorded without any answer cannot
+    /// happen in a run (an operating error ends it).
+    pub async fn with_orders(mut self, kv: &dyn Kv, history: &History) -> Result<Self, WalletError> {
+        for event in &history.events {
+            let Event::Issue {
+                outcome:
+                    IssueOutcome::Queued { order }
+                    | IssueOutcome::DuplicateQueued { order }
+                    | IssueOutcome::OrderConflict { first: order },
+                ..
+            } = event
+            else {
+                continue;
+            };
+            let known = self
+                .orders
+                .get(&order.child_id)
+                .is_some_and(|records| records.contains_key(&order.order_no));
+            if known {
+                continue;
+            }
+            let key = keys::order(order.child_id, &order.order_no);
+            // A record that is not there is I4's to report: the map stays without it.
+            if let Some(bytes) = kv.bytes(&key).await? {
+                let record: OrderRecord = serde_json::from_slice(&bytes)
+                    .map_err(|e| WalletError::CorruptOrder { key, error: e.to_string() })?;
+                self.orders
+                    .entry(order.child_id)
+                    .or_default()
+                    .insert(order.order_no.clone(), record);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The pipeline's record of an order, if it was read.
+    pub fn order(&self, child_id: ChildId, order_no: &str) -> Option<&OrderRecord> {
+        self.orders.get(&child_id)?.get(order_no)
     }
 }

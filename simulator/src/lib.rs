@@ -8,8 +8,12 @@
 
 pub mod bench;
 pub mod bench_kv;
+pub mod bench_sim;
+pub mod capacity;
 pub mod check;
 pub mod history;
+pub mod meter;
 pub mod run;
 pub mod scenario;
-pub mod workload;
+pub mod suite;
+pub mod trace;

@@ -30,9 +30,20 @@ enum Command {
         /// Seed of the workload (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
-        /// Requests to send (default: the scenario's).
+        /// Requests to send: a scenario without phases sends exactly this many;
+        /// a phased scenario stops its trace after this many.
         #[arg(long)]
         requests: Option<u64>,
+        /// Share of users to simulate, in (0, 1] (default: the scenario's).
+        #[arg(long)]
+        sample: Option<f64>,
+        /// Run only shard i of N of the trace (by act_id hash), e.g. 0/4.
+        #[arg(long)]
+        shard: Option<simulator::trace::Shard>,
+        /// Run twice and fail (exit 1) unless the records are byte-identical
+        /// apart from wall-clock fields.
+        #[arg(long)]
+        check_determinism: bool,
         /// Ledger URL (default: the scenario's `[stores] ledger`, else memory):
         /// memory, sqlite::memory:, sqlite://PATH, mysql://… or postgres://…
         #[arg(long)]
@@ -61,6 +72,27 @@ enum Command {
         #[arg(long, default_value = "")]
         kv_prefix: String,
     },
+    /// Export, hash or replay a scenario's trace.
+    Trace {
+        #[command(subcommand)]
+        what: TraceWhat,
+    },
+    /// Run an invariant suite (ci/*.toml): every case's scenario × seed × sample
+    /// rate, judged by invariants and thresholds; writes junit.xml, verdict.json and
+    /// runs/*.json. Exit 0 all pass, 1 a failure, 2 bad input or an operating error.
+    Suite {
+        /// The suite file, e.g. ci/quick.toml.
+        file: PathBuf,
+        /// Where to write (default: target/redrain-suite/<suite name>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Runs at once (default: the suite's `parallel`; 0 = number of cores).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// Run only cases whose scenario name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -69,7 +101,69 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum TraceWhat {
+    /// Write the trace as JSONL: a header line, then one request per line.
+    Export {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        pick: TracePick,
+    },
+    /// Print a trace's BLAKE3 hash and length without writing it.
+    Hash {
+        /// The scenario file.
+        scenario: PathBuf,
+        #[command(flatten)]
+        pick: TracePick,
+    },
+    /// Run an exported trace against the reference wallet (seed and sample come
+    /// from the trace's header).
+    Replay {
+        /// The scenario file the trace was exported from.
+        scenario: PathBuf,
+        /// The exported trace.
+        trace: PathBuf,
+        /// Ledger URL (as for `run`).
+        #[arg(long)]
+        ledger: Option<String>,
+        /// KV URL (as for `run`).
+        #[arg(long)]
+        kv: Option<String>,
+        /// Also write the RunRecord as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Which trace of a scenario.
+#[derive(clap::Args, Debug)]
+struct TracePick {
+    /// Seed (default: the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Share of users (default: the scenario's).
+    #[arg(long)]
+    sample: Option<f64>,
+    /// Stop after this many requests.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Only shard i of N.
+    #[arg(long)]
+    shard: Option<simulator::trace::Shard>,
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchWhat {
+    /// Simulated requests per wall second, how far 100% is from real time, and
+    /// where the time goes. Default: smoke (sample 1) and red-packet-rain (its 1%).
+    Sim {
+        /// A scenario, optionally with a sample rate: PATH or PATH@RATE (repeatable).
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+    },
     /// Synchronous credits per second on the memory and SQLite ledgers.
     Ledger {
         /// Credits per backend and path.
@@ -132,32 +226,165 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             scenario,
             seed,
             requests,
+            sample,
+            shard,
+            check_determinism,
             ledger,
             kv,
             json,
         } => {
             let scenario = Scenario::load(&scenario)?;
+            check_sample(sample)?;
             let ci = std::env::var_os("CI").is_some();
             let options = RunOptions {
                 seed,
                 requests,
+                sample_rate: sample,
+                shard,
                 ledger_url: ledger,
                 kv_url: kv,
                 progress: !ci,
+                ..RunOptions::default()
             };
-            let output = run_scenario(&scenario, &options).await?;
-            if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&output.record)
-                    .context("serialising the run record")?;
-                write_atomically(&path, text.as_bytes())
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            print!("{}", reports::render_summary(&output.record));
-            Ok(if output.record.passed() {
-                ExitCode::SUCCESS
+            let output = if check_determinism {
+                let (output, difference) =
+                    simulator::run::check_determinism(&scenario, &options).await?;
+                if let Some(difference) = difference {
+                    print!("{}", reports::render_summary(&output.record));
+                    println!(
+                        "\nNOT DETERMINISTIC: two runs differ at {difference}\nreproduce with:\n  {} --check-determinism",
+                        output.record.reproduce
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                println!(
+                    "determinism: two runs gave byte-identical records (wall-clock fields aside)"
+                );
+                output
             } else {
-                ExitCode::from(1)
-            })
+                run_scenario(&scenario, &options).await?
+            };
+            finish_run(&output, json)
+        }
+        Command::Trace {
+            what:
+                TraceWhat::Export {
+                    scenario,
+                    out,
+                    pick,
+                },
+        } => {
+            let loaded = Scenario::load(&scenario)?;
+            let (effective, seed, shard) = picked(&loaded, &pick)?;
+            let header = simulator::trace::TraceHeader::of(&effective, seed, shard);
+            let dir = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut file = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let (ops, hash) = simulator::trace::export(
+                &header,
+                simulator::trace::Trace::new(&effective, seed).with_shard(shard),
+                std::io::BufWriter::new(file.as_file_mut()),
+            )
+            .with_context(|| format!("writing {}", out.display()))?;
+            file.persist(&out)
+                .map_err(|e| e.error)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}: {ops} requests · trace {hash}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace {
+            what: TraceWhat::Hash { scenario, pick },
+        } => {
+            let loaded = Scenario::load(&scenario)?;
+            let (effective, seed, shard) = picked(&loaded, &pick)?;
+            let mut hasher = simulator::trace::TraceHasher::default();
+            for op in simulator::trace::Trace::new(&effective, seed).with_shard(shard) {
+                hasher.add(&op);
+            }
+            println!("{} requests · trace {}", hasher.ops(), hasher.finish());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace {
+            what:
+                TraceWhat::Replay {
+                    scenario,
+                    trace,
+                    ledger,
+                    kv,
+                    json,
+                },
+        } => {
+            let loaded = Scenario::load(&scenario)?;
+            let file = std::fs::File::open(&trace)
+                .with_context(|| format!("opening {}", trace.display()))?;
+            let header = simulator::trace::TraceReader::new(
+                &trace.display().to_string(),
+                std::io::BufReader::new(file),
+            )?
+            .header;
+            let options = RunOptions {
+                seed: Some(header.seed),
+                sample_rate: Some(header.sample_rate),
+                requests: header.request_limit,
+                shard: header
+                    .shard
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                replay: Some(trace),
+                ledger_url: ledger,
+                kv_url: kv,
+                progress: std::env::var_os("CI").is_none(),
+            };
+            let output = run_scenario(&loaded, &options).await?;
+            finish_run(&output, json)
+        }
+        Command::Bench {
+            what: BenchWhat::Sim { scenarios },
+        } => {
+            let cases = if scenarios.is_empty() {
+                vec![
+                    (PathBuf::from("scenarios/smoke.toml"), None),
+                    (PathBuf::from("scenarios/red-packet-rain.toml"), None),
+                ]
+            } else {
+                scenarios
+                    .iter()
+                    .map(|spec| match spec.rsplit_once('@') {
+                        Some((path, rate)) => rate
+                            .parse::<f64>()
+                            .map_err(|_| anyhow::anyhow!("`{spec}`: `{rate}` is not a sample rate"))
+                            .and_then(|r| {
+                                check_sample(Some(r)).map(|()| (PathBuf::from(path), Some(r)))
+                            }),
+                        None => Ok((PathBuf::from(spec), None)),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let rows = simulator::bench_sim::bench_sim(&cases).await?;
+            print!("{}", simulator::bench_sim::render_sim(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Suite {
+            file,
+            out,
+            parallel,
+            only,
+        } => {
+            let suite = simulator::suite::Suite::load(&file)?;
+            let options = simulator::suite::SuiteOptions {
+                out_dir: out,
+                parallel,
+                only,
+                progress: std::env::var_os("CI").is_none(),
+            };
+            let report = simulator::suite::run_suite(&suite, &options)?;
+            print!("{}", report.render_summary());
+            Ok(ExitCode::from(report.exit_code()))
         }
         Command::Cleanup {
             shadow,
@@ -251,6 +478,51 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Write the record (when asked), print the summary, and say how it went.
+fn finish_run(
+    output: &simulator::run::RunOutput,
+    json: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = json {
+        let text =
+            serde_json::to_string_pretty(&output.record).context("serialising the run record")?;
+        write_atomically(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    print!("{}", reports::render_summary(&output.record));
+    Ok(if output.record.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A sample rate must be a share in (0, 1].
+fn check_sample(sample: Option<f64>) -> anyhow::Result<()> {
+    if let Some(rate) = sample {
+        anyhow::ensure!(
+            rate > 0.0 && rate <= 1.0,
+            "--sample {rate}: a sample rate is a share of users in (0, 1]"
+        );
+    }
+    Ok(())
+}
+
+/// The scenario as the trace subcommands pick it: overrides applied, seed, shard.
+fn picked(
+    scenario: &Scenario,
+    pick: &TracePick,
+) -> anyhow::Result<(Scenario, u64, Option<simulator::trace::Shard>)> {
+    check_sample(pick.sample)?;
+    let options = RunOptions {
+        sample_rate: pick.sample,
+        requests: pick.requests,
+        ..RunOptions::default()
+    };
+    let effective = simulator::run::effective_scenario(scenario, &options);
+    Ok((effective, pick.seed.unwrap_or(scenario.seed), pick.shard))
 }
 
 /// Write to a temporary file beside `path`, then rename: a failed run leaves no half file.

@@ -1,35 +1,44 @@
-//! The runner: drives the reference wallet with a scenario's workload in virtual
-//! time, ticks the credit worker between requests, applies faults on schedule,
+//! The virtual-time engine: drives the reference wallet with a scenario's trace
+//! (generated, or an exported one replayed). Between requests it runs every
+//! background `tick(now)` — credit worker, coupon pipeline, hot-counter
+//! instances — applies faults on schedule, gates requests by the capacity model,
 //! plays the client side (keeping token copies, presenting them on withdraw,
-//! sometimes with a forged one), drains the backlog at the end, reads the final
-//! state, runs the checkers and builds the [`RunRecord`]. The virtual-time engine
-//! with the capacity model replaces this loop in the simulator issue.
+//! sometimes with a forged one) and records one row of figures per virtual
+//! second. At the end it drains the backlog, reads the final state, runs the
+//! checkers and builds the [`RunRecord`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use reference::config::{AwardDef, Crediting};
 use reference::counter::{LocalCounter, LocalCounterConfig, SplitCounter};
 use reference::kv::{Kv, KvFaults, MemoryKv, RedisKv};
 use reference::ledger::{Award, EntryKind, Ledger, LedgerOptions};
+use reference::pipeline::{CouponPipeline, PipelineConfig};
 use reference::switches::Switches;
 use reference::token::{KeyRing, decode_unverified};
 use reference::wallet::{CLIENT_TOKENS_MAX, IssueOutcome, Wallet, WithdrawOutcome};
 use reference::worker::{CreditWorker, TickReport};
 use reference::{Clock, ManualClock, kv, ledger};
 use reports::{
-    CounterSummary, CreditingSummary, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, Totals, Verdict,
-    Wall,
+    CapacitySummary, CounterSummary, CreditingSummary, DelaySummary, GateFigures,
+    RUN_RECORD_VERSION, RunRecord, ScenarioInfo, SecondSample, StoresSummary, Totals, TraceInfo,
+    Verdict, ViewSummary, Wall,
 };
 
+use crate::capacity::Capacity;
 use crate::check::{self, Invariant, Violation};
 use crate::history::{Event, FinalState, History, RealStores};
+use crate::meter::{MeteredKv, MeteredLedger};
 use crate::scenario::{CounterKind, CounterPlan, FaultKind, Scenario, StoreUrls};
-use crate::workload::{Request, Workload};
+use crate::trace::{Op, Request, Shard, Trace, TraceHasher, TraceReader};
 
 /// Examples of violations kept per invariant in the record.
 const EXAMPLES_MAX: usize = 5;
@@ -37,6 +46,8 @@ const EXAMPLES_MAX: usize = 5;
 const CLIENT_RNG_NAME: u64 = 0x636c_6965_6e74; // "client"
 /// Key id forgers sign with (the wallet's dev key is id 0).
 const FORGER_KEY_ID: u32 = 1;
+/// Longest credit delay the histogram tells apart (a day); longer ones count as a day.
+const DELAY_MAX_MS: u64 = 86_400_000;
 /// Flow lines a simulated wallet page asks for.
 const VIEW_PAGE_LIMIT: usize = 20;
 
@@ -45,8 +56,15 @@ const VIEW_PAGE_LIMIT: usize = 20;
 pub struct RunOptions {
     /// Overrides the scenario's seed.
     pub seed: Option<u64>,
-    /// Overrides the scenario's request count.
+    /// Overrides the scenario's request count (a scenario without phases), or
+    /// stops a phased scenario's trace after this many requests.
     pub requests: Option<u64>,
+    /// Overrides the scenario's sample rate.
+    pub sample_rate: Option<f64>,
+    /// Run only this shard of the trace.
+    pub shard: Option<Shard>,
+    /// Send the requests of this exported trace instead of generating them.
+    pub replay: Option<PathBuf>,
     /// Overrides the scenario's ledger URL (`[stores] ledger`).
     pub ledger_url: Option<String>,
     /// Overrides the scenario's KV URL (`[stores] kv`).
@@ -220,61 +238,135 @@ pub fn unique_namespace(kind: &str) -> String {
     format!("redrain-{kind}-{ms}-{}:", std::process::id())
 }
 
+/// The scenario as run: the options' overrides applied, the tree scaled to the sample.
+pub fn effective_scenario(scenario: &Scenario, options: &RunOptions) -> Scenario {
+    let mut scenario = scenario.clone();
+    if let Some(rate) = options.sample_rate {
+        scenario.sample_rate = rate;
+    }
+    if let Some(requests) = options.requests {
+        match scenario.phases.as_mut_slice() {
+            [only] if only.count.is_some() => only.count = Some(requests),
+            _ => scenario.request_limit = Some(requests),
+        }
+    }
+    scenario.tree = scenario.tree.scaled(scenario.sample_rate);
+    scenario
+}
+
+/// The ops a run sends: the generated trace, or an exported one replayed.
+pub type Ops<'a> = Box<dyn Iterator<Item = anyhow::Result<Op>> + 'a>;
+
 /// Run `scenario` on the given stores.
 pub async fn run_on(
     scenario: &Scenario,
     options: &RunOptions,
     stores: Stores,
 ) -> anyhow::Result<RunOutput> {
-    let mut scenario = scenario.clone();
-    if let Some(requests) = options.requests {
-        scenario.requests = requests;
-    }
+    let scenario = effective_scenario(scenario, options);
     let seed = options.seed.unwrap_or(scenario.seed);
+    let (ops, source): (Ops<'_>, String) = match &options.replay {
+        None => (
+            Box::new(
+                Trace::new(&scenario, seed)
+                    .with_shard(options.shard)
+                    .map(Ok),
+            ),
+            "generated".to_owned(),
+        ),
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("opening the trace {}", path.display()))?;
+            let reader =
+                TraceReader::new(&path.display().to_string(), std::io::BufReader::new(file))?;
+            anyhow::ensure!(
+                reader.header.scenario == scenario.name,
+                "{} is a trace of scenario `{}`, not `{}`",
+                path.display(),
+                reader.header.scenario,
+                scenario.name
+            );
+            (
+                Box::new(reader.map(|op| op.map_err(anyhow::Error::from))),
+                path.display().to_string(),
+            )
+        }
+    };
+    run_ops(&scenario, seed, options, stores, ops, source).await
+}
+
+async fn run_ops(
+    scenario: &Scenario,
+    seed: u64,
+    options: &RunOptions,
+    stores: Stores,
+    ops: Ops<'_>,
+    source: String,
+) -> anyhow::Result<RunOutput> {
     let keys = match &scenario.token_keys {
         Some(source) => Some(Arc::new(source.load(seed).context("loading token keys")?)),
         None => None,
     };
     let tree = Arc::new(scenario.tree.clone());
-    let mut wallet = Wallet::new(
-        tree.clone(),
-        stores.ledger.clone(),
-        stores.kv.clone(),
-        stores.clock.clone(),
-    );
-    if let Some(wallet_keys) = stores.wallet_keys.clone().or_else(|| keys.clone()) {
-        wallet = wallet.with_keys(wallet_keys);
-    }
-    // A shadow scenario tags every request: the wallet serves it from its twin
-    // over the shadow stores, and the final state is read from those.
-    let (read_ledger, read_kv) = match (&stores.shadow, scenario.shadow) {
-        (Some(shadow), true) => {
-            wallet = wallet.with_shadow_stores(shadow.ledger.clone(), shadow.kv.clone());
-            (shadow.ledger.clone(), shadow.kv.clone())
-        }
+    // The stores that serve this run's traffic are metered (calls per second,
+    // and the switch that takes them down on a fault schedule).
+    let (serve_ledger, serve_kv) = match (&stores.shadow, scenario.shadow) {
+        (Some(shadow), true) => (shadow.ledger.clone(), shadow.kv.clone()),
         (None, true) => anyhow::bail!("a shadow scenario needs shadow stores"),
         _ => (stores.ledger.clone(), stores.kv.clone()),
     };
+    let ledger_meter = Arc::new(
+        MeteredLedger::new(serve_ledger.clone()).with_clock(stores.clock.clone() as Arc<dyn Clock>),
+    );
+    let kv_meter = Arc::new(MeteredKv::new(serve_kv.clone()));
+    let mut wallet = if scenario.shadow {
+        Wallet::new(
+            tree.clone(),
+            stores.ledger.clone(),
+            stores.kv.clone(),
+            stores.clock.clone(),
+        )
+        .with_shadow_stores(ledger_meter.clone(), kv_meter.clone())
+    } else {
+        Wallet::new(
+            tree.clone(),
+            ledger_meter.clone(),
+            kv_meter.clone(),
+            stores.clock.clone(),
+        )
+    };
+    if let Some(wallet_keys) = stores.wallet_keys.clone().or_else(|| keys.clone()) {
+        wallet = wallet.with_keys(wallet_keys);
+    }
     let serving = wallet.route(scenario.shadow)?;
     let started = Instant::now();
-    let mut driver = Driver::new(&scenario, seed, serving, &stores.clock, options.progress);
-    driver.run(Workload::new(&scenario, seed)).await?;
+    let mut engine = Engine::new(
+        scenario,
+        seed,
+        serving,
+        &stores.clock,
+        Meters {
+            ledger: ledger_meter,
+            kv: kv_meter,
+        },
+        options.progress,
+    );
+    engine.run(ops).await?;
     let elapsed = started.elapsed();
-    let counter = match &driver.counter {
-        Some(rig) => Some(rig.summary(&scenario, driver.clock.now_ms()).await),
+    let counter = match &engine.counter {
+        Some(rig) => Some(rig.summary(scenario, engine.clock.now_ms()).await),
         None => None,
     };
-    let Driver {
-        history, summary, ..
-    } = driver;
+    let mut finished = engine.finish();
+    let started_state = Instant::now();
     let children = tree
         .activities()
         .flat_map(|a| a.children.iter().map(|c| c.id))
         .collect::<Vec<_>>();
-    let mut state = FinalState::read(read_ledger.as_ref(), read_kv.as_ref())
+    let mut state = FinalState::read(serve_ledger.as_ref(), serve_kv.as_ref())
         .await
         .context("reading the final state")?
-        .with_tokens(read_kv.as_ref(), children, keys.as_deref())
+        .with_tokens(serve_kv.as_ref(), children, keys.as_deref())
         .await
         .context("reading the token backlog")?;
     if scenario.shadow {
@@ -284,41 +376,114 @@ pub async fn run_on(
                 .context("reading the real stores after a shadow run")?,
         );
     }
-    let violations = check::check_all(&scenario.tree, &history, &state);
+    finished.spent.insert(
+        "final state".to_owned(),
+        started_state.elapsed().as_millis() as u64,
+    );
+    let started_checks = Instant::now();
+    let violations = check::check_all(&scenario.tree, &finished.history, &state);
+    finished.spent.insert(
+        "checkers".to_owned(),
+        started_checks.elapsed().as_millis() as u64,
+    );
     let record = record(
-        &scenario,
+        scenario,
         seed,
         options,
-        &history,
+        &finished,
         &state,
         &violations,
-        summary,
         counter,
         elapsed.as_millis() as u64,
+        source,
     );
     Ok(RunOutput {
         record,
-        history,
+        history: finished.history,
         state,
         violations,
     })
 }
 
-/// The loop's state: wallet, worker, client copies, history.
-struct Driver<'a> {
+/// The meters around the serving stores.
+struct Meters {
+    ledger: Arc<MeteredLedger>,
+    kv: Arc<MeteredKv>,
+}
+
+/// What the engine hands over at the end.
+struct Finished {
+    history: History,
+    crediting: CreditingSummary,
+    series: Vec<SecondSample>,
+    views: ViewSummary,
+    delay: Option<DelaySummary>,
+    capacity: Option<CapacitySummary>,
+    stores: StoresSummary,
+    trace: TraceInfo,
+    refused: BTreeMap<String, u64>,
+    spent: BTreeMap<String, u64>,
+}
+
+/// What a request needs from the capacity model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cost {
+    /// Answered from the KV (token cash, pipeline coupons, pendant-free paths).
+    Kv,
+    /// Touches the database synchronously (sync credits, withdraws, wallet pages).
+    Db,
+}
+
+/// The counters of the current virtual second.
+#[derive(Debug, Default)]
+struct Window {
+    offered: u64,
+    /// Award requests that arrived (the demand a sync design must credit).
+    offered_awards: u64,
+    awarded: u64,
+    rejected: BTreeMap<String, u64>,
+    counter_shown: i64,
+}
+
+/// The virtual-time engine: sends each op at its time, and between ops runs every
+/// background `tick(now)` (credit worker, coupon pipeline, counter instances),
+/// applies faults on schedule, gates requests by the capacity model and records
+/// one row of figures per virtual second.
+struct Engine<'a> {
     scenario: &'a Scenario,
     wallet: &'a Wallet,
     clock: &'a ManualClock,
     worker: Option<CreditWorker>,
+    pipeline: Option<CouponPipeline>,
+    capacity: Capacity,
+    meters: Meters,
     next_tick_ms: u64,
+    next_second_ms: u64,
     next_fault: usize,
     /// What each user's app keeps: its token copies, newest last.
-    client_tokens: BTreeMap<u64, Vec<Vec<u8>>>,
+    client_tokens: HashMap<u64, Vec<Vec<u8>>>,
+    /// Users holding token copies, in the order they got their first.
+    token_holders: Vec<u64>,
+    /// Cash each user is owed in the wallet: awarded minus withdrawn.
+    owed: HashMap<u64, u64>,
     forger: KeyRing,
     rng: ChaCha8Rng,
     history: History,
     summary: CreditingSummary,
     counter: Option<CounterRig>,
+    window: Window,
+    series: Vec<SecondSample>,
+    backlog: u64,
+    views: ViewSummary,
+    delays: Histogram<u64>,
+    refused: BTreeMap<String, u64>,
+    trace: TraceHasher,
+    peak_awarded: u64,
+    templates: Vec<u64>,
+    /// Wall time by part of the engine (the run's profile).
+    spent: BTreeMap<&'static str, std::time::Duration>,
+    /// Templates the strategy side stopped offering (stock below 10%).
+    withdrawn_offers: std::collections::BTreeSet<u64>,
     bar: ProgressBar,
 }
 
@@ -326,6 +491,9 @@ struct Driver<'a> {
 /// plan 2's writer and reader instances, and the readers' polling schedule.
 struct CounterRig {
     plan: CounterPlan,
+    config: LocalCounterConfig,
+    backup: Option<Arc<dyn Kv>>,
+    switches: Arc<Switches>,
     primary: Arc<MemoryKv>,
     split: Option<SplitCounter>,
     writers: Vec<LocalCounter>,
@@ -340,7 +508,20 @@ struct CounterRig {
 }
 
 impl CounterRig {
-    fn new(plan: &CounterPlan, clock: Arc<ManualClock>, switches: &Arc<Switches>) -> Self {
+    /// The rig of `plan` in a run sending `scale` of the traffic: instances and
+    /// polls scale with it (each instance still aggregates and refreshes alone).
+    fn new(
+        plan: &CounterPlan,
+        scale: f64,
+        clock: Arc<ManualClock>,
+        switches: &Arc<Switches>,
+    ) -> Self {
+        let mut plan = plan.clone();
+        let scaled = |n: u32| ((f64::from(n) * scale).round() as u32).max(1);
+        plan.writers = scaled(plan.writers);
+        plan.readers = scaled(plan.readers);
+        plan.reads_per_s = scaled(plan.reads_per_s);
+        let plan = &plan;
         let primary = Arc::new(MemoryKv::new(clock.clone()));
         let backup: Option<Arc<dyn Kv>> = plan
             .backup
@@ -370,6 +551,9 @@ impl CounterRig {
         };
         Self {
             plan: plan.clone(),
+            config,
+            backup,
+            switches: switches.clone(),
             primary,
             split,
             writers,
@@ -395,8 +579,34 @@ impl CounterRig {
         }
     }
 
-    /// Flush and refresh every instance (writers first), then poll for one tick.
-    async fn tick(&mut self, now_ms: u64, tick_ms: u64, events: &mut Vec<Event>) {
+    /// Every instance restarts: writers flush first (a graceful stop), then all
+    /// come back with empty local state; readers block until their first refresh.
+    async fn restart(&mut self, now_ms: u64) {
+        for writer in &self.writers {
+            writer.tick(now_ms).await;
+        }
+        let fresh = |n: usize| -> Vec<LocalCounter> {
+            (0..n)
+                .map(|_| {
+                    LocalCounter::new(
+                        &self.config,
+                        self.primary.clone(),
+                        self.backup.clone(),
+                        self.switches.clone(),
+                    )
+                })
+                .collect()
+        };
+        if self.split.is_none() {
+            self.writers = fresh(self.writers.len());
+            self.readers = fresh(self.readers.len());
+        }
+    }
+
+    /// Flush and refresh every instance (writers first), then poll for one tick;
+    /// returns the highest value shown.
+    async fn tick(&mut self, now_ms: u64, tick_ms: u64, events: &mut Vec<Event>) -> i64 {
+        let mut shown_max = 0;
         for instance in self.writers.iter().chain(&self.readers) {
             instance.tick(now_ms).await;
         }
@@ -414,6 +624,7 @@ impl CounterRig {
                 self.blocked_reads += 1;
                 continue;
             };
+            shown_max = shown_max.max(shown);
             self.reads += 1;
             let lag_ms = if self.split.is_some() {
                 0
@@ -427,6 +638,7 @@ impl CounterRig {
                 lag_ms,
             });
         }
+        shown_max
     }
 
     fn set_primary_up(&self, up: bool) {
@@ -486,66 +698,129 @@ pub fn forger_keys(seed: u64) -> KeyRing {
     )
 }
 
-impl<'a> Driver<'a> {
+impl<'a> Engine<'a> {
     fn new(
         scenario: &'a Scenario,
         seed: u64,
         wallet: &'a Wallet,
         clock: &'a Arc<ManualClock>,
+        meters: Meters,
         progress: bool,
     ) -> Self {
-        let worker = CreditWorker::for_wallet(wallet, scenario.crediting.worker.clone());
-        let forger = forger_keys(seed);
+        let scale = scenario.sample_rate;
+        let worker = CreditWorker::for_wallet(wallet, scaled_worker(scenario));
+        let pipeline = has_pipeline_scenes(&scenario.tree)
+            .then(|| CouponPipeline::new(wallet.clone(), scaled_pipeline(scenario)));
+        let templates = scenario
+            .tree
+            .activity(scenario.activity_id)
+            .map(|a| {
+                a.awards
+                    .values()
+                    .filter_map(|award| match award {
+                        AwardDef::Coupon(c) => Some(c.template_id),
+                        _ => None,
+                    })
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap_or_default();
         Self {
             scenario,
             wallet,
             clock,
             worker,
+            pipeline,
+            capacity: Capacity::new(&scenario.capacity, scale),
+            meters,
             next_tick_ms: scenario.start_ms,
+            next_second_ms: scenario.start_ms + 1000,
             next_fault: 0,
-            client_tokens: BTreeMap::new(),
-            forger,
+            client_tokens: HashMap::new(),
+            token_holders: Vec::new(),
+            owed: HashMap::new(),
+            forger: forger_keys(seed),
             rng: ChaCha8Rng::seed_from_u64(seed ^ CLIENT_RNG_NAME),
             history: History::default(),
             summary: CreditingSummary::default(),
             counter: scenario
                 .counter
                 .as_ref()
-                .map(|plan| CounterRig::new(plan, clock.clone(), wallet.switches())),
-            bar: progress_bar(scenario.requests, progress),
+                .map(|plan| CounterRig::new(plan, scale, clock.clone(), wallet.switches())),
+            window: Window::default(),
+            series: Vec::new(),
+            backlog: 0,
+            views: ViewSummary::default(),
+            delays: Histogram::new_with_bounds(1, DELAY_MAX_MS, 3).expect("valid histogram bounds"),
+            refused: BTreeMap::new(),
+            trace: TraceHasher::default(),
+            peak_awarded: 0,
+            templates,
+            spent: BTreeMap::new(),
+            withdrawn_offers: std::collections::BTreeSet::new(),
+            bar: progress_bar(scenario.duration_ms / 1000, progress),
         }
     }
 
-    async fn run(&mut self, workload: Workload<'_>) -> anyhow::Result<()> {
-        for op in workload {
+    async fn run(&mut self, ops: Ops<'_>) -> anyhow::Result<()> {
+        let end_ms = self.scenario.start_ms + self.scenario.duration_ms;
+        let mut ops = ops;
+        loop {
+            let started = Instant::now();
+            let next = ops.next();
+            self.spend("trace", started);
+            let Some(op) = next else { break };
+            let op = op?;
+            anyhow::ensure!(
+                op.at_ms >= self.scenario.start_ms && op.at_ms < end_ms,
+                "a request at {} ms is outside the run ({}..{} ms)",
+                op.at_ms,
+                self.scenario.start_ms,
+                end_ms
+            );
+            let started = Instant::now();
+            self.trace.add(&op);
+            self.spend("trace hash", started);
             self.advance_to(op.at_ms).await?;
             self.clock.set(op.at_ms);
-            self.send(op.request).await?;
-            self.bar.inc(1);
+            let started = Instant::now();
+            self.handle(op).await?;
+            self.spend("requests", started);
         }
+        // The rest of the run's time passes even when the trace ends early.
+        self.advance_to(end_ms.saturating_sub(1)).await?;
+        self.drain().await?;
         self.bar.finish_and_clear();
-        self.drain().await
-    }
-
-    /// Tick the worker and apply faults for every tick boundary up to `until_ms`.
-    async fn advance_to(&mut self, until_ms: u64) -> anyhow::Result<()> {
-        while self.next_tick_ms <= until_ms {
-            let now_ms = self.next_tick_ms;
-            self.clock.set(now_ms);
-            self.apply_faults(now_ms);
-            self.tick(now_ms).await?;
-            if let Some(counter) = &mut self.counter {
-                let tick_ms = self.scenario.crediting.tick_interval_ms;
-                counter
-                    .tick(now_ms, tick_ms, &mut self.history.events)
-                    .await;
-            }
-            self.next_tick_ms += self.scenario.crediting.tick_interval_ms;
-        }
         Ok(())
     }
 
-    fn apply_faults(&mut self, now_ms: u64) {
+    fn spend(&mut self, part: &'static str, since: Instant) {
+        *self.spent.entry(part).or_default() += since.elapsed();
+    }
+
+    /// Run ticks, faults and second boundaries up to `until_ms`, in time order.
+    async fn advance_to(&mut self, until_ms: u64) -> anyhow::Result<()> {
+        loop {
+            let next = self.next_tick_ms.min(self.next_second_ms);
+            if next > until_ms {
+                return Ok(());
+            }
+            self.clock.set(next);
+            if self.next_second_ms <= self.next_tick_ms {
+                let started = Instant::now();
+                self.close_second().await?;
+                self.spend("series", started);
+            } else {
+                let now_ms = self.next_tick_ms;
+                self.apply_faults(now_ms).await;
+                self.tick(now_ms).await?;
+                self.next_tick_ms += self.scenario.crediting.tick_interval_ms;
+            }
+        }
+    }
+
+    async fn apply_faults(&mut self, now_ms: u64) {
         while let Some(fault) = self.scenario.faults.get(self.next_fault) {
             if self.scenario.start_ms + fault.at_ms > now_ms {
                 break;
@@ -569,52 +844,206 @@ impl<'a> Driver<'a> {
                         on,
                     });
                 }
+                FaultKind::Kv(up) => self.meters.kv.set_down(!up),
+                FaultKind::Db(up) => self.meters.ledger.set_down(!up),
+                FaultKind::DbSlow(factor) => self.capacity.set_db_factor(factor),
+                FaultKind::Restart => {
+                    if let Some(pipeline) = self.pipeline.take() {
+                        // Graceful: queued work goes to the durable queue first.
+                        pipeline.shutdown().await;
+                        self.pipeline = Some(CouponPipeline::new(
+                            self.wallet.clone(),
+                            scaled_pipeline(self.scenario),
+                        ));
+                    }
+                    self.worker =
+                        CreditWorker::for_wallet(self.wallet, scaled_worker(self.scenario));
+                    if let Some(counter) = &mut self.counter {
+                        counter.restart(now_ms).await;
+                    }
+                }
             }
             self.next_fault += 1;
         }
     }
 
     async fn tick(&mut self, now_ms: u64) -> anyhow::Result<()> {
-        let Some(worker) = &mut self.worker else {
-            return Ok(());
-        };
-        let report: TickReport = worker.tick(now_ms).await.context("credit worker tick")?;
-        self.summary.credited_by_worker += report.credited;
-        self.summary.requeued += report.requeued;
-        self.summary.failed_attempts += report.failed_attempts;
-        if report.crashed {
-            let point = worker
-                .crash_point_hit()
-                .unwrap_or(reference::worker::CrashPoint::AfterClaim);
-            self.history.events.push(Event::WorkerCrash {
-                at_ms: now_ms,
-                point,
-            });
-            self.summary.worker_crashes += 1;
-            // The process restarts with nothing but the shared stores.
-            self.worker =
-                CreditWorker::for_wallet(self.wallet, self.scenario.crediting.worker.clone());
+        let db_before = self.meters.ledger.figures().calls;
+        let started = Instant::now();
+        if let Some(worker) = &mut self.worker {
+            let report: TickReport = worker.tick(now_ms).await.context("credit worker tick")?;
+            self.summary.credited_by_worker += report.credited;
+            self.summary.requeued += report.requeued;
+            self.summary.failed_attempts += report.failed_attempts;
+            if report.crashed {
+                let point = worker
+                    .crash_point_hit()
+                    .unwrap_or(reference::worker::CrashPoint::AfterClaim);
+                self.history.events.push(Event::WorkerCrash {
+                    at_ms: now_ms,
+                    point,
+                });
+                self.summary.worker_crashes += 1;
+                // The process restarts with nothing but the shared stores.
+                self.worker = CreditWorker::for_wallet(self.wallet, scaled_worker(self.scenario));
+            }
+            if let Some(worker) = &self.worker {
+                // A KV that is down cannot say; the last figure stands.
+                if let Ok(backlog) = worker.backlog().await {
+                    self.backlog = backlog;
+                    self.summary.backlog_peak = self.summary.backlog_peak.max(backlog);
+                }
+            }
         }
-        if let Some(worker) = &self.worker {
-            let backlog = worker.backlog().await.context("reading the backlog")?;
-            self.summary.backlog_peak = self.summary.backlog_peak.max(backlog);
+        self.spend("credit worker", started);
+        let started = Instant::now();
+        if let Some(pipeline) = &self.pipeline {
+            // A failing store shows in the pipeline's own figures; it retries.
+            let _ = pipeline.tick(now_ms).await;
         }
+        self.spend("coupon pipeline", started);
+        let started = Instant::now();
+        if let Some(counter) = &mut self.counter {
+            let tick_ms = self.scenario.crediting.tick_interval_ms;
+            let shown = counter
+                .tick(now_ms, tick_ms, &mut self.history.events)
+                .await;
+            self.window.counter_shown = self.window.counter_shown.max(shown);
+        }
+        self.spend("hot counter", started);
+        // Background crediting uses the database's capacity too.
+        let used = self.meters.ledger.figures().calls - db_before;
+        self.capacity.charge_db(now_ms, used);
         Ok(())
+    }
+
+    /// The capacity gates a request passes before the wallet sees it: app
+    /// instances, then the database or the KV, then the hot key of a coupon
+    /// template. `Some(reason)` turns it away.
+    fn admit(&mut self, op: &Op) -> Option<&'static str> {
+        let now_ms = op.at_ms;
+        if !self.capacity.app.try_take(now_ms, 1) {
+            return Some("capacity.app");
+        }
+        let (cost, template) = self.cost(&op.request);
+        match cost {
+            Cost::Db if !self.capacity.db.try_take(now_ms, 1) => return Some("capacity.db"),
+            Cost::Kv if !self.capacity.kv.try_take(now_ms, 1) => return Some("capacity.kv"),
+            _ => {}
+        }
+        if let Some(template) = template
+            && !self.capacity.try_key(template, now_ms, 1)
+        {
+            return Some("capacity.kv_key");
+        }
+        None
+    }
+
+    /// Which store a request leans on, and the coupon template key it hits.
+    fn cost(&self, request: &Request) -> (Cost, Option<u64>) {
+        let Request::Issue(issue) = request else {
+            return (Cost::Db, None);
+        };
+        let Some(activity) = self.scenario.tree.activity(issue.activity_id) else {
+            return (Cost::Kv, None);
+        };
+        let scene = issue
+            .order_no
+            .split('_')
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok())
+            .and_then(|id| activity.scenes.get(&id));
+        match scene {
+            // One stock INCR per request on the template's key: the hot key.
+            Some(s) if s.crediting == Crediting::Sync => {
+                let template = if s.stock_control {
+                    self.template_of(issue)
+                } else {
+                    None
+                };
+                (Cost::Db, template)
+            }
+            _ => (Cost::Kv, None),
+        }
+    }
+
+    /// The coupon template an award request names, if it names one.
+    fn template_of(&self, issue: &reference::wallet::IssueRequest) -> Option<u64> {
+        match self
+            .scenario
+            .tree
+            .activity(issue.activity_id)?
+            .awards
+            .get(&issue.award_id)?
+        {
+            AwardDef::Coupon(c) => Some(c.template_id),
+            _ => None,
+        }
+    }
+
+    async fn handle(&mut self, op: Op) -> anyhow::Result<()> {
+        self.window.offered += 1;
+        if matches!(op.request, Request::Issue(_)) {
+            self.window.offered_awards += 1;
+        }
+        if self.scenario.traffic.stock_strategy
+            && let Request::Issue(issue) = &op.request
+            && let Some(template) = self.template_of(issue)
+            && self.withdrawn_offers.contains(&template)
+        {
+            // Upstream offers a default coupon or a greeting instead.
+            *self
+                .window
+                .rejected
+                .entry("strategy.fallback".to_owned())
+                .or_default() += 1;
+            *self
+                .refused
+                .entry("strategy.fallback".to_owned())
+                .or_default() += 1;
+            return Ok(());
+        }
+        if let Some(reason) = self.admit(&op) {
+            *self.window.rejected.entry(reason.to_owned()).or_default() += 1;
+            *self.refused.entry(format!("refused.{reason}")).or_default() += 1;
+            return Ok(());
+        }
+        let kv_before = self.meters.kv.figures().calls;
+        let db_before = self.meters.ledger.figures().calls;
+        let now_ms = op.at_ms;
+        self.send(op.request).await?;
+        // The gates let the request in for one call; charge what it really made.
+        let kv_used = self.meters.kv.figures().calls - kv_before;
+        let db_used = self.meters.ledger.figures().calls - db_before;
+        self.capacity.charge_kv(now_ms, kv_used.saturating_sub(1));
+        self.capacity.charge_db(now_ms, db_used.saturating_sub(1));
+        Ok(())
+    }
+
+    fn note_outcome(&mut self, label: &str, success: bool) {
+        if success {
+            self.window.awarded += 1;
+        } else if label != "duplicate" {
+            *self.window.rejected.entry(label.to_owned()).or_default() += 1;
+        }
     }
 
     async fn send(&mut self, request: Request) -> anyhow::Result<()> {
         let at_ms = self.clock.now_ms();
         let event = match request {
             Request::Issue(request) => {
-                let outcome = self
-                    .wallet
-                    .issue(&request)
-                    .await
-                    .with_context(|| format!("issuing {}", request.order_no))?;
+                let outcome = match &self.pipeline {
+                    Some(pipeline) => pipeline.issue(&request, false).await,
+                    None => self.wallet.issue(&request).await,
+                }
+                .with_context(|| format!("issuing {}", request.order_no))?;
                 if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } =
                     &outcome
                 {
                     let copies = self.client_tokens.entry(token.act_id).or_default();
+                    if copies.is_empty() {
+                        self.token_holders.push(token.act_id);
+                    }
                     if !copies.contains(&token.bytes) {
                         copies.push(token.bytes.clone());
                     }
@@ -622,14 +1051,24 @@ impl<'a> Driver<'a> {
                         self.summary.accepted += 1;
                     }
                 }
+                let success = matches!(
+                    outcome,
+                    IssueOutcome::Issued { .. }
+                        | IssueOutcome::Accepted { .. }
+                        | IssueOutcome::Queued { .. }
+                );
+                self.note_outcome(outcome.label(), success);
                 let cents = outcome.newly_awarded_cents();
-                if let (Some(counter), true) = (&mut self.counter, cents > 0) {
+                if cents > 0 {
                     // Awarded, so the order number parsed.
                     let act_id = request
                         .order_no
                         .parse::<reference::OrderNo>()
                         .map_or(0, |o| o.act_id);
-                    counter.add(act_id, cents).await;
+                    *self.owed.entry(act_id).or_default() += cents;
+                    if let Some(counter) = &mut self.counter {
+                        counter.add(act_id, cents).await;
+                    }
                 }
                 Event::Issue {
                     at_ms,
@@ -641,10 +1080,12 @@ impl<'a> Driver<'a> {
                 let copies = self
                     .client_tokens
                     .get(&request.act_id)
-                    .cloned()
+                    .map(|c| {
+                        let keep = c.len().min(CLIENT_TOKENS_MAX - 1);
+                        c[c.len() - keep..].to_vec()
+                    })
                     .unwrap_or_default();
-                let keep = copies.len().min(CLIENT_TOKENS_MAX - 1);
-                request.client_tokens = copies[copies.len() - keep..].to_vec();
+                request.client_tokens = copies;
                 if self.rng.random::<f64>() < self.scenario.traffic.forged_token_rate {
                     request.client_tokens.push(self.forge(request.act_id));
                     self.summary.forged_presented += 1;
@@ -659,6 +1100,12 @@ impl<'a> Driver<'a> {
                 {
                     self.summary.force_credited += u64::from(force.credited);
                 }
+                if let WithdrawOutcome::Withdrawn { .. } = &outcome {
+                    let owed = self.owed.entry(request.act_id).or_default();
+                    *owed = owed.saturating_sub(request.amount_cents.max(0) as u64);
+                }
+                let label = outcome.label();
+                self.note_outcome(label, label == "withdrawn");
                 Event::Withdraw {
                     at_ms,
                     request,
@@ -673,12 +1120,26 @@ impl<'a> Driver<'a> {
                     .await
                     .context("viewing the wallet")?
                 {
-                    Ok(view) => Event::View {
-                        at_ms,
-                        activity_id,
-                        act_id,
-                        view,
-                    },
+                    Ok(view) => {
+                        self.views.views += 1;
+                        let owed = self.owed.get(&act_id).copied().unwrap_or(0);
+                        if view.complete && view.balance_cents < owed {
+                            self.views.short += 1;
+                        }
+                        if view.pending_cents > 0 {
+                            self.views.plain_async_short += 1;
+                            self.views.plain_async_hidden_max_cents = self
+                                .views
+                                .plain_async_hidden_max_cents
+                                .max(view.pending_cents);
+                        }
+                        Event::View {
+                            at_ms,
+                            activity_id,
+                            act_id,
+                            view,
+                        }
+                    }
                     // No child open: nothing to show, nothing to check.
                     Err(_) => return Ok(()),
                 }
@@ -696,21 +1157,28 @@ impl<'a> Driver<'a> {
             .get(&act_id)
             .filter(|c| !c.is_empty())
             .cloned();
-        let others: Vec<&Vec<u8>> = self
-            .client_tokens
-            .iter()
-            .filter(|(a, _)| **a != act_id)
-            .flat_map(|(_, c)| c)
-            .collect();
-        match (self.rng.random_range(0..4u8), own, others.is_empty()) {
-            (0, Some(own), _) => {
+        let kind = self.rng.random_range(0..4u8);
+        match (kind, own) {
+            (0, Some(own)) => {
                 let mut tampered = own[self.rng.random_range(0..own.len())].clone();
                 let index = self.rng.random_range(0..tampered.len());
                 tampered[index] ^= 1 << self.rng.random_range(0..8u32);
                 tampered
             }
-            (1, _, false) => others[self.rng.random_range(0..others.len())].clone(),
-            (2, Some(own), _) => {
+            (1, _) => {
+                // Another user's copy.
+                let holders = self.token_holders.len();
+                if holders == 0 || (holders == 1 && self.token_holders[0] == act_id) {
+                    return b"not a token".to_vec();
+                }
+                let mut index = self.rng.random_range(0..holders);
+                if self.token_holders[index] == act_id {
+                    index = (index + 1) % holders;
+                }
+                let copies = &self.client_tokens[&self.token_holders[index]];
+                copies[self.rng.random_range(0..copies.len())].clone()
+            }
+            (2, Some(own)) => {
                 let real = decode_unverified(&own[0]).expect("the client's own copy decodes");
                 // New money: an order number never issued, signed with a foreign key.
                 let mut invented = real.clone();
@@ -721,30 +1189,202 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Tick until nothing is pending or inflight, bounded by the plan.
-    async fn drain(&mut self) -> anyhow::Result<()> {
-        let Some(worker) = &self.worker else {
-            return Ok(());
+    /// Whether background work is left: tokens pending or inflight, a worker
+    /// retry, coupon orders queued or handed off.
+    async fn busy(&self) -> bool {
+        let tokens = self.backlog > 0 || self.worker.as_ref().is_some_and(CreditWorker::has_retry);
+        let pipeline = match &self.pipeline {
+            Some(pipeline) => {
+                pipeline.depths() != (0, 0)
+                    || self
+                        .wallet
+                        .kv()
+                        .queue_len(&reference::keys::orders_handoff())
+                        .await
+                        .map_or(true, |n| n > 0)
+            }
+            None => false,
         };
-        let drain_started_ms = self.clock.now_ms();
-        let mut backlog = worker.backlog().await?;
-        while backlog > 0 || self.worker.as_ref().is_some_and(CreditWorker::has_retry) {
+        tokens || pipeline
+    }
+
+    /// Tick until nothing is left to credit, bounded by the plan.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        let drain_started_ms = self.next_tick_ms;
+        if let Some(worker) = &self.worker {
+            self.backlog = worker.backlog().await.unwrap_or(self.backlog);
+        }
+        while self.busy().await {
             if self.next_tick_ms > drain_started_ms + self.scenario.crediting.drain_ms_max {
                 break; // I4 reports what is left
             }
-            let now_ms = self.next_tick_ms;
-            self.clock.set(now_ms);
-            self.apply_faults(now_ms);
-            self.tick(now_ms).await?;
-            self.next_tick_ms += self.scenario.crediting.tick_interval_ms;
-            backlog = match &self.worker {
-                Some(worker) => worker.backlog().await?,
-                None => 0,
-            };
+            let until = self.next_tick_ms;
+            self.advance_to(until).await?;
         }
-        self.summary.drain_ms = self.clock.now_ms() - drain_started_ms;
+        self.summary.drain_ms = self.next_tick_ms.saturating_sub(drain_started_ms);
+        // The last, partial second.
+        if self.window.offered > 0 || self.series.is_empty() {
+            self.close_second().await?;
+        }
         Ok(())
     }
+
+    /// End the current virtual second: one row of the series.
+    async fn close_second(&mut self) -> anyhow::Result<()> {
+        let t_s = (self.next_second_ms - self.scenario.start_ms) / 1000 - 1;
+        self.next_second_ms += 1000;
+        let window = std::mem::take(&mut self.window);
+        let credits = self.meters.ledger.take_credit_window();
+        for delay in &credits.delays {
+            self.delays.saturating_record(*delay);
+        }
+        let kv = self.meters.kv.take_window();
+        let db = self.meters.ledger.take_window();
+        let (mut consumed, mut stock) = (0, 0);
+        for template in &self.templates {
+            if let Ok(Ok(view)) = self
+                .wallet
+                .coupon_stock(self.scenario.activity_id, *template)
+                .await
+            {
+                consumed += view.consumed;
+                stock += view.total;
+                if !view.should_offer {
+                    self.withdrawn_offers.insert(*template);
+                }
+            }
+        }
+        let quantile = |q: f64| {
+            let mut sorted = credits.delays.clone();
+            sorted.sort_unstable();
+            if sorted.is_empty() {
+                0
+            } else {
+                sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+            }
+        };
+        self.peak_awarded = self.peak_awarded.max(window.offered_awards);
+        self.series.push(SecondSample {
+            t_s,
+            offered: window.offered,
+            awarded: window.awarded,
+            rejected: window.rejected,
+            credited: credits.credited,
+            backlog: self.backlog,
+            pipeline_depth: self.pipeline.as_ref().map_or(0, |p| {
+                let (a, b) = p.depths();
+                a + b
+            }),
+            delay_p50_ms: quantile(0.5),
+            delay_p99_ms: quantile(0.99),
+            delay_max_ms: credits.delays.iter().copied().max().unwrap_or(0),
+            coupons_consumed: consumed,
+            coupon_stock: stock,
+            counter_shown: window.counter_shown,
+            counter_true: self.counter.as_ref().map_or(0, |c| c.true_total),
+            kv_ops: kv.calls,
+            db_ops: db.calls,
+        });
+        self.bar.set_position(t_s + 1);
+        Ok(())
+    }
+
+    fn finish(self) -> Finished {
+        let scale = self.scenario.sample_rate;
+        let delay = (!self.delays.is_empty()).then(|| DelaySummary {
+            count: self.delays.len(),
+            p50_ms: self.delays.value_at_quantile(0.5),
+            p90_ms: self.delays.value_at_quantile(0.9),
+            p99_ms: self.delays.value_at_quantile(0.99),
+            p999_ms: self.delays.value_at_quantile(0.999),
+            max_ms: self.delays.max(),
+        });
+        let capacity = self.scenario.capacity.is_modelled().then(|| {
+            let peak_award_qps = self.peak_awarded as f64 / scale;
+            let model = self.scenario.capacity.db_model();
+            CapacitySummary {
+                gates: {
+                    let f = self.capacity.figures();
+                    [
+                        ("app", f.app),
+                        ("db", f.db),
+                        ("kv", f.kv),
+                        ("kv_key", f.kv_key),
+                    ]
+                    .into_iter()
+                    .map(|(name, t)| {
+                        (
+                            name.to_owned(),
+                            GateFigures {
+                                admitted: t.admitted,
+                                refused: t.refused,
+                            },
+                        )
+                    })
+                    .collect()
+                },
+                sync_db_instances_needed: model.and_then(|m| m.instances_for(peak_award_qps)),
+                peak_award_qps,
+                db_tps: model.map_or(0.0, |m| m.throughput(self.scenario.capacity.db_instances)),
+            }
+        });
+        let kv = self.meters.kv.figures();
+        let db = self.meters.ledger.figures();
+        let stores = StoresSummary {
+            kv_calls: kv.calls,
+            db_calls: db.calls,
+            kv_peak_per_s: self.series.iter().map(|s| s.kv_ops).max().unwrap_or(0),
+            db_peak_per_s: self.series.iter().map(|s| s.db_ops).max().unwrap_or(0),
+        };
+        Finished {
+            history: self.history,
+            crediting: self.summary,
+            series: self.series,
+            views: self.views,
+            delay,
+            capacity,
+            stores,
+            trace: TraceInfo {
+                hash: self.trace.finish(),
+                ops: self.trace.ops(),
+                shard: None,
+                source: String::new(),
+            },
+            refused: self.refused,
+            spent: self
+                .spent
+                .into_iter()
+                .map(|(part, d)| (part.to_owned(), d.as_millis() as u64))
+                .collect(),
+        }
+    }
+}
+
+/// The worker's knobs for a sampled run: its credit rate scales with the sample.
+fn scaled_worker(scenario: &Scenario) -> reference::worker::WorkerConfig {
+    let mut worker = scenario.crediting.worker.clone();
+    if worker.credit_tps > 0 {
+        worker.credit_tps =
+            ((worker.credit_tps as f64 * scenario.sample_rate).round() as u64).max(1);
+    }
+    worker
+}
+
+/// The pipeline's knobs for a sampled run: its rates scale with the sample.
+fn scaled_pipeline(scenario: &Scenario) -> PipelineConfig {
+    let mut config = scenario.pipeline.clone();
+    let scale = |n: u32| ((f64::from(n) * scenario.sample_rate).round() as u32).max(1);
+    config.activity_rate_per_s = scale(config.activity_rate_per_s);
+    config.asset_rate_per_s = scale(config.asset_rate_per_s);
+    config
+}
+
+fn has_pipeline_scenes(tree: &reference::ActivityTree) -> bool {
+    tree.activities().any(|a| {
+        a.scenes
+            .values()
+            .any(|s| s.crediting == Crediting::Pipeline)
+    })
 }
 
 fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
@@ -753,7 +1393,7 @@ fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
-        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} requests ({per_sec}, eta {eta})",
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} virtual s (eta {eta})",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
@@ -792,14 +1432,15 @@ fn record(
     scenario: &Scenario,
     seed: u64,
     options: &RunOptions,
-    history: &History,
+    finished: &Finished,
     state: &FinalState,
     violations: &[Violation],
-    crediting: CreditingSummary,
     counter: Option<CounterSummary>,
     elapsed_ms: u64,
+    source: String,
 ) -> RunRecord {
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let history = &finished.history;
+    let mut outcomes: BTreeMap<String, u64> = finished.refused.clone();
     for event in &history.events {
         // Counter polls are not requests; the counter summary counts them.
         if !matches!(event, Event::CounterRead { .. }) {
@@ -860,19 +1501,11 @@ fn record(
             }
         })
         .collect();
-    let urls = store_urls(scenario, options);
-    let mut reproduce = format!(
-        "redrain run {} --seed {seed} --ledger {} --kv {}",
-        scenario.path.display(),
-        reference::redact_url(&urls.ledger),
-        reference::redact_url(&urls.kv),
-    );
-    if let Some(requests) = options.requests {
-        reproduce.push_str(&format!(" --requests {requests}"));
-    }
-    reproduce.push_str(&format!("   # {}", build_id()));
-    let requests = scenario.requests;
+    let requests = finished.trace.ops;
     let uses_tokens = scenario.token_keys.is_some();
+    let mut trace = finished.trace.clone();
+    trace.shard = options.shard.map(|s| s.to_string());
+    trace.source = source;
     RunRecord {
         version: RUN_RECORD_VERSION,
         scenario: ScenarioInfo {
@@ -883,19 +1516,97 @@ fn record(
             duration_ms: scenario.duration_ms,
         },
         build: build_id(),
-        ledger_url: reference::redact_url(&urls.ledger),
-        kv_url: reference::redact_url(&urls.kv),
+        ledger_url: reference::redact_url(&store_urls(scenario, options).ledger),
+        kv_url: reference::redact_url(&store_urls(scenario, options).kv),
         shadow: scenario.shadow,
+        sample_rate: scenario.sample_rate,
+        trace,
         history_hash: history_hash(history),
         outcomes,
         totals,
-        crediting: uses_tokens.then_some(crediting),
+        crediting: uses_tokens.then(|| finished.crediting.clone()),
         counter,
+        delay: finished.delay.clone(),
+        views: finished.views.clone(),
+        capacity: finished.capacity.clone(),
+        stores: finished.stores.clone(),
+        series: finished.series.clone(),
         wall: Wall {
             elapsed_ms,
             requests_per_s: requests as f64 * 1000.0 / elapsed_ms.max(1) as f64,
+            spent_ms: finished.spent.clone(),
         },
         invariants,
-        reproduce,
+        reproduce: reproduce_command(scenario, seed, options),
     }
+}
+
+/// The command that runs this again: scenario, seed, sample rate, stores, cap,
+/// shard or replayed trace, and the build.
+pub fn reproduce_command(scenario: &Scenario, seed: u64, options: &RunOptions) -> String {
+    let urls = store_urls(scenario, options);
+    let mut reproduce = match &options.replay {
+        Some(path) => format!(
+            "redrain trace replay {} {}",
+            scenario.path.display(),
+            path.display()
+        ),
+        None => format!("redrain run {}", scenario.path.display()),
+    };
+    reproduce.push_str(&format!(
+        " --seed {seed} --sample {} --ledger {} --kv {}",
+        scenario.sample_rate,
+        reference::redact_url(&urls.ledger),
+        reference::redact_url(&urls.kv),
+    ));
+    if let Some(requests) = options.requests {
+        reproduce.push_str(&format!(" --requests {requests}"));
+    }
+    if let Some(shard) = options.shard {
+        reproduce.push_str(&format!(" --shard {shard}"));
+    }
+    reproduce.push_str(&format!("   # {}", build_id()));
+    reproduce
+}
+
+/// The record as JSON without its wall-clock fields: what must be byte-identical
+/// between two runs of the same scenario, seed and options.
+pub fn deterministic_json(record: &RunRecord) -> String {
+    let mut record = record.clone();
+    record.wall = Wall::default();
+    // Plain data serialises without failing.
+    serde_json::to_string_pretty(&record).expect("records serialise")
+}
+
+/// Where two records differ (apart from wall-clock fields): the first differing
+/// line of their JSON, or `None` when they are byte-identical.
+pub fn record_difference(a: &RunRecord, b: &RunRecord) -> Option<String> {
+    let (a, b) = (deterministic_json(a), deterministic_json(b));
+    if a == b {
+        return None;
+    }
+    let line = a
+        .lines()
+        .zip(b.lines())
+        .enumerate()
+        .find(|(_, (x, y))| x != y)
+        .map(|(i, (x, y))| format!("line {}: `{}` vs `{}`", i + 1, x.trim(), y.trim()))
+        .unwrap_or_else(|| "the records differ in length".to_owned());
+    Some(line)
+}
+
+/// Run the scenario twice and compare the records; the first run's output and
+/// the difference, if any.
+pub async fn check_determinism(
+    scenario: &Scenario,
+    options: &RunOptions,
+) -> anyhow::Result<(RunOutput, Option<String>)> {
+    let quiet = RunOptions {
+        progress: false,
+        ..options.clone()
+    };
+    let first = run_scenario(scenario, options).await?;
+    let second = run_scenario(scenario, &quiet).await?;
+    let difference = record_difference(&first.record, &second.record);
+    Ok((first, difference))
 }

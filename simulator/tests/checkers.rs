@@ -21,7 +21,7 @@ const TEST_CHILD: u64 = 202701;
 fn smoke() -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml");
     let mut scenario = Scenario::load(&path).expect("smoke scenario loads");
-    scenario.requests = 6000;
+    scenario.phases[0].count = Some(6000);
     // Fewer requests over the same minute: slow the worker so a backlog still
     // builds and views and withdraws meet pending tokens.
     scenario.crediting.worker.credit_tps = 10;
@@ -517,7 +517,7 @@ fn run_broken(
     let mut scenario = smoke();
     if kv_limits_ignored {
         // Long enough for the travel coupons (stock 500) to run out.
-        scenario.requests = 20_000;
+        scenario.phases[0].count = Some(20_000);
     }
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
     let kv: Arc<dyn reference::kv::Kv> = if kv_limits_ignored {
@@ -814,7 +814,7 @@ fn plan_1_under_a_counter_outage_breaks_i8_and_plan_2_does_not() {
 fn shadow_traffic_that_lands_in_the_real_stores_breaks_i6() {
     let mut scenario = smoke();
     scenario.shadow = true;
-    scenario.requests = 2000;
+    scenario.phases[0].count = Some(2000);
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
     let ledger: Arc<dyn reference::ledger::Ledger> =
         Arc::new(reference::ledger::MemoryLedger::new());

@@ -58,8 +58,7 @@ fn same_seed_same_run_other_seed_other_run() {
             seed: Some(seed),
             requests: Some(3000),
             ledger_url: Some(ledger.to_owned()),
-            kv_url: None,
-            progress: false,
+            ..RunOptions::default()
         };
         runtime()
             .block_on(run_scenario(&scenario, &options))

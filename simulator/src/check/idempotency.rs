@@ -1,15 +1,18 @@
 //! I1: one order number is credited at most once per child activity, whatever the
-//! retries and duplicates; every replay returns the first outcome (the same entry).
+//! retries and duplicates; every replay returns the first outcome (the same entry,
+//! the same token, the same pipeline order), and a conflicting replay is never
+//! what gets credited.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use reference::ledger::EntryKind;
+use reference::pipeline::QueuedOrder;
 use reference::wallet::{IssueOutcome, WithdrawOutcome};
+use reference::{ActivityTree, ChildId, ledger::EntryKind};
 
-use super::{Invariant, Violation, violation};
+use super::{Invariant, Violation, coupon_award, names_record, same_order, violation};
 use crate::history::{Event, FinalState, History};
 
-pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
+pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut postings: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
     for entry in &state.ledger.entries {
@@ -82,7 +85,123 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
         }
     }
     check_tokens(history, &mut found);
+    check_orders(tree, history, state, &mut found);
     found
+}
+
+/// The pipeline answers given for one (child, order number).
+struct Answers<'h> {
+    /// The order the first answer named.
+    first: &'h QueuedOrder,
+    /// How many answers said `queued` (a first acceptance).
+    queued: u32,
+    /// Award ids of replays answered `order_conflict`.
+    conflicting: BTreeSet<u64>,
+}
+
+/// Every pipeline answer for one (child, order number) names the same order as
+/// the first answer and as the KV's record, at most one is a first `queued`, and
+/// the ledger never credits a conflicting replay's award.
+fn check_orders(
+    tree: &ActivityTree,
+    history: &History,
+    state: &FinalState,
+    found: &mut Vec<Violation>,
+) {
+    let mut answers: BTreeMap<(ChildId, &str), Answers<'_>> = BTreeMap::new();
+    for event in &history.events {
+        let Event::Issue {
+            request, outcome, ..
+        } = event
+        else {
+            continue;
+        };
+        let (order, fresh) = match outcome {
+            IssueOutcome::Queued { order } => (order, true),
+            IssueOutcome::DuplicateQueued { order } | IssueOutcome::OrderConflict { first: order } => {
+                (order, false)
+            }
+            _ => continue,
+        };
+        let key = (order.child_id, order.order_no.as_str());
+        let slot = answers.entry(key).or_insert(Answers {
+            first: order,
+            queued: 0,
+            conflicting: BTreeSet::new(),
+        });
+        if !same_order(slot.first, order) {
+            found.push(violation(
+                Invariant::I1Idempotency,
+                format!("child {} order {}", key.0, key.1),
+                format!(
+                    "answered with order {order:?} after {:?}: a replay must return the first order",
+                    slot.first
+                ),
+            ));
+        }
+        if fresh {
+            slot.queued += 1;
+            if slot.queued == 2 {
+                found.push(violation(
+                    Invariant::I1Idempotency,
+                    format!("child {} order {}", key.0, key.1),
+                    "queued as a new order more than once".to_owned(),
+                ));
+            }
+        }
+        if matches!(outcome, IssueOutcome::OrderConflict { .. })
+            && request.award_id != order.award_id
+        {
+            slot.conflicting.insert(request.award_id);
+        }
+    }
+    if answers.is_empty() {
+        return;
+    }
+    for (&(child_id, order_no), slot) in &answers {
+        match state.order(child_id, order_no) {
+            Some(record) if !names_record(slot.first, record) => found.push(violation(
+                Invariant::I1Idempotency,
+                format!("child {child_id} order {order_no}"),
+                format!(
+                    "answered with order {:?}, but the order record holds {:?} accepted at {} ms",
+                    slot.first, record.request, record.accepted_at_ms
+                ),
+            )),
+            // A queued order without a record is I4's (never issued).
+            None if slot.queued == 0 => found.push(violation(
+                Invariant::I1Idempotency,
+                format!("child {child_id} order {order_no}"),
+                "answered as a replay of an order the KV holds no record of".to_owned(),
+            )),
+            _ => {}
+        }
+    }
+    for entry in &state.ledger.entries {
+        let EntryKind::Credit { order_no, award } = &entry.kind else {
+            continue;
+        };
+        let child_id = entry.account.child_id;
+        let order_no = order_no.to_string();
+        let Some(slot) = answers.get(&(child_id, order_no.as_str())) else {
+            continue;
+        };
+        let first = coupon_award(tree, child_id, slot.first.award_id);
+        for &award_id in &slot.conflicting {
+            let theirs = coupon_award(tree, child_id, award_id);
+            if theirs.as_ref() == Some(award) && first.as_ref() != Some(award) {
+                found.push(violation(
+                    Invariant::I1Idempotency,
+                    format!("child {child_id} order {order_no}"),
+                    format!(
+                        "entry {} credits award {award_id} of a replay answered order_conflict, \
+                         not award {} of the first order",
+                        entry.seq, slot.first.award_id
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// Every token answer for one (child, order number) carries the same token bytes,

@@ -1,6 +1,7 @@
 //! I6 (child activities): every request lands in the child open at its time,
 //! every entry sits in an account of the child it was posted for, inside that
-//! child's window, and names a scene of that child's parent. After a shadow run
+//! child's window (a coupon-pipeline credit: accepted inside it), and names a
+//! scene of that child's parent. After a shadow run
 //! (every request shadow-tagged), the real stores must hold nothing at all.
 
 use reference::ActivityTree;
@@ -96,13 +97,28 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
             ));
             continue;
         };
-        if !(child.start_ms <= entry.at_ms && entry.at_ms < child.end_ms) {
+        // A coupon-pipeline credit is dated when the pipeline issued it, which may
+        // be after the window closed; what must lie in the window is the accept.
+        let accepted_at_ms = match &entry.kind {
+            EntryKind::Credit { order_no, .. } if !state.orders.is_empty() => state
+                .order(child_id, &order_no.to_string())
+                .filter(|r| r.child_id == child_id && r.accepted_at_ms <= entry.at_ms)
+                .map(|r| r.accepted_at_ms),
+            _ => None,
+        };
+        let dated_ms = accepted_at_ms.unwrap_or(entry.at_ms);
+        if !(child.start_ms <= dated_ms && dated_ms < child.end_ms) {
+            let what = if accepted_at_ms.is_some() {
+                "accepted"
+            } else {
+                "posted"
+            };
             found.push(violation(
                 Invariant::I6Isolation,
                 format!("entry {}", entry.seq),
                 format!(
-                    "posted at {} ms into child {child_id}, whose window is {}..{} ms",
-                    entry.at_ms, child.start_ms, child.end_ms
+                    "{what} at {dated_ms} ms into child {child_id}, whose window is {}..{} ms",
+                    child.start_ms, child.end_ms
                 ),
             ));
         }

@@ -1,7 +1,12 @@
 //! I2: per coupon template issued ≤ stock; per child cash ≤ budget; each cash award
 //! ≤ the per-transaction cap; per user per batch ≤ limit; ≤ 1 batch per group per
 //! user. Checked on the ledger (what was given) and on the KV counters (what was
-//! consumed: a counter above its limit means the store let one through).
+//! consumed: a counter above its limit means the store let one through). Stock is
+//! conservative (seed 003): a consume whose result is unknown stays consumed, so
+//! consumed ≥ credited (under-issue) is allowed, but a coupon credited from a
+//! stock-controlled scene that the stock counter does not count is a unit the
+//! stock never gave — over-issue waiting to happen. Coupons credited by the sync
+//! path and by the coupon pipeline (merged consumes) count alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +20,9 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut cash: BTreeMap<u64, u64> = BTreeMap::new();
     let mut coupons: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    // Coupons credited by stock-controlled scenes, by (child, template): each
+    // took one unit of the stock counter.
+    let mut from_stock: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     let mut per_user_batch: BTreeMap<(u64, u64, String), u64> = BTreeMap::new();
     let mut per_user_group: BTreeMap<(u64, u64, String), BTreeSet<String>> = BTreeMap::new();
     for entry in &state.ledger.entries {
@@ -42,6 +50,13 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
             }
             Award::Coupon { template_id, batch } => {
                 *coupons.entry((child_id, *template_id)).or_default() += 1;
+                if activity
+                    .scenes
+                    .get(&order_no.scene_id)
+                    .is_some_and(|s| s.stock_control)
+                {
+                    *from_stock.entry((child_id, *template_id)).or_default() += 1;
+                }
                 *per_user_batch
                     .entry((child_id, act_id, batch.clone()))
                     .or_default() += 1;
@@ -108,6 +123,20 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
                 Invariant::I2NoOverIssue,
                 format!("child {child_id} template {template_id}"),
                 format!("{issued} coupons issued, stock is {}", coupon.stock),
+            ));
+        }
+    }
+    for ((child_id, template_id), credited) in &from_stock {
+        let key = keys::stock(*child_id, *template_id);
+        let consumed = state.counters.get(&key).copied().unwrap_or(0);
+        if i64::try_from(*credited).unwrap_or(i64::MAX) > consumed {
+            found.push(violation(
+                Invariant::I2NoOverIssue,
+                format!("kv {key}"),
+                format!(
+                    "{credited} coupons credited from stock-controlled scenes, but the stock \
+                     counter says {consumed} consumed: credits the stock never gave"
+                ),
             ));
         }
     }

@@ -2,18 +2,23 @@
 //! told, and nothing is credited that was never issued. Sync answers name their
 //! ledger entry; accepted tokens must be credited (same child, user, order and
 //! amount) once the worker has drained, and the token backlog must be 0 then:
-//! issued = credited + pending, with pending = 0 once quiet.
+//! issued = credited + pending, with pending = 0 once quiet. Coupon-pipeline
+//! orders answered `queued` must end issued (credited once, to their user, with
+//! their award) or failed (nothing credited), never in a middle state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use reference::ledger::{Award, Entry, EntryKind};
+use reference::pipeline::{OrderState, QueuedOrder};
 use reference::wallet::{IssueOutcome, WithdrawOutcome};
+use reference::{ActivityTree, ChildId};
 
-use super::{Invariant, Violation, violation};
+use super::{Invariant, Violation, coupon_award, violation};
 use crate::history::{Event, FinalState, History};
 
-pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
+pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
+    let by_pipeline = check_orders(tree, history, state, &mut found);
     // What the callers were told was posted. Kept as a list, not by seq: a
     // ledger that drops a posting may hand its seq to the next one, and a map
     // would let the second answer hide the first.
@@ -113,7 +118,7 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
             }
             EntryKind::Withdrawal { .. } => false,
         };
-        if !told_seqs.contains(seq) && !token_credit {
+        if !told_seqs.contains(seq) && !token_credit && !by_pipeline.contains(seq) {
             found.push(violation(
                 Invariant::I4Reconciliation,
                 describe(entry),
@@ -122,6 +127,134 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
         }
     }
     found
+}
+
+/// Coupon-pipeline orders: every order answered `queued` ends issued (credited,
+/// to its user, with its award) or failed with nothing credited; one left in a
+/// middle state once quiet is pending ≠ 0. Returns the seqs of the ledger entries
+/// the queued orders account for (reported here when wrong, so not again as
+/// unanswered).
+fn check_orders(
+    tree: &ActivityTree,
+    history: &History,
+    state: &FinalState,
+    found: &mut Vec<Violation>,
+) -> BTreeSet<u64> {
+    let mut accounted = BTreeSet::new();
+    // By child, then order number (nested, so a ledger entry's number can be
+    // looked up as a `str`).
+    let mut queued: BTreeMap<ChildId, BTreeMap<&str, &QueuedOrder>> = BTreeMap::new();
+    for event in &history.events {
+        if let Event::Issue {
+            outcome: IssueOutcome::Queued { order },
+            ..
+        } = event
+        {
+            // A second `queued` is I1's to report; the first one stands.
+            queued
+                .entry(order.child_id)
+                .or_default()
+                .entry(order.order_no.as_str())
+                .or_insert(order);
+        }
+    }
+    if queued.is_empty() {
+        return accounted;
+    }
+    let mut credits: BTreeMap<(ChildId, &str), Vec<&Entry>> = BTreeMap::new();
+    for entry in &state.ledger.entries {
+        let EntryKind::Credit { order_no, .. } = &entry.kind else {
+            continue;
+        };
+        let child_id = entry.account.child_id;
+        let Some(orders) = queued.get(&child_id) else {
+            continue;
+        };
+        if let Some((&order_no, _)) = orders.get_key_value(order_no.to_string().as_str()) {
+            credits.entry((child_id, order_no)).or_default().push(entry);
+        }
+    }
+    let queued = queued
+        .iter()
+        .flat_map(|(&child_id, orders)| orders.iter().map(move |(&n, &o)| ((child_id, n), o)));
+    for ((child_id, order_no), order) in queued {
+        let culprit = || format!("child {child_id} order {order_no}");
+        let expected = coupon_award(tree, child_id, order.award_id);
+        let as_queued = |entry: &Entry| {
+            entry.account.act_id == order.act_id
+                && matches!(&entry.kind, EntryKind::Credit { award, .. } if Some(award) == expected.as_ref())
+        };
+        let got = credits.get(&(child_id, order_no)).map_or(&[][..], Vec::as_slice);
+        let Some(record) = state.order(child_id, order_no) else {
+            found.push(violation(
+                Invariant::I4Reconciliation,
+                culprit(),
+                "answered queued, but the KV holds no record of the order".to_owned(),
+            ));
+            continue;
+        };
+        match &record.state {
+            OrderState::Issued { .. } => {
+                if got.is_empty() {
+                    found.push(violation(
+                        Invariant::I4Reconciliation,
+                        culprit(),
+                        "the order record says issued, but the ledger holds no credit of it"
+                            .to_owned(),
+                    ));
+                }
+                for entry in got {
+                    accounted.insert(entry.seq);
+                    if !as_queued(entry) {
+                        found.push(violation(
+                            Invariant::I4Reconciliation,
+                            culprit(),
+                            format!(
+                                "queued for user {} with award {} ({expected:?}), but entry {} \
+                                 credits user {} with {:?}",
+                                order.act_id,
+                                order.award_id,
+                                entry.seq,
+                                entry.account.act_id,
+                                entry.kind
+                            ),
+                        ));
+                    }
+                }
+            }
+            OrderState::Failed { code, .. } => {
+                // A credit with another payload belongs to another answer (the
+                // order failed on it as a conflict); one with this payload is wrong.
+                for entry in got.iter().filter(|e| as_queued(e)) {
+                    accounted.insert(entry.seq);
+                    found.push(violation(
+                        Invariant::I4Reconciliation,
+                        culprit(),
+                        format!(
+                            "the order failed ({code}), yet entry {} credits it",
+                            entry.seq
+                        ),
+                    ));
+                }
+            }
+            middle => {
+                // A credit it already made is explained by this violation.
+                accounted.extend(got.iter().filter(|e| as_queued(e)).map(|e| e.seq));
+                found.push(violation(
+                    Invariant::I4Reconciliation,
+                    culprit(),
+                    format!(
+                        "order still {} once quiet (accepted at {} ms, {} credit(s) in the \
+                         ledger): pending ≠ 0",
+                        middle.label(),
+                        record.accepted_at_ms,
+                        got.len()
+                    ),
+                ));
+            }
+        }
+    }
+    accounted
 }
 
 fn describe(entry: &Entry) -> String {

@@ -1,0 +1,243 @@
+//! The virtual-time engine: byte-identical records for the same scenario and
+//! seed, replay of an exported trace, shards that add up, and the seeds' figures
+//! reproduced on the model — sync crediting's DB instances, plain async
+//! crediting's minutes of delay, and the token scheme hiding them.
+
+use std::path::{Path, PathBuf};
+
+use simulator::run::{RunOptions, effective_scenario, record_difference, run_scenario};
+use simulator::scenario::Scenario;
+use simulator::trace::{Shard, Trace, TraceHeader, export};
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+}
+
+fn load(name: &str) -> Scenario {
+    Scenario::load(&scenarios_dir().join(name)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+fn options(sample: f64, requests: Option<u64>) -> RunOptions {
+    RunOptions {
+        sample_rate: Some(sample),
+        requests,
+        ..RunOptions::default()
+    }
+}
+
+#[test]
+fn same_scenario_and_seed_give_a_byte_identical_record() {
+    let scenario = load("spring-festival-eve.toml");
+    let opts = options(0.0001, Some(15_000));
+    let a = runtime()
+        .block_on(run_scenario(&scenario, &opts))
+        .expect("run");
+    let b = runtime()
+        .block_on(run_scenario(&scenario, &opts))
+        .expect("run");
+    assert!(a.violations.is_empty(), "{:#?}", a.violations);
+    assert_eq!(record_difference(&a.record, &b.record), None);
+    assert!(!a.record.series.is_empty());
+    let other = RunOptions {
+        seed: Some(scenario.seed + 1),
+        ..opts
+    };
+    let c = runtime()
+        .block_on(run_scenario(&scenario, &other))
+        .expect("run");
+    assert!(record_difference(&a.record, &c.record).is_some());
+}
+
+#[test]
+fn a_replayed_trace_runs_exactly_like_the_generated_one() {
+    let scenario = load("red-packet-rain.toml");
+    let opts = options(0.0002, Some(8_000));
+    let generated = runtime()
+        .block_on(run_scenario(&scenario, &opts))
+        .expect("run");
+    let effective = effective_scenario(&scenario, &opts);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rain.jsonl");
+    let file = std::fs::File::create(&path).expect("create");
+    let (count, hash) = export(
+        &TraceHeader::of(&effective, scenario.seed, None),
+        Trace::new(&effective, scenario.seed),
+        std::io::BufWriter::new(file),
+    )
+    .expect("export");
+    assert_eq!(count, generated.record.trace.ops);
+    assert_eq!(hash, generated.record.trace.hash);
+    let replay = RunOptions {
+        replay: Some(path.clone()),
+        ..opts
+    };
+    let replayed = runtime()
+        .block_on(run_scenario(&scenario, &replay))
+        .expect("replay");
+    assert_eq!(replayed.record.history_hash, generated.record.history_hash);
+    assert_eq!(replayed.record.trace.hash, generated.record.trace.hash);
+    assert!(
+        replayed.record.reproduce.contains("trace replay"),
+        "{}",
+        replayed.record.reproduce
+    );
+}
+
+#[test]
+fn shard_runs_add_up_to_the_whole_run() {
+    let scenario = load("fireworks.toml");
+    let whole = runtime()
+        .block_on(run_scenario(&scenario, &options(0.0002, Some(6_000))))
+        .expect("run");
+    let mut ops = 0;
+    let mut offered = 0;
+    for index in 0..3 {
+        let shard = RunOptions {
+            shard: Some(Shard { index, count: 3 }),
+            ..options(0.0002, Some(6_000))
+        };
+        let part = runtime()
+            .block_on(run_scenario(&scenario, &shard))
+            .expect("shard");
+        assert!(part.violations.is_empty(), "{:#?}", part.violations);
+        assert_eq!(
+            part.record.trace.shard.as_deref(),
+            Some(format!("{index}/3").as_str())
+        );
+        ops += part.record.trace.ops;
+        offered += part.record.series.iter().map(|s| s.offered).sum::<u64>();
+    }
+    assert_eq!(ops, whole.record.trace.ops);
+    assert_eq!(
+        offered,
+        whole.record.series.iter().map(|s| s.offered).sum::<u64>()
+    );
+}
+
+/// Seed 000: real crediting is budgeted at 300k TPS while the rain peaks at
+/// 1.8M QPS; crediting asynchronously lags for minutes, and the token scheme
+/// keeps the lag out of the wallet page.
+#[test]
+fn plain_async_crediting_lags_minutes_and_the_token_scheme_hides_it() {
+    let scenario = load("red-packet-rain.toml");
+    let output = runtime()
+        .block_on(run_scenario(&scenario, &options(0.0002, None)))
+        .expect("run");
+    assert!(output.violations.is_empty(), "{:#?}", output.violations);
+    let record = &output.record;
+    let delay = record.delay.as_ref().expect("credit delays measured");
+    assert!(
+        delay.p99_ms >= 60_000,
+        "p99 credit delay {} ms: the backlog should take minutes to drain",
+        delay.p99_ms
+    );
+    let peak_backlog = record.series.iter().map(|s| s.backlog).max().unwrap_or(0);
+    assert!(peak_backlog > 0);
+    let views = &record.views;
+    assert!(views.views > 0, "users open the wallet");
+    assert_eq!(views.short, 0, "the token scheme shows every award at once");
+    assert!(
+        views.plain_async_short > 0,
+        "plain async crediting would have hidden awards on {} of {} pages",
+        views.plain_async_short,
+        views.views
+    );
+}
+
+/// A scenario with synchronous rain cash at 1.8M QPS and `instances` DB instances.
+fn sync_rain(dir: &Path, instances: u64) -> Scenario {
+    let tree = scenarios_dir().join("activities/evening.toml");
+    let text = format!(
+        r#"
+[run]
+name = "sync-rain-{instances}"
+seed = 1
+activity_file = "{}"
+activity_id = 2027
+start = 2027-02-05T20:00:00+08:00
+sample_rate = 0.0002
+
+[population]
+users = 300000000
+
+[traffic]
+duplicate_rate = 0.0
+conflict_rate = 0.0
+malformed_rate = 0.0
+rains = 1
+stages = 3
+withdraw_max_cents = 0
+
+[tokens]
+keys = "dev"
+
+[capacity]
+db_instances = {instances}
+db_tps_each = 2055.4
+db_contention = 0.000274
+
+[[phase]]
+name = "sync rain"
+start_s = 0
+duration_s = 10
+curve = "plateau"
+peak_qps = 1800000
+scenes = [304]
+mix = {{ cash = 1 }}
+"#,
+        tree.display()
+    );
+    let path = dir.join(format!("sync-{instances}.toml"));
+    std::fs::write(&path, text).expect("write");
+    Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Seed 000: synchronous crediting needed 152 DB instances for 300k TPS and at
+/// least 1152 for 1.8M. On the engine: 152 instances credit about 300k/s of a
+/// 1.8M QPS rain and refuse the rest; 1152 credit all of it.
+#[test]
+fn sync_crediting_needs_1152_db_instances_for_the_rain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |instances| {
+        runtime()
+            .block_on(run_scenario(
+                &sync_rain(dir.path(), instances),
+                &RunOptions::default(),
+            ))
+            .expect("run")
+    };
+    let small = run(152);
+    let rate = |output: &simulator::run::RunOutput| {
+        let plateau: Vec<u64> = output.record.series[1..9]
+            .iter()
+            .map(|s| s.awarded)
+            .collect();
+        plateau.iter().sum::<u64>() as f64 / plateau.len() as f64 / output.record.sample_rate
+    };
+    let credited = rate(&small);
+    assert!(
+        (credited - 300_000.0).abs() / 300_000.0 < 0.05,
+        "152 instances credited {credited:.0}/s"
+    );
+    let capacity = small.record.capacity.as_ref().expect("capacity modelled");
+    assert!(capacity.gates["db"].refused > 0);
+    assert!(
+        capacity.sync_db_instances_needed.is_some_and(|n| n >= 1152),
+        "{:?}",
+        capacity.sync_db_instances_needed
+    );
+    let big = run(1152);
+    let credited = rate(&big);
+    assert!(
+        credited >= 1_700_000.0,
+        "1152 instances credited {credited:.0}/s"
+    );
+    assert!(small.violations.is_empty() && big.violations.is_empty());
+}
