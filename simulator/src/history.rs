@@ -171,7 +171,11 @@ impl FinalState {
     /// run drove no pipeline. The KV has no scan over byte keys, so the history
     /// says which records to read; an order recorded without any answer cannot
     /// happen in a run (an operating error ends it).
-    pub async fn with_orders(mut self, kv: &dyn Kv, history: &History) -> Result<Self, WalletError> {
+    pub async fn with_orders(
+        mut self,
+        kv: &dyn Kv,
+        history: &History,
+    ) -> Result<Self, WalletError> {
         for event in &history.events {
             let Event::Issue {
                 outcome:
@@ -193,8 +197,11 @@ impl FinalState {
             let key = keys::order(order.child_id, &order.order_no);
             // A record that is not there is I4's to report: the map stays without it.
             if let Some(bytes) = kv.bytes(&key).await? {
-                let record: OrderRecord = serde_json::from_slice(&bytes)
-                    .map_err(|e| WalletError::CorruptOrder { key, error: e.to_string() })?;
+                let record: OrderRecord =
+                    serde_json::from_slice(&bytes).map_err(|e| WalletError::CorruptOrder {
+                        key,
+                        error: e.to_string(),
+                    })?;
                 self.orders
                     .entry(order.child_id)
                     .or_default()

@@ -368,7 +368,10 @@ async fn run_ops(
         .context("reading the final state")?
         .with_tokens(serve_kv.as_ref(), children, keys.as_deref())
         .await
-        .context("reading the token backlog")?;
+        .context("reading the token backlog")?
+        .with_orders(serve_kv.as_ref(), &finished.history)
+        .await
+        .context("reading the coupon-pipeline order records")?;
     if scenario.shadow {
         state.real_stores = Some(
             RealStores::read(stores.ledger.as_ref(), stores.kv.as_ref())
@@ -425,13 +428,17 @@ struct Finished {
     spent: BTreeMap<String, u64>,
 }
 
-/// What a request needs from the capacity model.
+/// What a request needs from the capacity model. The database's capacity counts
+/// write transactions (the seed's "instances for N TPS" are crediting TPS);
+/// reads are served by replicas and caches and are not gated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cost {
-    /// Answered from the KV (token cash, pipeline coupons, pendant-free paths).
+    /// Answered from the KV (token cash, pipeline coupons).
     Kv,
-    /// Touches the database synchronously (sync credits, withdraws, wallet pages).
+    /// A write transaction now (sync credits, withdraws).
     Db,
+    /// Reads only (wallet pages).
+    Read,
 }
 
 /// The counters of the current virtual second.
@@ -868,7 +875,7 @@ impl<'a> Engine<'a> {
     }
 
     async fn tick(&mut self, now_ms: u64) -> anyhow::Result<()> {
-        let db_before = self.meters.ledger.figures().calls;
+        let db_before = self.meters.ledger.figures().writes;
         let started = Instant::now();
         if let Some(worker) = &mut self.worker {
             let report: TickReport = worker.tick(now_ms).await.context("credit worker tick")?;
@@ -912,7 +919,7 @@ impl<'a> Engine<'a> {
         }
         self.spend("hot counter", started);
         // Background crediting uses the database's capacity too.
-        let used = self.meters.ledger.figures().calls - db_before;
+        let used = self.meters.ledger.figures().writes - db_before;
         self.capacity.charge_db(now_ms, used);
         Ok(())
     }
@@ -941,8 +948,10 @@ impl<'a> Engine<'a> {
 
     /// Which store a request leans on, and the coupon template key it hits.
     fn cost(&self, request: &Request) -> (Cost, Option<u64>) {
-        let Request::Issue(issue) = request else {
-            return (Cost::Db, None);
+        let issue = match request {
+            Request::Issue(issue) => issue,
+            Request::Withdraw(_) => return (Cost::Db, None),
+            Request::View { .. } => return (Cost::Read, None),
         };
         let Some(activity) = self.scenario.tree.activity(issue.activity_id) else {
             return (Cost::Kv, None);
@@ -1008,15 +1017,19 @@ impl<'a> Engine<'a> {
             *self.refused.entry(format!("refused.{reason}")).or_default() += 1;
             return Ok(());
         }
+        let (cost, _) = self.cost(&op.request);
         let kv_before = self.meters.kv.figures().calls;
-        let db_before = self.meters.ledger.figures().calls;
+        let db_before = self.meters.ledger.figures().writes;
         let now_ms = op.at_ms;
         self.send(op.request).await?;
-        // The gates let the request in for one call; charge what it really made.
+        // The gate let the request in for one unit; charge the rest it really used.
         let kv_used = self.meters.kv.figures().calls - kv_before;
-        let db_used = self.meters.ledger.figures().calls - db_before;
-        self.capacity.charge_kv(now_ms, kv_used.saturating_sub(1));
-        self.capacity.charge_db(now_ms, db_used.saturating_sub(1));
+        let db_used = self.meters.ledger.figures().writes - db_before;
+        let admitted = |c| u64::from(cost == c);
+        self.capacity
+            .charge_kv(now_ms, kv_used.saturating_sub(admitted(Cost::Kv)));
+        self.capacity
+            .charge_db(now_ms, db_used.saturating_sub(admitted(Cost::Db)));
         Ok(())
     }
 

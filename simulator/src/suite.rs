@@ -88,8 +88,10 @@ pub struct PlannedRun {
     pub expect_violations: BTreeSet<String>,
     /// Bounds on values of the record.
     pub thresholds: Vec<Threshold>,
-    /// Unique within the suite: `runs/<label>.json` and the JUnit test name derive from it.
+    /// Unique within the suite, file-name safe: the record goes to `runs/<label>.json`.
     pub label: String,
+    /// Unique within the suite: `<scenario> seed=<s> sample=<r>`, the JUnit test name.
+    pub name: String,
 }
 
 /// A bound on one value of a [`RunRecord`], addressed by JSON pointer.
@@ -143,6 +145,9 @@ pub struct SuiteVerdict {
 /// One run's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunVerdict {
+    /// `<scenario> seed=<s> sample=<r>` (plus ` case=<n>` when two cases run the
+    /// same combination): the JUnit test name.
+    pub name: String,
     /// The scenario's name.
     pub scenario: String,
     /// The scenario file.
@@ -183,18 +188,6 @@ pub struct FailedThreshold {
     pub message: String,
 }
 
-impl RunVerdict {
-    /// `<scenario> seed=<s> sample=<r>`: the JUnit test name.
-    pub fn test_name(&self) -> String {
-        format!(
-            "{} seed={} sample={}",
-            self.scenario,
-            self.seed,
-            sample_text(self.sample_rate)
-        )
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The suite file.
 
@@ -220,7 +213,6 @@ struct CaseFile {
     seeds: Spanned<Vec<u64>>,
     sample_rates: Option<Spanned<Vec<f64>>>,
     requests: Option<Spanned<u64>>,
-    #[serde(default)]
     expect_violations: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     threshold: Vec<Spanned<ThresholdFile>>,
@@ -316,88 +308,29 @@ fn plan_case(
         ),
         _ => e,
     })?;
-
-    let seeds_span = case.seeds.span();
-    let seeds = case.seeds.into_inner();
-    if seeds.is_empty() {
-        return Err(v.error(seeds_span, key("seeds"), "needs at least one seed"));
-    }
-    if let Some(seed) = first_duplicate(&seeds) {
-        return Err(v.error(
-            seeds_span,
-            key("seeds"),
-            format!("seed {seed} is listed twice"),
-        ));
-    }
-
-    let (rates_span, sample_rates) = match case.sample_rates {
-        Some(rates) => (rates.span(), rates.into_inner()),
+    let seeds = check_seeds(case.seeds).map_err(|(span, m)| v.error(span, key("seeds"), m))?;
+    let sample_rates = match case.sample_rates {
+        Some(rates) => check_sample_rates(rates, &scenario)
+            .map_err(|(span, m)| v.error(span, key("sample_rates"), m))?,
         // Not 1.0: the profile scenarios are sampled (1%, 0.2%) because at full
         // scale they are a hundred times bigger; a suite runs them as written.
-        None => (case_span.clone(), vec![scenario.sample_rate]),
+        None => vec![scenario.sample_rate],
     };
-    if sample_rates.is_empty() {
-        return Err(v.error(
-            rates_span,
-            key("sample_rates"),
-            "needs at least one rate (or leave it out for the scenario's own)",
-        ));
-    }
-    for (i, &rate) in sample_rates.iter().enumerate() {
-        if !(rate > 0.0 && rate <= 1.0) {
-            return Err(v.error(
-                rates_span,
-                key("sample_rates"),
-                format!("{rate} is not a share in (0, 1]"),
-            ));
-        }
-        if sample_rates[..i].contains(&rate) {
-            return Err(v.error(
-                rates_span,
-                key("sample_rates"),
-                format!("{rate} is listed twice"),
-            ));
-        }
-    }
-
     let requests = match case.requests {
-        Some(requests) => {
-            let span = requests.span();
-            let requests = requests.into_inner();
-            if requests == 0 || requests > REQUESTS_MAX {
-                return Err(v.error(
-                    span,
-                    key("requests"),
-                    format!("{requests} is not in 1..={REQUESTS_MAX}"),
-                ));
-            }
-            Some(requests)
+        Some(requests) if !(1..=REQUESTS_MAX).contains(requests.get_ref()) => {
+            return Err(v.error(
+                requests.span(),
+                key("requests"),
+                format!("{} is not in 1..={REQUESTS_MAX}", requests.get_ref()),
+            ));
         }
-        None => None,
+        requests => requests.map(Spanned::into_inner),
     };
-
-    let mut expect_violations = BTreeSet::new();
-    if let Some(expected) = case.expect_violations {
-        let span = expected.span();
-        for id in expected.into_inner() {
-            if !Invariant::CHECKED.iter().any(|i| i.id() == id) {
-                let known: Vec<&str> = Invariant::CHECKED.iter().map(|i| i.id()).collect();
-                return Err(v.error(
-                    span,
-                    key("expect_violations"),
-                    format!("`{id}` is not one of {}", known.join(", ")),
-                ));
-            }
-            if !expect_violations.insert(id.clone()) {
-                return Err(v.error(
-                    span,
-                    key("expect_violations"),
-                    format!("`{id}` is listed twice"),
-                ));
-            }
-        }
-    }
-
+    let expect_violations = match case.expect_violations {
+        Some(ids) => check_invariant_ids(ids)
+            .map_err(|(span, m)| v.error(span, key("expect_violations"), m))?,
+        None => BTreeSet::new(),
+    };
     if case.threshold.len() > THRESHOLDS_MAX {
         return Err(v.error(
             case_span,
@@ -410,9 +343,8 @@ fn plan_case(
         let span = threshold.span();
         let ThresholdFile { path, min, max } = threshold.into_inner();
         let threshold = Threshold { path, min, max };
-        check_threshold(&threshold).map_err(|(field, m)| {
-            v.error(span, format!("case[{index}].threshold[{t}].{field}"), m)
-        })?;
+        check_threshold(&threshold)
+            .map_err(|(field, m)| v.error(span, key(&format!("threshold[{t}].{field}")), m))?;
         thresholds.push(threshold);
     }
 
@@ -427,10 +359,74 @@ fn plan_case(
                 expect_violations: expect_violations.clone(),
                 thresholds: thresholds.clone(),
                 label: String::new(),
+                name: String::new(),
             });
         }
     }
     Ok(())
+}
+
+/// A problem with one value of a case, and where it is.
+type CaseProblem = (Range<usize>, String);
+
+fn check_seeds(seeds: Spanned<Vec<u64>>) -> Result<Vec<u64>, CaseProblem> {
+    let span = seeds.span();
+    let seeds = seeds.into_inner();
+    if seeds.is_empty() {
+        return Err((span, "needs at least one seed".to_owned()));
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(seed) = seeds.iter().find(|&&seed| !seen.insert(seed)) {
+        return Err((span, format!("seed {seed} is listed twice")));
+    }
+    Ok(seeds)
+}
+
+fn check_sample_rates(
+    rates: Spanned<Vec<f64>>,
+    scenario: &Scenario,
+) -> Result<Vec<f64>, CaseProblem> {
+    let span = rates.span();
+    let rates = rates.into_inner();
+    if rates.is_empty() {
+        return Err((
+            span,
+            "needs at least one rate (or leave it out for the scenario's own)".to_owned(),
+        ));
+    }
+    for (i, &rate) in rates.iter().enumerate() {
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err((span, format!("{rate} is not a share in (0, 1]")));
+        }
+        if rates[..i].contains(&rate) {
+            return Err((span, format!("{rate} is listed twice")));
+        }
+        // The scenario checks its own rate the same way.
+        let users = scenario.population.users;
+        if (users as f64) * rate < 1.0 {
+            return Err((
+                span,
+                format!("{rate} of {users} users is less than one user"),
+            ));
+        }
+    }
+    Ok(rates)
+}
+
+fn check_invariant_ids(ids: Spanned<Vec<String>>) -> Result<BTreeSet<String>, CaseProblem> {
+    let span = ids.span();
+    let mut checked = BTreeSet::new();
+    for id in ids.into_inner() {
+        if !Invariant::CHECKED.iter().any(|i| i.id() == id) {
+            let known: Vec<&str> = Invariant::CHECKED.iter().map(|i| i.id()).collect();
+            let message = format!("`{id}` is not one of {}", known.join(", "));
+            return Err((span, message));
+        }
+        if !checked.insert(id.clone()) {
+            return Err((span, format!("`{id}` is listed twice")));
+        }
+    }
+    Ok(checked)
 }
 
 fn check_threshold(threshold: &Threshold) -> Result<(), (&'static str, String)> {
@@ -472,8 +468,9 @@ fn options_for(seed: u64, sample_rate: f64, requests: Option<u64>) -> RunOptions
     }
 }
 
-/// `<scenario>-<seed>-<sample>`, made file-name safe; a case that repeats another's
-/// scenario, seed and rate (with other requests or thresholds) gets `-case<n>`.
+/// Labels `<scenario>-<seed>-<sample>` (file-name safe) and names `<scenario>
+/// seed=<s> sample=<r>`; a case that repeats another's scenario, seed and rate
+/// (with other requests or thresholds) adds its case number to both.
 fn label_runs(runs: &mut [PlannedRun]) {
     let mut taken = BTreeSet::new();
     for run in runs.iter_mut() {
@@ -492,13 +489,24 @@ fn label_runs(runs: &mut [PlannedRun]) {
             }
         })
         .collect();
-        let mut label = base.clone();
-        if taken.contains(&label) {
-            label = format!("{base}-case{}", run.case + 1);
+        run.name = format!(
+            "{} seed={} sample={}",
+            run.scenario.name,
+            run.seed,
+            sample_text(run.sample_rate)
+        );
+        run.label = base.clone();
+        if taken.contains(&base) {
+            run.label = format!("{base}-case{}", run.case + 1);
+            run.name = format!("{} case={}", run.name, run.case + 1);
         }
-        // A suite file lists each case once, so the case number makes it unique.
-        assert!(taken.insert(label.clone()), "duplicate run label {label}");
-        run.label = label;
+        // Within a case, seeds and rates are unique; across cases, the case number
+        // is (and a base label always ends in the rate, never in `-case<n>`).
+        assert!(
+            taken.insert(run.label.clone()),
+            "duplicate run label {}",
+            run.label
+        );
     }
 }
 
@@ -523,11 +531,6 @@ fn normalize(path: &Path) -> PathBuf {
         out.push(".");
     }
     out
-}
-
-fn first_duplicate(values: &[u64]) -> Option<u64> {
-    let mut seen = BTreeSet::new();
-    values.iter().copied().find(|v| !seen.insert(*v))
 }
 
 // ---------------------------------------------------------------------------
@@ -609,10 +612,11 @@ fn execute(
     let (sender, receiver) = mpsc::channel::<(usize, Finished)>();
     let mut finished: Vec<Option<Finished>> = runs.iter().map(|_| None).collect();
     std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut workers = 0;
         for worker in 0..parallel {
             let sender = sender.clone();
             let next = &next;
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("suite-{worker}"))
                 .spawn_scoped(scope, move || {
                     loop {
@@ -622,8 +626,13 @@ fn execute(
                             break;
                         }
                     }
-                })
-                .context("starting a suite worker thread")?;
+                });
+            match spawned {
+                Ok(_) => workers += 1,
+                // Fewer threads than asked is slower, not wrong.
+                Err(_) if workers > 0 => break,
+                Err(e) => return Err(e).context("starting a suite worker thread"),
+            }
         }
         drop(sender);
         for (index, done) in receiver {
@@ -696,6 +705,7 @@ fn progress_bar(len: usize, enabled: bool) -> ProgressBar {
 /// The verdict of one finished run against its case.
 fn judge(plan: &PlannedRun, done: &Finished) -> RunVerdict {
     let mut verdict = RunVerdict {
+        name: plan.name.clone(),
         scenario: plan.scenario.name.clone(),
         file: plan.scenario.path.display().to_string(),
         seed: plan.seed,
@@ -882,7 +892,7 @@ fn write_outputs(
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    let junit = junit_report(suite, runs, finished, verdict, wall)
+    let junit = junit_report(suite, finished, verdict, wall)
         .to_string()
         .context("serialising junit.xml")?;
     let path = out_dir.join("junit.xml");
@@ -898,14 +908,13 @@ fn write_outputs(
 /// One testsuite for the suite, one testcase per run.
 fn junit_report(
     suite: &Suite,
-    runs: &[&PlannedRun],
     finished: &[Finished],
     verdict: &SuiteVerdict,
     wall: Duration,
 ) -> Report {
     let mut test_suite = TestSuite::new(suite.name.as_str());
     test_suite.set_time(wall);
-    for ((plan, done), run) in runs.iter().zip(finished).zip(&verdict.runs) {
+    for (done, run) in finished.iter().zip(&verdict.runs) {
         let status = if let Some(error) = &run.error {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
             status
@@ -923,7 +932,7 @@ fn junit_report(
                 .set_description(failure_text(run, done));
             status
         };
-        let mut test_case = TestCase::new(junit_name(plan, run), status);
+        let mut test_case = TestCase::new(run.name.as_str(), status);
         test_case
             .set_classname(run.file.as_str())
             .set_time(done.wall);
@@ -932,15 +941,6 @@ fn junit_report(
     let mut report = Report::new(suite.name.as_str());
     report.set_time(wall).add_test_suite(test_suite);
     report
-}
-
-/// The test name, with the case number when two cases run the same combination.
-fn junit_name(plan: &PlannedRun, run: &RunVerdict) -> String {
-    if plan.label.ends_with(&format!("-case{}", plan.case + 1)) {
-        format!("{} case={}", run.test_name(), plan.case + 1)
-    } else {
-        run.test_name()
-    }
 }
 
 fn first_line(text: &str) -> &str {
@@ -1029,9 +1029,10 @@ impl SuiteReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "redrain suite · {} · {} runs · {} at once · wall {:.2} s",
+            "redrain suite · {} · {} run{} · {} at once · wall {:.2} s",
             self.verdict.suite,
             runs.len(),
+            if runs.len() == 1 { "" } else { "s" },
             self.parallel,
             self.wall.as_secs_f64()
         );
@@ -1059,7 +1060,11 @@ impl SuiteReport {
                     .iter()
                     .map(|id| format!("{id} expected, held")),
             );
-            notes.extend(run.failed_thresholds.iter().map(|f| f.message.clone()));
+            notes.extend(run.failed_thresholds.iter().map(|f| match f.actual {
+                // The full message lists the keys that are there; junit.xml has it.
+                None => format!("{} not in the record", f.threshold.path),
+                Some(_) => f.message.clone(),
+            }));
             notes.extend(run.error.iter().map(|e| first_line(e).to_owned()));
             let line = format!(
                 "  {:<name_width$}  seed {:<seed_width$}  sample {:<5}  {result:<5}  {:>7.2} s  {}",
@@ -1083,7 +1088,7 @@ impl SuiteReport {
         if !failures.is_empty() {
             let _ = writeln!(out, "\nreproduce");
             for run in failures {
-                let _ = writeln!(out, "  {}\n    {}", run.test_name(), run.reproduce);
+                let _ = writeln!(out, "  {}\n    {}", run.name, run.reproduce);
             }
         }
         out

@@ -237,3 +237,82 @@ fn the_readme_sample_is_the_real_smoke_output() {
         );
     }
 }
+
+fn check_bad_phased(edit: impl Fn(&str) -> String, expected: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original =
+        std::fs::read_to_string(scenarios_dir().join("red-packet-rain.toml")).expect("rain");
+    let tree =
+        std::fs::read_to_string(scenarios_dir().join("activities/evening.toml")).expect("tree");
+    std::fs::create_dir(dir.path().join("activities")).expect("mkdir");
+    std::fs::write(dir.path().join("activities/evening.toml"), tree).expect("write tree");
+    let path = dir.path().join("bad.toml");
+    let edited = edit(&original);
+    assert_ne!(edited, original, "the edit must change the file");
+    std::fs::write(&path, edited).expect("write");
+    let err = Scenario::load(&path)
+        .expect_err("must be rejected")
+        .to_string();
+    assert!(err.contains("bad.toml:"), "error names the file: {err}");
+    assert!(err.contains(expected), "`{err}` lacks `{expected}`");
+}
+
+#[test]
+fn bad_phases_population_capacity_and_faults_name_the_key() {
+    check_bad_phased(
+        |s| s.replacen("peak_qps = 1800000", "peak_qps = 0", 1),
+        "phase[0].peak_qps: 0 must be above 0",
+    );
+    check_bad_phased(
+        |s| s.replacen("curve = \"points\"", "curve = \"zigzag\"", 1),
+        "phase[0].curve: unknown variant `zigzag`",
+    );
+    check_bad_phased(
+        |s| s.replacen("points = [[0.0, 0.0],", "points = [[0.5, 0.0],", 1),
+        "phase[0].points: give [time share, level share] pairs from time 0 to 1",
+    );
+    check_bad_phased(
+        |s| s.replacen("scenes = [301]", "scenes = [999]", 1),
+        "phase[0].scenes: scene 999 is not in activity 2027",
+    );
+    check_bad_phased(
+        |s| s.replacen("scenes = [301]", "scenes = [302]", 1),
+        "phase[0].mix.cash: the phase's scenes have no cash scene",
+    );
+    check_bad_phased(
+        |s| s.replacen("rain_id = 0\n", "rain_id = 0\nrate = 3\n", 1),
+        "unknown field `rate`",
+    );
+    check_bad_phased(
+        |s| s.replace("sample_rate = 0.01", "sample_rate = 1.5"),
+        "run.sample_rate: 1.5 is not a share in (0, 1]",
+    );
+    check_bad_phased(
+        |s| s.replace("zipf = 0.6", "zipf = -1.0"),
+        "population.zipf: -1 is not an exponent",
+    );
+    check_bad_phased(
+        |s| s.replace("apps = [40, 20, 10, 10, 8, 6, 4, 2]", "apps = [1, 2]"),
+        "population.apps: give 8 weights",
+    );
+    check_bad_phased(
+        |s| s.replace("duration_s = 150", "duration_s = 30"),
+        "run.duration_s: 30 s ends before the last phase (80 s)",
+    );
+    check_bad_phased(
+        |s| s.replace("db_contention = 0.000274", "db_contention = 1.5"),
+        "capacity: db_contention",
+    );
+    check_bad_phased(
+        |s| s.replace("open_rate = 0.05", "open_rate = 2.0"),
+        "behaviour.open_rate: 2 is not a share",
+    );
+    check_bad_phased(
+        |s| s.replace("point = \"after_mark\"", "point = \"after_mark\"\nfactor = 0.5"),
+        "fault[0].factor: only a db_slow fault takes `factor`",
+    );
+    check_bad_phased(
+        |s| s.replace("sample_rate = 0.01", "sample_rate = 1.0"),
+        "lower the sample rate",
+    );
+}

@@ -209,8 +209,50 @@ fn parallel_runs_report_in_case_order() {
         .iter()
         .map(|c| c.name.to_string())
         .collect();
-    let expected: Vec<String> = two.verdict.runs.iter().map(RunVerdict::test_name).collect();
+    let expected: Vec<String> = two.verdict.runs.iter().map(|r| r.name.clone()).collect();
     assert_eq!(names, expected);
+}
+
+#[test]
+fn a_run_stopped_by_an_operating_error_is_an_error_and_the_others_go_on() {
+    // Smoke on a SQLite file in a directory that does not exist: the ledger
+    // cannot be opened, so the run stops before any traffic.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let activities = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/activities");
+    let broken = read(Path::new(&smoke_path()))
+        .replace("name = \"smoke\"", "name = \"unopenable\"")
+        .replace(
+            "activity_file = \"activities/",
+            &format!("activity_file = \"{}/", activities.display()),
+        )
+        + &format!(
+            "\n[stores]\nledger = \"sqlite://{}/no/such/dir/ledger.db\"\n",
+            dir.path().display()
+        );
+    let broken_path = dir.path().join("unopenable.toml");
+    std::fs::write(&broken_path, broken).expect("write the scenario");
+    let text = format!(
+        "{}\n[[case]]\nscenario = \"{}\"\nseeds = [1]\nrequests = 100\n",
+        suite_text("[1]", ""),
+        broken_path.display()
+    );
+    let (dir, report) = run(&text, 2);
+    assert_eq!(report.exit_code(), 2, "{}", report.render_summary());
+    let [good, bad] = report.verdict.runs.as_slice() else {
+        panic!("two runs: {:?}", report.verdict.runs)
+    };
+    assert!(good.passed && good.error.is_none(), "{good:?}");
+    assert!(!bad.passed);
+    assert!(bad.error.is_some());
+    assert_eq!(bad.record_file, None);
+    assert!(
+        bad.reproduce.contains("unopenable.toml --seed 1"),
+        "{}",
+        bad.reproduce
+    );
+    let junit = junit(&dir.path().join("out"));
+    assert_eq!((junit.tests, junit.failures, junit.errors), (2, 0, 1));
+    assert!(report.render_summary().contains("ERROR"));
 }
 
 /// Loading `text` fails at `line`, naming `key` and saying `message`.
@@ -359,6 +401,28 @@ fn only_that_matches_nothing_is_an_error() {
     };
     let error = run_suite(&suite, &options).expect_err("nothing to run");
     assert!(format!("{error:#}").contains("no-such-name"), "{error:#}");
+}
+
+#[test]
+fn a_combination_two_cases_repeat_gets_the_case_number() {
+    let text = format!(
+        "{}\n[[case]]\nscenario = \"{}\"\nseeds = [2, 1]\nrequests = 1000\n",
+        suite_text("[1]", ""),
+        smoke_path()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let suite = Suite::load(&write_suite(dir.path(), &text)).unwrap_or_else(|e| panic!("{e}"));
+    let labels: Vec<&str> = suite.runs.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(labels, ["smoke-1-1.0", "smoke-2-1.0", "smoke-1-1.0-case2"]);
+    let names: Vec<&str> = suite.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "smoke seed=1 sample=1.0",
+            "smoke seed=2 sample=1.0",
+            "smoke seed=1 sample=1.0 case=2"
+        ]
+    );
 }
 
 #[test]

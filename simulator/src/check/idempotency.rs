@@ -118,9 +118,8 @@ fn check_orders(
         };
         let (order, fresh) = match outcome {
             IssueOutcome::Queued { order } => (order, true),
-            IssueOutcome::DuplicateQueued { order } | IssueOutcome::OrderConflict { first: order } => {
-                (order, false)
-            }
+            IssueOutcome::DuplicateQueued { order }
+            | IssueOutcome::OrderConflict { first: order } => (order, false),
             _ => continue,
         };
         let key = (order.child_id, order.order_no.as_str());

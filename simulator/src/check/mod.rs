@@ -143,20 +143,36 @@ fn coupon_award(tree: &ActivityTree, child_id: ChildId, award_id: u64) -> Option
 /// Whether two pipeline answers name the same order: everything but the state,
 /// which a replay reports as it stands.
 fn same_order(a: &QueuedOrder, b: &QueuedOrder) -> bool {
-    (a.child_id, a.act_id, &a.order_no, a.award_id, a.accepted_at_ms)
-        == (b.child_id, b.act_id, &b.order_no, b.award_id, b.accepted_at_ms)
+    (
+        a.child_id,
+        a.act_id,
+        &a.order_no,
+        a.award_id,
+        a.accepted_at_ms,
+    ) == (
+        b.child_id,
+        b.act_id,
+        &b.order_no,
+        b.award_id,
+        b.accepted_at_ms,
+    )
 }
 
 /// Whether a pipeline answer names the order `record` holds.
 fn names_record(order: &QueuedOrder, record: &OrderRecord) -> bool {
-    (order.child_id, order.act_id, &order.order_no, order.award_id, order.accepted_at_ms)
-        == (
-            record.child_id,
-            record.act_id(),
-            &record.request.order_no,
-            record.request.award_id,
-            record.accepted_at_ms,
-        )
+    (
+        order.child_id,
+        order.act_id,
+        &order.order_no,
+        order.award_id,
+        order.accepted_at_ms,
+    ) == (
+        record.child_id,
+        record.act_id(),
+        &record.request.order_no,
+        record.request.award_id,
+        record.accepted_at_ms,
+    )
 }
 
 /// Run one checker.
