@@ -241,3 +241,52 @@ fn sync_crediting_needs_1152_db_instances_for_the_rain() {
     );
     assert!(small.violations.is_empty() && big.violations.is_empty());
 }
+
+fn redrain(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_redrain"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env("CI", "true")
+        .output()
+        .expect("redrain runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_exports_hashes_and_replays_a_trace_and_checks_determinism() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rain.jsonl");
+    let file = file.to_str().expect("utf8");
+    let pick = ["--sample", "0.0002", "--requests", "3000", "--seed", "9"];
+    let mut export = vec!["trace", "export", "scenarios/red-packet-rain.toml", "--out", file];
+    export.extend(pick);
+    let (code, out, err) = redrain(&export);
+    assert_eq!(code, 0, "{err}");
+    let hash = out.split("trace ").nth(1).expect("hash printed").trim().to_owned();
+    let mut hash_args = vec!["trace", "hash", "scenarios/red-packet-rain.toml"];
+    hash_args.extend(pick);
+    let (code, out, _) = redrain(&hash_args);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("3000 requests · trace {hash}")), "{out}");
+    let (code, out, err) = redrain(&["trace", "replay", "scenarios/red-packet-rain.toml", file]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("trace {}", &hash[..16])), "{out}");
+    assert!(out.contains(&format!("from {file}")), "{out}");
+    let mut run = vec!["run", "scenarios/red-packet-rain.toml", "--check-determinism"];
+    run.extend(pick);
+    let (code, out, err) = redrain(&run);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("byte-identical"), "{out}");
+    assert!(out.contains(&format!("trace {}", &hash[..16])), "{out}");
+    // A trace of another scenario is refused before any traffic.
+    let (code, _, err) = redrain(&["trace", "replay", "scenarios/fireworks.toml", file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is a trace of scenario `red-packet-rain`"), "{err}");
+    let (code, _, err) = redrain(&["run", "scenarios/smoke.toml", "--shard", "4/4"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a shard"), "{err}");
+}
