@@ -878,7 +878,21 @@ impl<'a> Engine<'a> {
         let db_before = self.meters.ledger.figures().writes;
         let started = Instant::now();
         if let Some(worker) = &mut self.worker {
-            let report: TickReport = worker.tick(now_ms).await.context("credit worker tick")?;
+            let report: TickReport = match worker.tick(now_ms).await {
+                Ok(report) => report,
+                // A store is down: the worker tries again next tick.
+                Err(
+                    reference::wallet::WalletError::Kv(_)
+                    | reference::wallet::WalletError::Ledger(_),
+                ) => {
+                    *self
+                        .refused
+                        .entry("fault.worker_tick_failed".to_owned())
+                        .or_default() += 1;
+                    TickReport::default()
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context("credit worker tick")),
+            };
             self.summary.credited_by_worker += report.credited;
             self.summary.requeued += report.requeued;
             self.summary.failed_attempts += report.failed_attempts;
@@ -1045,11 +1059,16 @@ impl<'a> Engine<'a> {
         let at_ms = self.clock.now_ms();
         let event = match request {
             Request::Issue(request) => {
-                let outcome = match &self.pipeline {
+                let answer = match &self.pipeline {
                     Some(pipeline) => pipeline.issue(&request, false).await,
                     None => self.wallet.issue(&request).await,
-                }
-                .with_context(|| format!("issuing {}", request.order_no))?;
+                };
+                let Some(outcome) = self
+                    .answered(answer)
+                    .with_context(|| format!("issuing {}", request.order_no))?
+                else {
+                    return Ok(());
+                };
                 if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } =
                     &outcome
                 {
@@ -1103,11 +1122,13 @@ impl<'a> Engine<'a> {
                     request.client_tokens.push(self.forge(request.act_id));
                     self.summary.forged_presented += 1;
                 }
-                let outcome = self
-                    .wallet
-                    .withdraw(&request)
-                    .await
-                    .with_context(|| format!("withdrawing {}", request.withdraw_no))?;
+                let answer = self.wallet.withdraw(&request).await;
+                let Some(outcome) = self
+                    .answered(answer)
+                    .with_context(|| format!("withdrawing {}", request.withdraw_no))?
+                else {
+                    return Ok(());
+                };
                 if let WithdrawOutcome::Withdrawn { force, .. }
                 | WithdrawOutcome::Rejected { force, .. } = &outcome
                 {
@@ -1127,12 +1148,14 @@ impl<'a> Engine<'a> {
             }
             Request::View { act_id } => {
                 let activity_id = self.scenario.activity_id;
-                match self
+                let answer = self
                     .wallet
                     .view(activity_id, act_id, None, VIEW_PAGE_LIMIT)
-                    .await
-                    .context("viewing the wallet")?
-                {
+                    .await;
+                let Some(page) = self.answered(answer).context("viewing the wallet")? else {
+                    return Ok(());
+                };
+                match page {
                     Ok(view) => {
                         self.views.views += 1;
                         let owed = self.owed.get(&act_id).copied().unwrap_or(0);
@@ -1160,6 +1183,24 @@ impl<'a> Engine<'a> {
         };
         self.history.events.push(event);
         Ok(())
+    }
+
+    /// The wallet's answer, or `None` when a store failed under it (a fault: the
+    /// client sees a server error, counted as `error.ledger` / `error.kv`, and the
+    /// request is not in the history). Other errors end the run: they are bugs.
+    fn answered<T>(
+        &mut self,
+        answer: Result<T, reference::wallet::WalletError>,
+    ) -> anyhow::Result<Option<T>> {
+        let label = match &answer {
+            Ok(_) => return Ok(answer.ok()),
+            Err(reference::wallet::WalletError::Ledger(_)) => "error.ledger",
+            Err(reference::wallet::WalletError::Kv(_)) => "error.kv",
+            Err(_) => return answer.map(Some).map_err(anyhow::Error::from),
+        };
+        *self.window.rejected.entry(label.to_owned()).or_default() += 1;
+        *self.refused.entry(label.to_owned()).or_default() += 1;
+        Ok(None)
     }
 
     /// A token the wallet must refuse: a changed byte, another user's token, an

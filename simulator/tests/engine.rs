@@ -262,21 +262,39 @@ fn cli_exports_hashes_and_replays_a_trace_and_checks_determinism() {
     let file = dir.path().join("rain.jsonl");
     let file = file.to_str().expect("utf8");
     let pick = ["--sample", "0.0002", "--requests", "3000", "--seed", "9"];
-    let mut export = vec!["trace", "export", "scenarios/red-packet-rain.toml", "--out", file];
+    let mut export = vec![
+        "trace",
+        "export",
+        "scenarios/red-packet-rain.toml",
+        "--out",
+        file,
+    ];
     export.extend(pick);
     let (code, out, err) = redrain(&export);
     assert_eq!(code, 0, "{err}");
-    let hash = out.split("trace ").nth(1).expect("hash printed").trim().to_owned();
+    let hash = out
+        .split("trace ")
+        .nth(1)
+        .expect("hash printed")
+        .trim()
+        .to_owned();
     let mut hash_args = vec!["trace", "hash", "scenarios/red-packet-rain.toml"];
     hash_args.extend(pick);
     let (code, out, _) = redrain(&hash_args);
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("3000 requests · trace {hash}")), "{out}");
+    assert!(
+        out.contains(&format!("3000 requests · trace {hash}")),
+        "{out}"
+    );
     let (code, out, err) = redrain(&["trace", "replay", "scenarios/red-packet-rain.toml", file]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("trace {}", &hash[..16])), "{out}");
     assert!(out.contains(&format!("from {file}")), "{out}");
-    let mut run = vec!["run", "scenarios/red-packet-rain.toml", "--check-determinism"];
+    let mut run = vec![
+        "run",
+        "scenarios/red-packet-rain.toml",
+        "--check-determinism",
+    ];
     run.extend(pick);
     let (code, out, err) = redrain(&run);
     assert_eq!(code, 0, "{out}{err}");
@@ -285,8 +303,68 @@ fn cli_exports_hashes_and_replays_a_trace_and_checks_determinism() {
     // A trace of another scenario is refused before any traffic.
     let (code, _, err) = redrain(&["trace", "replay", "scenarios/fireworks.toml", file]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("is a trace of scenario `red-packet-rain`"), "{err}");
+    assert!(
+        err.contains("is a trace of scenario `red-packet-rain`"),
+        "{err}"
+    );
     let (code, _, err) = redrain(&["run", "scenarios/smoke.toml", "--shard", "4/4"]);
     assert_eq!(code, 2);
     assert!(err.contains("is not a shard"), "{err}");
+}
+
+/// The wallet's KV and database go down and come back mid-rain: requests in the
+/// outage get a server error (counted, not answered), the worker retries, and
+/// once the stores are back everything answered is credited exactly once.
+#[test]
+fn kv_and_database_outages_fail_requests_but_lose_and_double_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = scenarios_dir().join("activities/evening.toml");
+    let text = std::fs::read_to_string(scenarios_dir().join("red-packet-rain.toml"))
+        .expect("rain")
+        .replace("activities/evening.toml", &tree.display().to_string())
+        + r#"
+[[fault]]
+at_s = 6
+kind = "kv"
+on = false
+
+[[fault]]
+at_s = 8
+kind = "kv"
+on = true
+
+[[fault]]
+at_s = 10
+kind = "db"
+on = false
+
+[[fault]]
+at_s = 13
+kind = "db"
+on = true
+"#;
+    let path = dir.path().join("outages.toml");
+    std::fs::write(&path, text).expect("write");
+    let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let output = runtime()
+        .block_on(run_scenario(&scenario, &options(0.0002, None)))
+        .expect("run");
+    assert!(output.violations.is_empty(), "{:#?}", output.violations);
+    let outcomes = &output.record.outcomes;
+    assert!(
+        outcomes.get("error.kv").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+    let during = |from: u64, to: u64, label: &str| -> u64 {
+        output.record.series[from as usize..to as usize]
+            .iter()
+            .map(|s| s.rejected.get(label).copied().unwrap_or(0))
+            .sum()
+    };
+    assert!(during(6, 8, "error.kv") > 0);
+    assert_eq!(during(9, 10, "error.kv"), 0, "the KV is back");
+    assert_eq!(
+        output.record.crediting.as_ref().map(|c| c.backlog_peak > 0),
+        Some(true)
+    );
 }
