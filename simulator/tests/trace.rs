@@ -239,8 +239,6 @@ fn a_damaged_trace_file_names_the_line() {
         .collect::<Result<Vec<()>, _>>()
         .expect_err("the last line is bad");
     assert!(err.to_string().starts_with("t.jsonl:12:"), "{err}");
-    let err = TraceReader::new("h.jsonl", std::io::Cursor::new("{}\n"))
-        .err()
-        .expect("bad header");
+    let err = TraceReader::new("h.jsonl", std::io::Cursor::new("{}\n")).expect_err("bad header");
     assert!(err.to_string().contains("h.jsonl:1"), "{err}");
 }
