@@ -426,18 +426,38 @@ fn a_combination_two_cases_repeat_gets_the_case_number() {
 }
 
 #[test]
-fn the_quick_suite_plans_smoke_over_three_seeds() {
+fn the_quick_suite_plans_every_profile() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/quick.toml");
     let suite = Suite::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(suite.name, "quick");
-    let seeds: Vec<u64> = suite.runs.iter().map(|r| r.seed).collect();
-    assert_eq!(seeds.len(), 3);
-    assert!(seeds.contains(&20270209));
-    for run in &suite.runs {
-        assert_eq!(run.scenario.name, "smoke");
+    let smoke: Vec<_> = suite
+        .runs
+        .iter()
+        .filter(|r| r.scenario.name == "smoke")
+        .collect();
+    assert_eq!(smoke.len(), 3);
+    assert!(smoke.iter().any(|r| r.seed == 20270209));
+    for run in &smoke {
         assert!(run.scenario.path.ends_with("scenarios/smoke.toml"));
-        assert!(!run.scenario.path.to_string_lossy().contains(".."));
         assert_eq!(run.sample_rate, 1.0);
         assert_eq!(run.thresholds.len(), 2);
+    }
+    let profiles: std::collections::BTreeSet<&str> = suite
+        .runs
+        .iter()
+        .map(|r| r.scenario.name.as_str())
+        .collect();
+    for profile in [
+        "smoke",
+        "red-packet-rain",
+        "card-collection",
+        "fireworks",
+        "spring-festival-eve",
+    ] {
+        assert!(profiles.contains(profile), "ci/quick.toml lacks {profile}");
+    }
+    for run in &suite.runs {
+        assert!(!run.scenario.path.to_string_lossy().contains(".."));
+        assert!(run.sample_rate <= 0.001 || run.scenario.name == "smoke");
     }
 }
