@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const RUN_RECORD_VERSION: u32 = 2;
+pub const RUN_RECORD_VERSION: u32 = 3;
 
 /// Everything a report needs to know about one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,10 @@ pub struct RunRecord {
     pub series: Vec<SecondSample>,
     /// Wall-clock figures of this run (the only non-deterministic part).
     pub wall: Wall,
+    /// Checks run mid-run (`--check-every-s`): when, and what they found
+    /// (their violations also count in `invariants`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub midway_checks: Vec<MidwayCheck>,
     /// One verdict per checked invariant.
     pub invariants: Vec<Verdict>,
     /// The command that reproduces this run.
@@ -181,6 +185,9 @@ pub struct SecondSample {
     pub delay_p50_ms: u64,
     /// 99th percentile.
     pub delay_p99_ms: u64,
+    /// 99.9th percentile.
+    #[serde(default)]
+    pub delay_p999_ms: u64,
     /// Longest.
     pub delay_max_ms: u64,
     /// Coupons consumed so far, all templates.
@@ -193,10 +200,32 @@ pub struct SecondSample {
     /// Hot counter: the true total at the end of the second.
     #[serde(default)]
     pub counter_true: u64,
+    /// Per coupon template (keyed by template id): consumed so far and stock.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stock: BTreeMap<String, StockSample>,
     /// KV calls this second.
     pub kv_ops: u64,
     /// Ledger calls this second.
     pub db_ops: u64,
+    /// Write transactions charged to the database gate this second (what the
+    /// DB capacity limits: sync credits, withdraws, worker and pipeline batches).
+    #[serde(default)]
+    pub db_writes: u64,
+    /// The database gate's allowance this second (after faults); 0 = unlimited.
+    #[serde(default)]
+    pub db_limit: u64,
+    /// The KV gate's allowance this second; 0 = unlimited.
+    #[serde(default)]
+    pub kv_limit: u64,
+}
+
+/// One coupon template's stock at the end of a virtual second.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockSample {
+    /// Units consumed so far.
+    pub consumed: u64,
+    /// Units of stock (the strategy side stops offering below 10% remaining).
+    pub total: u64,
 }
 
 /// The scenario as run.
@@ -292,6 +321,15 @@ pub struct Wall {
     /// counter, series, final state, checkers (the run's profile).
     #[serde(default)]
     pub spent_ms: BTreeMap<String, u64>,
+}
+
+/// One check of the invariants mid-run, on a snapshot of the stores.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MidwayCheck {
+    /// Virtual second (since the start) at whose end the snapshot was taken.
+    pub t_s: u64,
+    /// Violations found then.
+    pub violations: u64,
 }
 
 /// One invariant's verdict.
@@ -556,6 +594,7 @@ mod tests {
             capacity: None,
             stores: StoresSummary::default(),
             series: Vec::new(),
+            midway_checks: Vec::new(),
             wall: Wall {
                 elapsed_ms: 1500,
                 requests_per_s: 6.7,

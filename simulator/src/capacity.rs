@@ -466,6 +466,25 @@ impl Gate {
         self.allowance
     }
 
+    /// Units used in window `window` (`now_ms / 1000`) and what that window
+    /// allows (`None`: unlimited), for the per-second series: a window the gate
+    /// never saw used nothing. Only the current or a later window is known.
+    pub fn window_figures(&self, window: u64) -> (u64, Option<u64>) {
+        let allowance = self.rate_micro.map(|_| {
+            if self.origin.is_some() && window == self.window {
+                self.allowance
+            } else {
+                self.allowance_of(window)
+            }
+        });
+        let used = if self.origin.is_some() && window == self.window {
+            self.used
+        } else {
+            0
+        };
+        (used, allowance)
+    }
+
     /// Units admitted over the run.
     pub fn admitted(&self) -> u64 {
         self.admitted

@@ -44,6 +44,10 @@ enum Command {
         /// apart from wall-clock fields.
         #[arg(long)]
         check_determinism: bool,
+        /// Also check the invariants every N virtual seconds, on a snapshot of
+        /// the stores (work in flight allowed); a violation seen only then fails too.
+        #[arg(long, value_name = "N")]
+        check_every_s: Option<u64>,
         /// Ledger URL (default: the scenario's `[stores] ledger`, else memory):
         /// memory, sqlite::memory:, sqlite://PATH, mysql://… or postgres://…
         #[arg(long)]
@@ -229,12 +233,16 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             sample,
             shard,
             check_determinism,
+            check_every_s,
             ledger,
             kv,
             json,
         } => {
             let scenario = Scenario::load(&scenario)?;
             check_sample(sample)?;
+            if check_every_s == Some(0) {
+                anyhow::bail!("--check-every-s 0: give a number of virtual seconds of at least 1");
+            }
             let ci = std::env::var_os("CI").is_some();
             let options = RunOptions {
                 seed,
@@ -243,6 +251,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 shard,
                 ledger_url: ledger,
                 kv_url: kv,
+                check_every_s,
                 progress: !ci,
                 ..RunOptions::default()
             };
@@ -339,6 +348,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ledger_url: ledger,
                 kv_url: kv,
                 progress: std::env::var_os("CI").is_none(),
+                ..RunOptions::default()
             };
             let output = run_scenario(&loaded, &options).await?;
             finish_run(&output, json)

@@ -29,7 +29,7 @@ use reference::worker::{CreditWorker, TickReport};
 use reference::{Clock, ManualClock, kv, ledger};
 use reports::{
     CapacitySummary, CounterSummary, CreditingSummary, DelaySummary, GateFigures,
-    RUN_RECORD_VERSION, RunRecord, ScenarioInfo, SecondSample, StoresSummary, Totals, TraceInfo,
+    MidwayCheck, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, SecondSample, StockSample, StoresSummary, Totals, TraceInfo,
     Verdict, ViewSummary, Wall,
 };
 
@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub ledger_url: Option<String>,
     /// Overrides the scenario's KV URL (`[stores] kv`).
     pub kv_url: Option<String>,
+    /// Also check the invariants every this many virtual seconds, on a
+    /// snapshot of the stores (I4 then allows work in flight).
+    pub check_every_s: Option<u64>,
     /// Draw a progress bar (only on a terminal).
     pub progress: bool,
 }
@@ -339,6 +342,16 @@ async fn run_ops(
         wallet = wallet.with_keys(wallet_keys);
     }
     let serving = wallet.route(scenario.shadow)?;
+    // What the checkers read, past the meters (their reads are not the wallet's).
+    let snapshot = Snapshot {
+        ledger: serve_ledger.clone(),
+        kv: serve_kv.clone(),
+        children: tree
+            .activities()
+            .flat_map(|a| a.children.iter().map(|c| c.id))
+            .collect(),
+        keys: keys.clone(),
+    };
     let started = Instant::now();
     let mut engine = Engine::new(
         scenario,
@@ -351,27 +364,25 @@ async fn run_ops(
         },
         options.progress,
     );
+    if let Some(every_s) = options.check_every_s {
+        anyhow::ensure!(every_s > 0, "--check-every-s must be at least 1");
+        engine.midway = Some(Midway {
+            every_s,
+            snapshot: snapshot.clone(),
+            checks: Vec::new(),
+            found: Vec::new(),
+        });
+    }
     engine.run(ops).await?;
     let elapsed = started.elapsed();
     let counter = match &engine.counter {
         Some(rig) => Some(rig.summary(scenario, engine.clock.now_ms()).await),
         None => None,
     };
+    let midway = engine.midway.take();
     let mut finished = engine.finish();
     let started_state = Instant::now();
-    let children = tree
-        .activities()
-        .flat_map(|a| a.children.iter().map(|c| c.id))
-        .collect::<Vec<_>>();
-    let mut state = FinalState::read(serve_ledger.as_ref(), serve_kv.as_ref())
-        .await
-        .context("reading the final state")?
-        .with_tokens(serve_kv.as_ref(), children, keys.as_deref())
-        .await
-        .context("reading the token backlog")?
-        .with_orders(serve_kv.as_ref(), &finished.history)
-        .await
-        .context("reading the coupon-pipeline order records")?;
+    let mut state = snapshot.read(&finished.history).await?;
     if scenario.shadow {
         state.real_stores = Some(
             RealStores::read(stores.ledger.as_ref(), stores.kv.as_ref())
@@ -384,7 +395,11 @@ async fn run_ops(
         started_state.elapsed().as_millis() as u64,
     );
     let started_checks = Instant::now();
-    let violations = check::check_all(&scenario.tree, &finished.history, &state);
+    let mut violations = check::check_all(&scenario.tree, &finished.history, &state);
+    if let Some(midway) = midway {
+        finished.midway_checks = midway.checks.clone();
+        violations = midway.merge_into(violations);
+    }
     finished.spent.insert(
         "checkers".to_owned(),
         started_checks.elapsed().as_millis() as u64,
@@ -426,6 +441,77 @@ struct Finished {
     trace: TraceInfo,
     refused: BTreeMap<String, u64>,
     spent: BTreeMap<String, u64>,
+    midway_checks: Vec<MidwayCheck>,
+}
+
+/// Where the checkers read a run's state: the serving stores past the meters.
+#[derive(Clone)]
+struct Snapshot {
+    ledger: Arc<dyn Ledger>,
+    kv: Arc<dyn Kv>,
+    children: Vec<reference::ChildId>,
+    keys: Option<Arc<KeyRing>>,
+}
+
+impl Snapshot {
+    /// The stores' state now, with the order records `history` names.
+    async fn read(&self, history: &History) -> anyhow::Result<FinalState> {
+        let state = FinalState::read(self.ledger.as_ref(), self.kv.as_ref())
+            .await
+            .context("reading the final state")?
+            .with_tokens(self.kv.as_ref(), self.children.clone(), self.keys.as_deref())
+            .await
+            .context("reading the token backlog")?
+            .with_orders(self.kv.as_ref(), history)
+            .await
+            .context("reading the coupon-pipeline order records")?;
+        Ok(state)
+    }
+}
+
+/// Checks mid-run (`--check-every-s`): every `every_s` virtual seconds the
+/// checkers run on the history so far and a snapshot of the stores.
+struct Midway {
+    every_s: u64,
+    snapshot: Snapshot,
+    checks: Vec<MidwayCheck>,
+    /// Violations found, with the second they were first seen.
+    found: Vec<(u64, Violation)>,
+}
+
+impl Midway {
+    async fn check(&mut self, tree: &reference::ActivityTree, history: &History, t_s: u64) -> anyhow::Result<()> {
+        let state = self.snapshot.read(history).await?.midway();
+        let violations = check::check_all(tree, history, &state);
+        self.checks.push(MidwayCheck {
+            t_s,
+            violations: violations.len() as u64,
+        });
+        for violation in violations {
+            if !self.found.iter().any(|(_, v)| *v == violation) {
+                self.found.push((t_s, violation));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end's violations, then those seen only mid-run (a violation that
+    /// healed by the end still fails the run), in invariant order.
+    fn merge_into(self, mut at_end: Vec<Violation>) -> Vec<Violation> {
+        for (t_s, mut violation) in self.found {
+            if at_end.iter().any(|v| {
+                v.invariant == violation.invariant
+                    && v.culprit == violation.culprit
+                    && v.detail == violation.detail
+            }) {
+                continue;
+            }
+            violation.detail = format!("{} (mid-run, at {t_s} s)", violation.detail);
+            at_end.push(violation);
+        }
+        at_end.sort_by_key(|v| v.invariant);
+        at_end
+    }
 }
 
 /// What a request needs from the capacity model. The database's capacity counts
@@ -492,6 +578,10 @@ struct Engine<'a> {
     /// Templates the strategy side stopped offering (stock below 10%).
     withdrawn_offers: std::collections::BTreeSet<u64>,
     bar: ProgressBar,
+    /// Mid-run checks, when asked for.
+    midway: Option<Midway>,
+    /// Wall time mid-run checks took inside the `series` part being timed.
+    series_credit: std::time::Duration,
 }
 
 /// The hot counter of a run: its own KV (and backup), plan 1's split keys or
@@ -767,6 +857,8 @@ impl<'a> Engine<'a> {
             spent: BTreeMap::new(),
             withdrawn_offers: std::collections::BTreeSet::new(),
             bar: progress_bar(scenario.duration_ms / 1000, progress),
+            midway: None,
+            series_credit: std::time::Duration::ZERO,
         }
     }
 
@@ -803,7 +895,12 @@ impl<'a> Engine<'a> {
     }
 
     fn spend(&mut self, part: &'static str, since: Instant) {
-        *self.spent.entry(part).or_default() += since.elapsed();
+        let mut took = since.elapsed();
+        if part == "series" {
+            // Mid-run checks inside `close_second` are their own part.
+            took = took.saturating_sub(std::mem::take(&mut self.series_credit));
+        }
+        *self.spent.entry(part).or_default() += took;
     }
 
     /// Run ticks, faults and second boundaries up to `until_ms`, in time order.
@@ -1286,6 +1383,7 @@ impl<'a> Engine<'a> {
     /// End the current virtual second: one row of the series.
     async fn close_second(&mut self) -> anyhow::Result<()> {
         let t_s = (self.next_second_ms - self.scenario.start_ms) / 1000 - 1;
+        let gate_window = (self.next_second_ms - 1000) / 1000;
         self.next_second_ms += 1000;
         let window = std::mem::take(&mut self.window);
         let credits = self.meters.ledger.take_credit_window();
@@ -1295,6 +1393,7 @@ impl<'a> Engine<'a> {
         let kv = self.meters.kv.take_window();
         let db = self.meters.ledger.take_window();
         let (mut consumed, mut stock) = (0, 0);
+        let mut per_template = BTreeMap::new();
         for template in &self.templates {
             if let Ok(Ok(view)) = self
                 .wallet
@@ -1303,6 +1402,13 @@ impl<'a> Engine<'a> {
             {
                 consumed += view.consumed;
                 stock += view.total;
+                per_template.insert(
+                    template.to_string(),
+                    StockSample {
+                        consumed: view.consumed,
+                        total: view.total,
+                    },
+                );
                 if !view.should_offer {
                     self.withdrawn_offers.insert(*template);
                 }
@@ -1317,6 +1423,8 @@ impl<'a> Engine<'a> {
                 sorted[((sorted.len() - 1) as f64 * q).round() as usize]
             }
         };
+        let (db_writes, db_limit) = self.capacity.db.window_figures(gate_window);
+        let (_, kv_limit) = self.capacity.kv.window_figures(gate_window);
         self.peak_awarded = self.peak_awarded.max(window.offered_awards);
         self.series.push(SecondSample {
             t_s,
@@ -1331,15 +1439,30 @@ impl<'a> Engine<'a> {
             }),
             delay_p50_ms: quantile(0.5),
             delay_p99_ms: quantile(0.99),
+            delay_p999_ms: quantile(0.999),
             delay_max_ms: credits.delays.iter().copied().max().unwrap_or(0),
             coupons_consumed: consumed,
             coupon_stock: stock,
+            stock: per_template,
             counter_shown: window.counter_shown,
             counter_true: self.counter.as_ref().map_or(0, |c| c.true_total),
             kv_ops: kv.calls,
             db_ops: db.calls,
+            db_writes,
+            db_limit: db_limit.unwrap_or(0),
+            kv_limit: kv_limit.unwrap_or(0),
         });
         self.bar.set_position(t_s + 1);
+        if let Some(midway) = &mut self.midway
+            && (t_s + 1) % midway.every_s == 0
+        {
+            let started = Instant::now();
+            midway.check(&self.scenario.tree, &self.history, t_s).await?;
+            // Counted apart from the series part that calls this.
+            let took = started.elapsed();
+            *self.spent.entry("midway checks").or_default() += took;
+            self.series_credit += took;
+        }
         Ok(())
     }
 
@@ -1410,6 +1533,7 @@ impl<'a> Engine<'a> {
                 .into_iter()
                 .map(|(part, d)| (part.to_owned(), d.as_millis() as u64))
                 .collect(),
+            midway_checks: Vec::new(),
         }
     }
 }
@@ -1585,6 +1709,7 @@ fn record(
         capacity: finished.capacity.clone(),
         stores: finished.stores.clone(),
         series: finished.series.clone(),
+        midway_checks: finished.midway_checks.clone(),
         wall: Wall {
             elapsed_ms,
             requests_per_s: requests as f64 * 1000.0 / elapsed_ms.max(1) as f64,
@@ -1618,6 +1743,9 @@ pub fn reproduce_command(scenario: &Scenario, seed: u64, options: &RunOptions) -
     }
     if let Some(shard) = options.shard {
         reproduce.push_str(&format!(" --shard {shard}"));
+    }
+    if let Some(every_s) = options.check_every_s {
+        reproduce.push_str(&format!(" --check-every-s {every_s}"));
     }
     reproduce.push_str(&format!("   # {}", build_id()));
     reproduce

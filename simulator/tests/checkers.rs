@@ -4,13 +4,14 @@
 
 mod broken;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use reference::ledger::{Award, Entry, EntryKind};
 use reference::wallet::IssueOutcome;
 use reference::{ManualClock, keys};
-use simulator::check::{Invariant, Violation, check};
+use simulator::check::{CHECK_THREADS_MAX, Invariant, Violation, check, check_all_on};
 use simulator::history::{Event, FinalState, History};
 use simulator::run::{RunOptions, Stores, run_on, run_scenario};
 use simulator::scenario::Scenario;
@@ -151,6 +152,38 @@ fn i1_catches_a_double_posting_and_a_replay_with_another_answer() {
         "order",
         "a replay must return the first outcome",
     );
+}
+
+#[test]
+fn check_all_gives_the_same_violations_in_the_same_order_on_any_number_of_threads() {
+    let clean = clean_run();
+    // Defects for several checkers at once: a double posting (I1, I3, I4) and a
+    // lost credit (I4, and whoever else notices).
+    let mut state = clean.state.clone();
+    let mut twice = first_credit(&state, |a| matches!(a, Award::Cash { .. }));
+    twice.seq = next_seq(&state);
+    state.ledger.entries.push(twice);
+    state.ledger.entries.remove(10);
+    let one_by_one: Vec<Violation> = Invariant::CHECKED
+        .into_iter()
+        .flat_map(|i| check(i, &clean.scenario.tree, &clean.history, &state))
+        .collect();
+    assert!(
+        one_by_one
+            .iter()
+            .map(|v| v.invariant)
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= 2,
+        "more than one checker fires: {one_by_one:#?}"
+    );
+    for threads in 1..=CHECK_THREADS_MAX {
+        assert_eq!(
+            check_all_on(threads, &clean.scenario.tree, &clean.history, &state),
+            one_by_one,
+            "{threads} threads"
+        );
+    }
 }
 
 #[test]
@@ -514,6 +547,14 @@ fn run_broken(
     ledger: Arc<dyn reference::ledger::Ledger>,
     kv_limits_ignored: bool,
 ) -> Vec<Violation> {
+    run_broken_with(ledger, kv_limits_ignored, &RunOptions::default())
+}
+
+fn run_broken_with(
+    ledger: Arc<dyn reference::ledger::Ledger>,
+    kv_limits_ignored: bool,
+    options: &RunOptions,
+) -> Vec<Violation> {
     let mut scenario = smoke();
     if kv_limits_ignored {
         // Long enough for the travel coupons (stock 500) to run out.
@@ -533,9 +574,36 @@ fn run_broken(
         shadow: None,
     };
     runtime()
-        .block_on(run_on(&scenario, &RunOptions::default(), stores))
+        .block_on(run_on(&scenario, options, stores))
         .expect("run")
         .violations
+}
+
+#[test]
+fn a_transient_phantom_credit_is_caught_only_by_checks_mid_run() {
+    let ledger = || Arc::new(broken::NaiveLedger::new(Some(broken::Bug::PhantomUntil(2000))));
+    let at_end = run_broken(ledger(), false);
+    assert!(
+        at_end.is_empty(),
+        "the phantoms are gone by the end: {at_end:#?}"
+    );
+    let every_second = RunOptions {
+        check_every_s: Some(1),
+        ..RunOptions::default()
+    };
+    let midway = run_broken_with(ledger(), false, &every_second);
+    assert!(
+        midway.iter().all(|v| v.invariant == Invariant::I4Reconciliation),
+        "only I4: {midway:#?}"
+    );
+    assert!(
+        midway.iter().any(|v| v.detail.contains("no request was answered with it")
+            && v.detail.contains("(mid-run, at ")),
+        "{midway:#?}"
+    );
+    // The honest ledger passes the same mid-run checks: work in flight is no violation.
+    let honest = run_broken_with(Arc::new(broken::NaiveLedger::new(None)), false, &every_second);
+    assert!(honest.is_empty(), "{honest:#?}");
 }
 
 fn fired(violations: &[Violation], invariant: Invariant) -> bool {

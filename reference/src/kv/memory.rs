@@ -1,6 +1,13 @@
 //! The in-memory KV: the embedded default, with TTLs on the injected clock.
+//!
+//! Keys live in a hash map: a simulated run holds millions of them and looks one
+//! up on every call, and a B-tree of strings spends that time comparing key
+//! prefixes in cache misses. Only `counters_with_prefix` (an audit) needs key
+//! order; it sorts what it found. The hasher has fixed keys, so nothing here
+//! reads an OS random source, and no result depends on the map's order.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -45,6 +52,10 @@ struct Slot {
     expires_at_ms: Option<Millis>,
 }
 
+/// Every key's slot. `DefaultHasher` built by `Default` is SipHash with fixed
+/// keys: deterministic, and no OS randomness (`RandomState` would read some).
+type Slots = HashMap<String, Slot, BuildHasherDefault<DefaultHasher>>;
+
 /// Faults a test or a simulation can switch on.
 #[derive(Debug, Default, Clone)]
 pub struct KvFaults {
@@ -69,7 +80,7 @@ impl KvFaults {
 #[derive(Debug)]
 pub struct MemoryKv {
     clock: Arc<dyn Clock>,
-    slots: Mutex<BTreeMap<String, Slot>>,
+    slots: Mutex<Slots>,
     faults: Mutex<KvFaults>,
 }
 
@@ -78,7 +89,7 @@ impl MemoryKv {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
             clock,
-            slots: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(Slots::default()),
             faults: Mutex::new(KvFaults::default()),
         }
     }
@@ -112,7 +123,7 @@ impl MemoryKv {
 
     /// The slots, with `keys` removed first if they have expired (expiry is lazy,
     /// per key, as in Redis); fails when the store is down.
-    fn live(&self, keys: &[&str]) -> Result<MutexGuard<'_, BTreeMap<String, Slot>>, KvError> {
+    fn live(&self, keys: &[&str]) -> Result<MutexGuard<'_, Slots>, KvError> {
         self.check_up()?;
         let now_ms = self.clock.now_ms();
         // A poisoned lock means a panic mid-update: a bug.
@@ -145,7 +156,7 @@ fn wrong(key: &str, found: &Value, expected: &'static str) -> KvError {
     }
 }
 
-fn counter_of(slots: &BTreeMap<String, Slot>, key: &str) -> Result<i64, KvError> {
+fn counter_of(slots: &Slots, key: &str) -> Result<i64, KvError> {
     match slots.get(key).map(|s| &s.value) {
         None => Ok(0),
         Some(Value::Counter(n)) => Ok(*n),
@@ -153,7 +164,7 @@ fn counter_of(slots: &BTreeMap<String, Slot>, key: &str) -> Result<i64, KvError>
     }
 }
 
-fn set_counter(slots: &mut BTreeMap<String, Slot>, key: &str, n: i64) {
+fn set_counter(slots: &mut Slots, key: &str, n: i64) {
     let expires_at_ms = slots.get(key).and_then(|s| s.expires_at_ms);
     slots.insert(
         key.to_owned(),
@@ -361,15 +372,17 @@ impl Kv for MemoryKv {
 
     async fn counters_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, KvError> {
         let slots = self.live(&[])?;
-        Ok(slots
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(_, slot)| self.is_live(slot))
+        let mut counters: Vec<(String, i64)> = slots
+            .iter()
+            .filter(|(k, slot)| k.starts_with(prefix) && self.is_live(slot))
             .filter_map(|(k, s)| match s.value {
                 Value::Counter(n) => Some((k.clone(), n)),
                 _ => None,
             })
-            .collect())
+            .collect();
+        // Key order, as the trait promises; the map has none.
+        counters.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(counters)
     }
 
     async fn record_token(
@@ -596,12 +609,7 @@ impl Kv for MemoryKv {
 }
 
 /// Add or move a member of the scored set at `key`, creating the set.
-fn scored_insert(
-    slots: &mut BTreeMap<String, Slot>,
-    key: &str,
-    member: &[u8],
-    score: u64,
-) -> Result<(), KvError> {
+fn scored_insert(slots: &mut Slots, key: &str, member: &[u8], score: u64) -> Result<(), KvError> {
     let slot = slots.entry(key.to_owned()).or_insert_with(|| Slot {
         value: Value::Scored(BTreeMap::new()),
         expires_at_ms: None,

@@ -170,3 +170,134 @@ fn keys_load_from_a_file_and_the_environment_with_clear_errors() {
         "Debug must not print secrets: {debug}"
     );
 }
+
+fn facts_for(act_id: u64) -> TokenFacts {
+    let mut facts = facts();
+    facts.act_id = act_id;
+    facts.order_no.act_id = act_id;
+    facts
+}
+
+#[test]
+fn a_batch_verifies_like_one_token_at_a_time() {
+    let ring = KeyRing::dev(1);
+    let tokens: Vec<Vec<u8>> = (1..=40)
+        .map(|act_id| ring.sign(&facts_for(act_id)).expect("sign"))
+        .collect();
+    let expected: Vec<TokenFacts> = (1..=40).map(facts_for).collect();
+    assert_eq!(
+        ring.verify_batch(&tokens),
+        Ok(expected),
+        "facts in input order"
+    );
+    assert_eq!(ring.verify_batch(&[] as &[Vec<u8>]), Ok(Vec::new()));
+    let token = &tokens[17];
+    for index in 0..token.len() {
+        for flip in [0x01u8, 0x80] {
+            let mut changed = tokens.clone();
+            changed[17][index] ^= flip;
+            let one = ring.verify(&changed[17]);
+            assert!(one.is_err(), "byte {index} ^ {flip:#x} was accepted");
+            assert_eq!(
+                ring.verify_batch(&changed),
+                Err(one.expect_err("checked above")),
+                "byte {index} ^ {flip:#x}: the batch names the same error"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_names_the_first_bad_token_in_input_order() {
+    let ring = KeyRing::dev(1);
+    let mut tokens: Vec<Vec<u8>> = (1..=5)
+        .map(|act_id| ring.sign(&facts_for(act_id)).expect("sign"))
+        .collect();
+    tokens[1] = KeyRing::dev(2).sign(&facts()).expect("sign"); // another key, same id
+    tokens[3].truncate(10);
+    assert_eq!(ring.verify_batch(&tokens), Err(TokenError::BadSignature));
+    tokens[0].push(0);
+    assert_eq!(ring.verify_batch(&tokens), Err(TokenError::Malformed));
+}
+
+#[test]
+fn a_batch_longer_than_one_equation_is_checked_in_chunks() {
+    let ring = KeyRing::dev(1);
+    let token = ring.sign(&facts()).expect("sign");
+    let mut tokens = vec![token; VERIFY_BATCH_MAX + 3];
+    assert_eq!(
+        ring.verify_batch(&tokens).map(|f| f.len()),
+        Ok(VERIFY_BATCH_MAX + 3)
+    );
+    let last = tokens.len() - 1;
+    tokens[last][5] ^= 1;
+    assert!(
+        ring.verify_batch(&tokens).is_err(),
+        "a bad token in the last chunk"
+    );
+}
+
+#[test]
+fn a_batch_refuses_a_weak_key_as_verify_strict_does() {
+    // The identity point as key, R = identity and s = 0: the cofactorless
+    // equation holds for any message, which only a strict check refuses.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = VerifyingKey::from_bytes(&identity).expect("a curve point");
+    let mut ring = KeyRing::from_secret(1, [3; 32]);
+    ring.trust(9, weak);
+    let body = facts().body().encode_to_vec();
+    let mut signature = [0u8; 64];
+    signature[..32].copy_from_slice(&identity);
+    assert!(
+        ed25519_dalek::verify_batch(&[&body], &[Signature::from_bytes(&signature)], &[weak])
+            .is_ok(),
+        "the bare batch equation accepts it"
+    );
+    let token = SignedToken {
+        key_id: 9,
+        body,
+        signature: signature.to_vec(),
+    }
+    .encode_to_vec();
+    assert_eq!(ring.verify(&token), Err(TokenError::BadSignature));
+    assert_eq!(ring.verify_batch(&[token]), Err(TokenError::BadSignature));
+}
+
+#[test]
+fn a_batch_on_several_threads_gives_the_same_answer() {
+    let ring = KeyRing::dev(1);
+    let count = 4 * VERIFY_THREAD_TOKENS_MIN + 5;
+    let tokens: Vec<Vec<u8>> = (1..=count as u64)
+        .map(|act_id| ring.sign(&facts_for(act_id)).expect("sign"))
+        .collect();
+    let expected = ring.verify_batch(&tokens);
+    assert_eq!(expected.as_ref().map(Vec::len), Ok(count));
+    for threads in 1..=5 {
+        assert_eq!(
+            ring.verify_batch_on(&tokens, threads),
+            expected,
+            "{threads} threads"
+        );
+    }
+    // Bad tokens in the second and last runs: the earlier one is named.
+    let mut bad = tokens.clone();
+    bad[count - 1][3] ^= 1;
+    bad[VERIFY_THREAD_TOKENS_MIN + 7] = KeyRing::dev(2).sign(&facts()).expect("sign");
+    for threads in 1..=5 {
+        assert_eq!(
+            ring.verify_batch_on(&bad, threads),
+            Err(TokenError::BadSignature),
+            "{threads} threads"
+        );
+    }
+    bad[VERIFY_THREAD_TOKENS_MIN + 7].truncate(3);
+    for threads in 1..=5 {
+        assert_eq!(
+            ring.verify_batch_on(&bad, threads),
+            ring.verify(&bad[VERIFY_THREAD_TOKENS_MIN + 7])
+                .map(|f| vec![f]),
+            "{threads} threads"
+        );
+    }
+}

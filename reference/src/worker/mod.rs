@@ -14,6 +14,7 @@
 //! compensation scan finds it; crediting again is harmless because the ledger is
 //! idempotent. [`CrashPoint`] lets tests stop a tick at each of those points.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -24,7 +25,7 @@ use crate::keys;
 use crate::kv::{Kv, LIST_RANGE_MAX, QUEUE_POP_MAX};
 use crate::ledger::{CREDIT_BATCH_MAX, CreditOutcome, Ledger};
 use crate::order_no::OrderNo;
-use crate::token::{KeyRing, STATUS_PROCESSING, STATUS_SUCCESS, TokenFacts};
+use crate::token::{KeyRing, STATUS_PROCESSING, STATUS_SUCCESS, TokenFacts, VERIFY_THREADS_MAX};
 use crate::wallet::WalletError;
 use crate::{ChildId, wallet};
 
@@ -111,6 +112,9 @@ pub struct CreditWorker {
     crash_at: Option<CrashPoint>,
     crashed_at: Option<CrashPoint>,
     next_child: usize,
+    /// Threads a claim's signatures are verified on: the machine's cores, up to
+    /// [`VERIFY_THREADS_MAX`]. What a tick does never depends on it.
+    verify_threads: usize,
 }
 
 impl CreditWorker {
@@ -143,6 +147,9 @@ impl CreditWorker {
             crash_at: None,
             crashed_at: None,
             next_child: 0,
+            verify_threads: std::thread::available_parallelism()
+                .map_or(1, NonZeroUsize::get)
+                .min(VERIFY_THREADS_MAX),
         }
     }
 
@@ -266,16 +273,22 @@ impl CreditWorker {
                     now_ms,
                 )
                 .await?;
-            for bytes in claimed {
-                let facts =
-                    self.keys
-                        .verify(&bytes)
-                        .map_err(|error| WalletError::CorruptToken {
-                            key: keys::pending(child_id),
-                            error,
-                        })?;
-                batch.push((child_id, facts, bytes));
-            }
+            // One batch equation per claim (these are copies the wallet wrote
+            // itself; see `token::verify_batch`); a bad token is still named by
+            // the same strict check and error as one at a time.
+            let facts = self
+                .keys
+                .verify_batch_on(&claimed, self.verify_threads)
+                .map_err(|error| WalletError::CorruptToken {
+                    key: keys::pending(child_id),
+                    error,
+                })?;
+            batch.extend(
+                facts
+                    .into_iter()
+                    .zip(claimed)
+                    .map(|(facts, bytes)| (child_id, facts, bytes)),
+            );
         }
         self.next_child = (self.next_child + 1) % children.len().max(1);
         report.claimed = batch.len() as u64;

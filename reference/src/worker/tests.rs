@@ -16,6 +16,7 @@ use crate::ledger::{
     MemoryLedger, WithdrawOutcome as LedgerWithdrawOutcome, Withdrawal,
 };
 use crate::switches::Switch;
+use crate::token::TokenError;
 use crate::wallet::{IssueOutcome, IssueRequest, Wallet, WithdrawOutcome, WithdrawRequest};
 
 const TREE: &str = r#"
@@ -460,6 +461,33 @@ fn forged_tampered_and_foreign_tokens_are_never_credited() {
     assert_eq!(force.credited, 1, "only user 7's own server-side token");
     assert_eq!(f.totals(7).0, 300);
     assert_eq!(f.totals(8), (900, 900, 900, 1), "user 8's token untouched");
+}
+
+#[test]
+fn a_corrupt_server_copy_in_a_claimed_batch_is_named() {
+    let f = fixture();
+    let good = f.token(7, 1, 300);
+    f.token(8, 1, 200);
+    let mut tampered = good.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    f.runtime
+        .block_on(f.wallet.kv().queue_push(&keys::pending(1), &tampered, None))
+        .expect("push");
+    let mut worker = f.worker(WorkerConfig::default());
+    let error = f
+        .runtime
+        .block_on(worker.tick(f.clock.now_ms()))
+        .expect_err("the batch holds a tampered copy");
+    assert!(
+        matches!(
+            &error,
+            WalletError::CorruptToken { key, error: TokenError::BadSignature }
+                if *key == keys::pending(1)
+        ),
+        "{error:?}"
+    );
+    assert_eq!(f.credited_entries(), 0, "nothing of that batch is credited");
 }
 
 #[test]

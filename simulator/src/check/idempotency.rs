@@ -4,7 +4,9 @@
 //! what gets credited.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
+use reference::order_no::OrderNo;
 use reference::pipeline::QueuedOrder;
 use reference::wallet::{IssueOutcome, WithdrawOutcome};
 use reference::{ActivityTree, ChildId, ledger::EntryKind};
@@ -12,28 +14,53 @@ use reference::{ActivityTree, ChildId, ledger::EntryKind};
 use super::{Invariant, Violation, coupon_award, names_record, same_order, violation};
 use crate::history::{Event, FinalState, History};
 
+/// What a ledger entry is posted for. Order numbers are keyed by value, not
+/// text (the two round-trip, and a million entries compare far faster so).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Posting<'s> {
+    Order(&'s OrderNo),
+    Withdraw(&'s str),
+}
+
+impl fmt::Display for Posting<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Posting::Order(order_no) => write!(f, "order {order_no}"),
+            Posting::Withdraw(withdraw_no) => write!(f, "withdraw {withdraw_no}"),
+        }
+    }
+}
+
 pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
-    let mut postings: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
+    let mut postings: BTreeMap<(u64, Posting<'_>), Vec<u64>> = BTreeMap::new();
     for entry in &state.ledger.entries {
         let key = match &entry.kind {
-            EntryKind::Credit { order_no, .. } => format!("order {order_no}"),
-            EntryKind::Withdrawal { withdraw_no, .. } => format!("withdraw {withdraw_no}"),
+            EntryKind::Credit { order_no, .. } => Posting::Order(order_no),
+            EntryKind::Withdrawal { withdraw_no, .. } => Posting::Withdraw(withdraw_no),
         };
         postings
             .entry((entry.account.child_id, key))
             .or_default()
             .push(entry.seq);
     }
-    for ((child_id, key), seqs) in &postings {
-        if seqs.len() > 1 {
-            found.push(violation(
+    // Reported in (child, "order …" / "withdraw …" text) order, as when the map
+    // was keyed by that text.
+    let mut posted_twice: Vec<((u64, String), Violation)> = postings
+        .iter()
+        .filter(|(_, seqs)| seqs.len() > 1)
+        .map(|((child_id, key), seqs)| {
+            let key = key.to_string();
+            let found = violation(
                 Invariant::I1Idempotency,
                 format!("child {child_id} {key}"),
                 format!("posted {} times (entries {seqs:?})", seqs.len()),
-            ));
-        }
-    }
+            );
+            ((*child_id, key), found)
+        })
+        .collect();
+    posted_twice.sort_by(|a, b| a.0.cmp(&b.0));
+    found.extend(posted_twice.into_iter().map(|(_, v)| v));
     // Every answer for one order number must name the same first entry.
     let mut answers: BTreeMap<(u64, String), (u64, usize)> = BTreeMap::new();
     for event in &history.events {
@@ -206,7 +233,7 @@ fn check_orders(
 /// Every token answer for one (child, order number) carries the same token bytes,
 /// and at most one of them is a first acceptance.
 fn check_tokens(history: &History, found: &mut Vec<Violation>) {
-    let mut first: BTreeMap<(u64, String), (&[u8], usize)> = BTreeMap::new();
+    let mut first: BTreeMap<(u64, &OrderNo), (&[u8], usize)> = BTreeMap::new();
     for event in &history.events {
         let (token, fresh) = match event {
             Event::Issue {
@@ -219,10 +246,8 @@ fn check_tokens(history: &History, found: &mut Vec<Violation>) {
             } => (token, false),
             _ => continue,
         };
-        let key = (token.child_id, token.order_no.to_string());
-        let slot = first
-            .entry(key.clone())
-            .or_insert((token.bytes.as_slice(), 0));
+        let key = (token.child_id, &token.order_no);
+        let slot = first.entry(key).or_insert((token.bytes.as_slice(), 0));
         if slot.0 != token.bytes.as_slice() {
             found.push(violation(
                 Invariant::I1Idempotency,

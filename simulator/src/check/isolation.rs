@@ -11,10 +11,22 @@ use reference::wallet::{IssueOutcome, WithdrawOutcome};
 use super::{Invariant, Violation, violation};
 use crate::history::{Event, FinalState, History, RealStores};
 
+/// What a request event was, for a culprit; formatted only for a violation.
+fn what(event: &Event) -> String {
+    match event {
+        Event::Issue { request, .. } => format!("order {}", request.order_no),
+        Event::Withdraw { request, .. } => format!("withdraw {}", request.withdraw_no),
+        Event::View { act_id, .. } => format!("view of user {act_id}"),
+        Event::Switch { .. } | Event::WorkerCrash { .. } | Event::CounterRead { .. } => {
+            unreachable!("only request events are checked here")
+        }
+    }
+}
+
 pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
     for event in &history.events {
-        let (at_ms, activity_id, landed, what) = match event {
+        let (at_ms, activity_id, landed) = match event {
             Event::Issue {
                 at_ms,
                 request,
@@ -34,12 +46,7 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                         | IssueOutcome::DuplicateQueued { order } => Some(order.child_id),
                         IssueOutcome::OrderConflict { first } => Some(first.child_id),
                     };
-                (
-                    *at_ms,
-                    request.activity_id,
-                    landed,
-                    format!("order {}", request.order_no),
-                )
+                (*at_ms, request.activity_id, landed)
             }
             Event::Withdraw {
                 at_ms,
@@ -52,24 +59,14 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
                     WithdrawOutcome::Conflict { first } => Some(first.account.child_id),
                     WithdrawOutcome::Rejected { child_id, .. } => *child_id,
                 };
-                (
-                    *at_ms,
-                    request.activity_id,
-                    landed,
-                    format!("withdraw {}", request.withdraw_no),
-                )
+                (*at_ms, request.activity_id, landed)
             }
             Event::View {
                 at_ms,
                 activity_id,
-                act_id,
                 view,
-            } => (
-                *at_ms,
-                *activity_id,
-                Some(view.child_id),
-                format!("view of user {act_id}"),
-            ),
+                ..
+            } => (*at_ms, *activity_id, Some(view.child_id)),
             Event::Switch { .. } | Event::WorkerCrash { .. } | Event::CounterRead { .. } => {
                 continue;
             }
@@ -82,7 +79,7 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
         if open != Some(landed) {
             found.push(violation(
                 Invariant::I6Isolation,
-                format!("{what} at {at_ms} ms"),
+                format!("{} at {at_ms} ms", what(event)),
                 format!("handled in child {landed}, but the child open then is {open:?}"),
             ));
         }

@@ -11,6 +11,9 @@
 //! map lookups, never a scan per event, so runs of millions of events stay cheap.
 
 use std::fmt;
+use std::num::NonZeroUsize;
+use std::panic::resume_unwind;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use reference::config::AwardDef;
 use reference::ledger::Award;
@@ -194,10 +197,73 @@ pub fn check(
     }
 }
 
+/// Most threads [`check_all`] runs checkers on.
+pub const CHECK_THREADS_MAX: usize = Invariant::CHECKED.len();
+
+/// The checkers, costliest first (measured on red-packet-rain), so the threads
+/// of [`check_all`] pick up the long ones before the short ones. Only the
+/// schedule depends on this order, never the result.
+const BY_COST: [Invariant; 8] = [
+    Invariant::I4Reconciliation,
+    Invariant::I1Idempotency,
+    Invariant::I7TokenIntegrity,
+    Invariant::I6Isolation,
+    Invariant::I2NoOverIssue,
+    Invariant::I8Counter,
+    Invariant::I5View,
+    Invariant::I3Conservation,
+];
+
 /// Run every checker; violations in invariant order.
+///
+/// The checkers are pure functions of shared references, so they run side by
+/// side on up to [`CHECK_THREADS_MAX`] threads (as many as the machine has
+/// cores); each one's violations are put back in invariant order, so the result
+/// is the same as running them one after another, on any number of threads.
 pub fn check_all(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
-    Invariant::CHECKED
-        .into_iter()
-        .flat_map(|i| check(i, tree, history, state))
-        .collect()
+    let threads = std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .clamp(1, CHECK_THREADS_MAX);
+    check_all_on(threads, tree, history, state)
+}
+
+/// [`check_all`] on exactly `threads` threads (1 = on the caller's thread).
+pub fn check_all_on(
+    threads: usize,
+    tree: &ActivityTree,
+    history: &History,
+    state: &FinalState,
+) -> Vec<Violation> {
+    assert!(threads >= 1, "at least one thread");
+    assert!(threads <= CHECK_THREADS_MAX, "{threads} threads");
+    assert!(
+        Invariant::CHECKED.iter().all(|i| BY_COST.contains(i)),
+        "every checked invariant has a place in BY_COST"
+    );
+    let next = AtomicUsize::new(0);
+    let run = || {
+        let mut done = Vec::new();
+        loop {
+            let Some(&invariant) = BY_COST.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                return done;
+            };
+            done.push((invariant, check(invariant, tree, history, state)));
+        }
+    };
+    let mut done: Vec<(Invariant, Vec<Violation>)> = if threads == 1 {
+        run()
+    } else {
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(run)).collect();
+            let mut done = run();
+            for helper in helpers {
+                // A checker that panicked is a bug: pass its panic on unchanged.
+                done.extend(helper.join().unwrap_or_else(|panic| resume_unwind(panic)));
+            }
+            done
+        })
+    };
+    // Invariant order, whichever thread ran what.
+    done.sort_by_key(|(invariant, _)| *invariant);
+    done.into_iter().flat_map(|(_, found)| found).collect()
 }

@@ -9,10 +9,13 @@ use async_trait::async_trait;
 use reference::clock::Clock;
 use reference::kv::{Consume, Hold, Kv, KvError, MemoryKv};
 use reference::ledger::{
-    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
+    AccountKey, Award, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
     LedgerError, LedgerSnapshot, WithdrawOutcome, Withdrawal,
 };
 use reference::order_no::OrderNo;
+
+/// Added to a phantom credit's stage, so it is another order number.
+const PHANTOM_STAGE: u32 = 1_000_000;
 
 /// The planted defect.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +28,10 @@ pub enum Bug {
     LoseEvery(u64),
     /// Posts every credit into this child activity.
     WrongChild(u64),
+    /// Posts an unrequested phantom credit beside each of the first n credits,
+    /// and removes them all at the n-th: a transient defect the end state no
+    /// longer shows, which only a check mid-run sees.
+    PhantomUntil(u64),
 }
 
 #[derive(Debug)]
@@ -98,7 +105,7 @@ impl Ledger for NaiveLedger {
             if let Some(Bug::WrongChild(child_id)) = self.bug {
                 account.child_id = child_id;
             }
-            let seq = entries.len() as u64 + 1;
+            let seq = entries.last().map_or(0, |e| e.seq) + 1;
             let entry = Entry {
                 seq,
                 account,
@@ -113,6 +120,25 @@ impl Ledger for NaiveLedger {
             let lose = matches!(self.bug, Some(Bug::LoseEvery(n)) if (*seen).is_multiple_of(n));
             if !lose {
                 entries.push(entry.clone());
+            }
+            if let Some(Bug::PhantomUntil(n)) = self.bug {
+                if *seen < n {
+                    let mut order_no = credit.order_no.clone();
+                    order_no.stage += PHANTOM_STAGE;
+                    entries.push(Entry {
+                        seq: seq + 1,
+                        // A pendant: no cash, so no wallet page shows it.
+                        kind: EntryKind::Credit {
+                            order_no,
+                            award: Award::Pendant { pendant_id: 999 },
+                        },
+                        ..entry.clone()
+                    });
+                } else if *seen == n {
+                    entries.retain(|e| {
+                        !matches!(&e.kind, EntryKind::Credit { order_no, .. } if order_no.stage >= PHANTOM_STAGE)
+                    });
+                }
             }
             outcomes.push(CreditOutcome::Credited { entry });
         }
@@ -158,7 +184,7 @@ impl Ledger for NaiveLedger {
             });
         }
         let entry = Entry {
-            seq: entries.len() as u64 + 1,
+            seq: entries.last().map_or(0, |e| e.seq) + 1,
             account: withdrawal.account,
             at_ms: withdrawal.at_ms,
             kind: EntryKind::Withdrawal {

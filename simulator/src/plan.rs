@@ -1,0 +1,1 @@
+//! Capacity plan (work in progress).

@@ -1,0 +1,1 @@
+//! Crediting strategies side by side (work in progress).
