@@ -41,3 +41,17 @@ start_services() {
     service_up "$name" && echo "ci: $name is up" || echo "ci: $name is still down"
   done
 }
+
+# Chromium (Debian's package) for the test that renders a report headless and
+# looks at the screenshot (simulator/tests/report.rs); installed when missing.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then
+    echo "ci: chromium is installed"
+    return
+  fi
+  echo "ci: installing chromium"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; } \
+    || echo "ci: could not install chromium (the screenshot test will fail under REDRAIN_REQUIRE_SERVICES)"
+}

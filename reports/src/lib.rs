@@ -1,11 +1,37 @@
 //! The `RunRecord` — the one contract between a run and its report — and its
 //! renderings. This crate knows nothing about how a run happened: it only reads
-//! records. Charts and HTML come in later; today it renders the one-screen summary.
+//! records, and it never reads or writes files (callers decide where bytes go).
+//!
+//! - [`render_summary`] (here): the one-screen text summary printed after a run.
+//! - [`charts`](mod@charts): one chart per question asked of the per-second series
+//!   (throughput, backlog and drain, credit delay, rejections, coupon stock, hot
+//!   counter, KV and DB calls against their limits), each as SVG and PNG, text
+//!   drawn with an embedded font; charts without data are left out.
+//! - [`html`]: one self-contained HTML report (verdicts first, charts inline).
+//! - [`markdown`]: the same report in Markdown, linking `<stem>-<id>.svg`.
+//! - [`compare`](mod@compare): named key figures, the comparison of two runs (text and HTML
+//!   with overlay charts) and k6-like thresholds (`credit_delay_ms_p99 > 500`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
+
+pub mod charts;
+pub mod compare;
+pub mod html;
+pub mod markdown;
+
+pub use charts::{
+    CHART_HEIGHT_PX, CHART_IDS, CHART_WIDTH_PX, Chart, chart_index, chart_png, chart_svg, charts,
+};
+pub use compare::{
+    Comparison, KEY_FIGURES, KeyFigure, MetricDelta, Op, Target, Threshold, ThresholdError,
+    ThresholdOutcome, compare, key_figure, key_figures, parse_threshold, render_comparison_html,
+    render_comparison_text,
+};
+pub use html::render_html;
+pub use markdown::render_markdown;
 
 /// Bumped whenever a field changes meaning or goes away.
 pub const RUN_RECORD_VERSION: u32 = 3;
@@ -49,6 +75,9 @@ pub struct RunRecord {
     /// Credit delay (award to ledger credit), over the whole run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<DelaySummary>,
+    /// Credit delay of coupon credits only (sync, pipeline), when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_delay: Option<DelaySummary>,
     /// What wallet pages showed against what was owed.
     #[serde(default)]
     pub views: ViewSummary,
@@ -590,6 +619,7 @@ mod tests {
             crediting: None,
             counter: None,
             delay: None,
+            coupon_delay: None,
             views: ViewSummary::default(),
             capacity: None,
             stores: StoresSummary::default(),

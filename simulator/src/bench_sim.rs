@@ -89,14 +89,18 @@ pub fn render_sim(rows: &[SimBenchRow]) -> String {
     for row in rows {
         let _ = writeln!(
             out,
-            "  {:<22} {:>7} {:>10} {:>8.0}s {:>8.1}s {:>12.0} {:>13.1}×{}",
+            "  {:<22} {:>7} {:>10} {:>8.0}s {:>8.1}s {:>12.0} {:>13}×{}",
             row.scenario,
             row.sample_rate,
             row.requests,
             row.virtual_s,
             row.wall_s,
             row.requests_per_s,
-            row.full_vs_real_time,
+            if row.full_vs_real_time < 1.0 {
+                format!("{:.3}", row.full_vs_real_time)
+            } else {
+                format!("{:.1}", row.full_vs_real_time)
+            },
             if row.passed {
                 ""
             } else {

@@ -14,6 +14,7 @@ pub mod check;
 pub mod history;
 pub mod meter;
 pub mod plan;
+pub mod report_files;
 pub mod run;
 pub mod scenario;
 pub mod strategy;

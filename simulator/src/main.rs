@@ -56,7 +56,76 @@ enum Command {
         /// redis://host:port[/db] or redis+cluster://host:port[,host:port…]
         #[arg(long)]
         kv: Option<String>,
-        /// Also write the RunRecord as JSON to this file.
+        /// Also write the RunRecord as JSON to this file, and the report beside
+        /// it (HTML, Markdown, charts as SVG and PNG) unless --no-report.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        verdict: RunVerdict,
+    },
+    /// Rebuild a run's report (HTML, Markdown, charts as SVG and PNG) from its
+    /// RunRecord JSON.
+    Report {
+        /// The RunRecord, as `redrain run --json` wrote it.
+        record: PathBuf,
+        /// Folder to write into (default: beside the record).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Compare two runs (reference vs another implementation, before vs after):
+    /// deltas of the key figures, overlaid series, thresholds that fail CI.
+    Compare {
+        /// Run A (the baseline).
+        a: PathBuf,
+        /// Run B (compared with A).
+        b: PathBuf,
+        /// Write the comparison as one self-contained HTML file with overlay charts.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Fail (exit 1) if this holds, e.g. "credit_delay_ms_p99 > 500" (run B),
+        /// "delta_pct.credit_delay_ms_p99 > 10" (B − A); repeatable.
+        #[arg(long = "fail-if", value_name = "EXPR")]
+        fail_if: Vec<String>,
+    },
+    /// Run one profile three ways — synchronous crediting, plain async, the token
+    /// scheme — and print the seed's table with the real numbers.
+    Strategies {
+        /// The scenario file (its token scenes are switched to sync for the sync row).
+        scenario: PathBuf,
+        /// Seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Share of users (default: the scenario's).
+        #[arg(long)]
+        sample: Option<f64>,
+        /// Stop each trace after this many requests.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Write the table as JSON here, the Markdown table and both runs' records
+        /// and reports beside it (`<stem>.md`, `<stem>-sync.json`, `<stem>-queued.json`).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Find the cheapest capacity (DB instances, credit TPS, KV and app
+    /// instances, counter flush interval) under which a scenario meets the SLOs,
+    /// with the evidence run. Exit 0 met, 1 not met, 2 bad input.
+    Plan {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// The objectives, e.g. "drain_s_max=600,visible_lag_ms_max=0,coupon_p99_ms_max=500".
+        #[arg(long)]
+        slo: String,
+        /// Seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Share of users (default: the scenario's).
+        #[arg(long)]
+        sample: Option<f64>,
+        /// Stop each trace after this many requests.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Write the plan as JSON here, and the evidence run's record and report
+        /// beside it (`<stem>-evidence.json`, `.html`, …).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -136,10 +205,24 @@ enum TraceWhat {
         /// KV URL (as for `run`).
         #[arg(long)]
         kv: Option<String>,
-        /// Also write the RunRecord as JSON to this file.
+        /// Also write the RunRecord as JSON to this file (and the report beside it).
         #[arg(long)]
         json: Option<PathBuf>,
+        #[command(flatten)]
+        verdict: RunVerdict,
     },
+}
+
+/// How a run is judged and reported beyond its invariants.
+#[derive(clap::Args, Debug, Default)]
+struct RunVerdict {
+    /// Fail (exit 1) if this holds of the run's key figures, k6-like, e.g.
+    /// "credit_delay_ms_p99 > 500"; repeatable.
+    #[arg(long = "fail-if", value_name = "EXPR")]
+    fail_if: Vec<String>,
+    /// With --json: do not write the report beside the record.
+    #[arg(long)]
+    no_report: bool,
 }
 
 /// Which trace of a scenario.
@@ -237,9 +320,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             ledger,
             kv,
             json,
+            verdict,
         } => {
             let scenario = Scenario::load(&scenario)?;
             check_sample(sample)?;
+            let thresholds = parse_thresholds(&verdict.fail_if)?;
             if check_every_s == Some(0) {
                 anyhow::bail!("--check-every-s 0: give a number of virtual seconds of at least 1");
             }
@@ -273,7 +358,180 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 run_scenario(&scenario, &options).await?
             };
-            finish_run(&output, json)
+            finish_run(&output, json, &verdict, &thresholds)
+        }
+        Command::Strategies {
+            scenario,
+            seed,
+            sample,
+            requests,
+            json,
+        } => {
+            let scenario = Scenario::load(&scenario)?;
+            check_sample(sample)?;
+            let options = RunOptions {
+                seed,
+                sample_rate: sample,
+                requests,
+                progress: std::env::var_os("CI").is_none(),
+                ..RunOptions::default()
+            };
+            let table = simulator::strategy::compare_strategies(&scenario, &options).await?;
+            print!("{}", simulator::strategy::render_strategy_table(&table));
+            if let Some(path) = json {
+                let (dir, stem) = dir_and_stem(&path);
+                let records = [
+                    (format!("{stem}-sync"), &table.sync_record),
+                    (format!("{stem}-queued"), &table.queued_record),
+                ];
+                let mut files = vec![
+                    (
+                        path.clone(),
+                        serde_json::to_string_pretty(&table)
+                            .context("serialising the table")?
+                            .into_bytes(),
+                    ),
+                    (
+                        dir.join(format!("{stem}.md")),
+                        simulator::strategy::render_strategy_markdown(&table).into_bytes(),
+                    ),
+                ];
+                for (name, record) in &records {
+                    files.push((
+                        dir.join(format!("{name}.json")),
+                        serde_json::to_string_pretty(record)
+                            .context("serialising a run record")?
+                            .into_bytes(),
+                    ));
+                }
+                simulator::report_files::write_all_or_nothing(&dir, &files)?;
+                for (name, record) in &records {
+                    simulator::report_files::write_report(record, &dir, name)?;
+                }
+                println!(
+                    "\nwrote {} and {stem}.md, {stem}-sync.*, {stem}-queued.* beside it",
+                    path.display()
+                );
+            }
+            let passed = table.rows.iter().all(|r| r.invariants_passed);
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Plan {
+            scenario,
+            slo,
+            seed,
+            sample,
+            requests,
+            json,
+        } => {
+            let slo =
+                simulator::plan::parse_slo(&slo).map_err(|e| anyhow::anyhow!("--slo: {e}"))?;
+            let scenario = Scenario::load(&scenario)?;
+            check_sample(sample)?;
+            let options = RunOptions {
+                seed,
+                sample_rate: sample,
+                requests,
+                ..RunOptions::default()
+            };
+            let report = simulator::plan::plan(&scenario, &slo, &options).await?;
+            print!("{}", simulator::plan::render_plan(&report));
+            if let Some(path) = json {
+                let (dir, stem) = dir_and_stem(&path);
+                let evidence = format!("{stem}-evidence");
+                simulator::report_files::write_all_or_nothing(
+                    &dir,
+                    &[
+                        (
+                            path.clone(),
+                            serde_json::to_string_pretty(&report)
+                                .context("serialising the plan")?
+                                .into_bytes(),
+                        ),
+                        (
+                            dir.join(format!("{evidence}.json")),
+                            serde_json::to_string_pretty(&report.evidence)
+                                .context("serialising the evidence run")?
+                                .into_bytes(),
+                        ),
+                    ],
+                )?;
+                let files =
+                    simulator::report_files::write_report(&report.evidence, &dir, &evidence)?;
+                println!(
+                    "\nwrote {} and the evidence run {}",
+                    path.display(),
+                    files.html.display()
+                );
+            }
+            Ok(if report.met {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Report { record, out } => {
+            let loaded = simulator::report_files::read_record(&record)?;
+            let files = match out {
+                Some(dir) => {
+                    let stem = record
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("run")
+                        .to_owned();
+                    simulator::report_files::write_report(&loaded, &dir, &stem)?
+                }
+                None => simulator::report_files::write_report_beside(&loaded, &record)?,
+            };
+            println!(
+                "report: {} ({} charts, SVG and PNG) · {}",
+                files.html.display(),
+                files.charts.len() / 2,
+                files.markdown.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare {
+            a,
+            b,
+            html,
+            fail_if,
+        } => {
+            let thresholds = parse_thresholds(&fail_if)?;
+            let a = simulator::report_files::read_record(&a)?;
+            let b = simulator::report_files::read_record(&b)?;
+            let comparison = reports::compare::compare(&a, &b);
+            print!("{}", reports::compare::render_comparison_text(&comparison));
+            if let Some(path) = html {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."))
+                    .to_owned();
+                simulator::report_files::write_all_or_nothing(
+                    &dir,
+                    &[(
+                        path.clone(),
+                        reports::compare::render_comparison_html(&comparison).into_bytes(),
+                    )],
+                )?;
+                println!("comparison: {}", path.display());
+            }
+            let mut failed = false;
+            for threshold in &thresholds {
+                let outcome = threshold.evaluate_comparison(&comparison);
+                failed |= !outcome.passed();
+                println!("threshold {}", threshold.describe(&outcome));
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Trace {
             what:
@@ -324,6 +582,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ledger,
                     kv,
                     json,
+                    verdict,
                 },
         } => {
             let loaded = Scenario::load(&scenario)?;
@@ -350,8 +609,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 progress: std::env::var_os("CI").is_none(),
                 ..RunOptions::default()
             };
+            let thresholds = parse_thresholds(&verdict.fail_if)?;
             let output = run_scenario(&loaded, &options).await?;
-            finish_run(&output, json)
+            finish_run(&output, json, &verdict, &thresholds)
         }
         Command::Bench {
             what: BenchWhat::Sim { scenarios },
@@ -494,19 +754,73 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 fn finish_run(
     output: &simulator::run::RunOutput,
     json: Option<PathBuf>,
+    verdict: &RunVerdict,
+    thresholds: &[reports::compare::Threshold],
 ) -> anyhow::Result<ExitCode> {
+    let mut report = None;
     if let Some(path) = json {
         let text =
             serde_json::to_string_pretty(&output.record).context("serialising the run record")?;
         write_atomically(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
+        if !verdict.no_report {
+            report = Some(simulator::report_files::write_report_beside(
+                &output.record,
+                &path,
+            )?);
+        }
     }
     print!("{}", reports::render_summary(&output.record));
-    Ok(if output.record.passed() {
-        ExitCode::SUCCESS
-    } else {
+    if let Some(files) = report {
+        println!(
+            "\nreport: {} ({} charts, SVG and PNG) · {}",
+            files.html.display(),
+            files.charts.len() / 2,
+            files.markdown.display()
+        );
+    }
+    let figures = reports::compare::key_figures(&output.record);
+    let mut failed = !output.record.passed();
+    for threshold in thresholds {
+        let outcome = threshold.evaluate(&figures);
+        failed |= !outcome.passed();
+        println!("threshold {}", threshold.describe(&outcome));
+    }
+    if failed && output.record.passed() {
+        println!("reproduce with:\n  {}", output.record.reproduce);
+    }
+    Ok(if failed {
         ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+/// The folder and file stem of an output path (`.` and `run` when absent).
+fn dir_and_stem(path: &std::path::Path) -> (PathBuf, String) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("run")
+        .to_owned();
+    (dir, stem)
+}
+
+/// Parse `--fail-if` expressions before any work, so a typo costs nothing.
+fn parse_thresholds(texts: &[String]) -> anyhow::Result<Vec<reports::compare::Threshold>> {
+    texts
+        .iter()
+        .map(|text| {
+            reports::compare::parse_threshold(text)
+                .map_err(|e| anyhow::anyhow!("--fail-if {text:?}: {e}"))
+        })
+        .collect()
 }
 
 /// A sample rate must be a share in (0, 1].

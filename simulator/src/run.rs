@@ -28,9 +28,9 @@ use reference::wallet::{CLIENT_TOKENS_MAX, IssueOutcome, Wallet, WithdrawOutcome
 use reference::worker::{CreditWorker, TickReport};
 use reference::{Clock, ManualClock, kv, ledger};
 use reports::{
-    CapacitySummary, CounterSummary, CreditingSummary, DelaySummary, GateFigures,
-    MidwayCheck, RUN_RECORD_VERSION, RunRecord, ScenarioInfo, SecondSample, StockSample, StoresSummary, Totals, TraceInfo,
-    Verdict, ViewSummary, Wall,
+    CapacitySummary, CounterSummary, CreditingSummary, DelaySummary, GateFigures, MidwayCheck,
+    RUN_RECORD_VERSION, RunRecord, ScenarioInfo, SecondSample, StockSample, StoresSummary, Totals,
+    TraceInfo, Verdict, ViewSummary, Wall,
 };
 
 use crate::capacity::Capacity;
@@ -436,6 +436,7 @@ struct Finished {
     series: Vec<SecondSample>,
     views: ViewSummary,
     delay: Option<DelaySummary>,
+    coupon_delay: Option<DelaySummary>,
     capacity: Option<CapacitySummary>,
     stores: StoresSummary,
     trace: TraceInfo,
@@ -459,7 +460,11 @@ impl Snapshot {
         let state = FinalState::read(self.ledger.as_ref(), self.kv.as_ref())
             .await
             .context("reading the final state")?
-            .with_tokens(self.kv.as_ref(), self.children.clone(), self.keys.as_deref())
+            .with_tokens(
+                self.kv.as_ref(),
+                self.children.clone(),
+                self.keys.as_deref(),
+            )
             .await
             .context("reading the token backlog")?
             .with_orders(self.kv.as_ref(), history)
@@ -480,7 +485,12 @@ struct Midway {
 }
 
 impl Midway {
-    async fn check(&mut self, tree: &reference::ActivityTree, history: &History, t_s: u64) -> anyhow::Result<()> {
+    async fn check(
+        &mut self,
+        tree: &reference::ActivityTree,
+        history: &History,
+        t_s: u64,
+    ) -> anyhow::Result<()> {
         let state = self.snapshot.read(history).await?.midway();
         let violations = check::check_all(tree, history, &state);
         self.checks.push(MidwayCheck {
@@ -569,6 +579,8 @@ struct Engine<'a> {
     backlog: u64,
     views: ViewSummary,
     delays: Histogram<u64>,
+    /// Credit delays of coupon credits only.
+    coupon_delays: Histogram<u64>,
     refused: BTreeMap<String, u64>,
     trace: TraceHasher,
     peak_awarded: u64,
@@ -850,6 +862,8 @@ impl<'a> Engine<'a> {
             backlog: 0,
             views: ViewSummary::default(),
             delays: Histogram::new_with_bounds(1, DELAY_MAX_MS, 3).expect("valid histogram bounds"),
+            coupon_delays: Histogram::new_with_bounds(1, DELAY_MAX_MS, 3)
+                .expect("valid histogram bounds"),
             refused: BTreeMap::new(),
             trace: TraceHasher::default(),
             peak_awarded: 0,
@@ -1390,6 +1404,9 @@ impl<'a> Engine<'a> {
         for delay in &credits.delays {
             self.delays.saturating_record(*delay);
         }
+        for delay in &credits.coupon_delays {
+            self.coupon_delays.saturating_record(*delay);
+        }
         let kv = self.meters.kv.take_window();
         let db = self.meters.ledger.take_window();
         let (mut consumed, mut stock) = (0, 0);
@@ -1454,10 +1471,12 @@ impl<'a> Engine<'a> {
         });
         self.bar.set_position(t_s + 1);
         if let Some(midway) = &mut self.midway
-            && (t_s + 1) % midway.every_s == 0
+            && (t_s + 1).is_multiple_of(midway.every_s)
         {
             let started = Instant::now();
-            midway.check(&self.scenario.tree, &self.history, t_s).await?;
+            midway
+                .check(&self.scenario.tree, &self.history, t_s)
+                .await?;
             // Counted apart from the series part that calls this.
             let took = started.elapsed();
             *self.spent.entry("midway checks").or_default() += took;
@@ -1468,14 +1487,18 @@ impl<'a> Engine<'a> {
 
     fn finish(self) -> Finished {
         let scale = self.scenario.sample_rate;
-        let delay = (!self.delays.is_empty()).then(|| DelaySummary {
-            count: self.delays.len(),
-            p50_ms: self.delays.value_at_quantile(0.5),
-            p90_ms: self.delays.value_at_quantile(0.9),
-            p99_ms: self.delays.value_at_quantile(0.99),
-            p999_ms: self.delays.value_at_quantile(0.999),
-            max_ms: self.delays.max(),
-        });
+        let summary = |delays: &Histogram<u64>| {
+            (!delays.is_empty()).then(|| DelaySummary {
+                count: delays.len(),
+                p50_ms: delays.value_at_quantile(0.5),
+                p90_ms: delays.value_at_quantile(0.9),
+                p99_ms: delays.value_at_quantile(0.99),
+                p999_ms: delays.value_at_quantile(0.999),
+                max_ms: delays.max(),
+            })
+        };
+        let delay = summary(&self.delays);
+        let coupon_delay = summary(&self.coupon_delays);
         let capacity = self.scenario.capacity.is_modelled().then(|| {
             let peak_award_qps = self.peak_awarded as f64 / scale;
             let model = self.scenario.capacity.db_model();
@@ -1519,6 +1542,7 @@ impl<'a> Engine<'a> {
             series: self.series,
             views: self.views,
             delay,
+            coupon_delay,
             capacity,
             stores,
             trace: TraceInfo {
@@ -1705,6 +1729,7 @@ fn record(
         crediting: uses_tokens.then(|| finished.crediting.clone()),
         counter,
         delay: finished.delay.clone(),
+        coupon_delay: finished.coupon_delay.clone(),
         views: finished.views.clone(),
         capacity: finished.capacity.clone(),
         stores: finished.stores.clone(),

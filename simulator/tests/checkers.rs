@@ -581,7 +581,11 @@ fn run_broken_with(
 
 #[test]
 fn a_transient_phantom_credit_is_caught_only_by_checks_mid_run() {
-    let ledger = || Arc::new(broken::NaiveLedger::new(Some(broken::Bug::PhantomUntil(2000))));
+    let ledger = || {
+        Arc::new(broken::NaiveLedger::new(Some(broken::Bug::PhantomUntil(
+            2000,
+        ))))
+    };
     let at_end = run_broken(ledger(), false);
     assert!(
         at_end.is_empty(),
@@ -593,16 +597,24 @@ fn a_transient_phantom_credit_is_caught_only_by_checks_mid_run() {
     };
     let midway = run_broken_with(ledger(), false, &every_second);
     assert!(
-        midway.iter().all(|v| v.invariant == Invariant::I4Reconciliation),
+        midway
+            .iter()
+            .all(|v| v.invariant == Invariant::I4Reconciliation),
         "only I4: {midway:#?}"
     );
     assert!(
-        midway.iter().any(|v| v.detail.contains("no request was answered with it")
-            && v.detail.contains("(mid-run, at ")),
+        midway
+            .iter()
+            .any(|v| v.detail.contains("no request was answered with it")
+                && v.detail.contains("(mid-run, at ")),
         "{midway:#?}"
     );
     // The honest ledger passes the same mid-run checks: work in flight is no violation.
-    let honest = run_broken_with(Arc::new(broken::NaiveLedger::new(None)), false, &every_second);
+    let honest = run_broken_with(
+        Arc::new(broken::NaiveLedger::new(None)),
+        false,
+        &every_second,
+    );
     assert!(honest.is_empty(), "{honest:#?}");
 }
 

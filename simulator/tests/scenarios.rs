@@ -308,7 +308,12 @@ fn bad_phases_population_capacity_and_faults_name_the_key() {
         "behaviour.open_rate: 2 is not a share",
     );
     check_bad_phased(
-        |s| s.replace("point = \"after_mark\"", "point = \"after_mark\"\nfactor = 0.5"),
+        |s| {
+            s.replace(
+                "point = \"after_mark\"",
+                "point = \"after_mark\"\nfactor = 0.5",
+            )
+        },
         "fault[0].factor: only a db_slow fault takes `factor`",
     );
     check_bad_phased(

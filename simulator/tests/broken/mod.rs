@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use reference::clock::Clock;
 use reference::kv::{Consume, Hold, Kv, KvError, MemoryKv};
 use reference::ledger::{
-    AccountKey, Award, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
-    LedgerError, LedgerSnapshot, WithdrawOutcome, Withdrawal,
+    AccountKey, AccountState, Award, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage,
+    Ledger, LedgerError, LedgerSnapshot, WithdrawOutcome, Withdrawal,
 };
 use reference::order_no::OrderNo;
 
