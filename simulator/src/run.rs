@@ -260,6 +260,109 @@ pub fn effective_scenario(scenario: &Scenario, options: &RunOptions) -> Scenario
 /// The ops a run sends: the generated trace, or an exported one replayed.
 pub type Ops<'a> = Box<dyn Iterator<Item = anyhow::Result<Op>> + 'a>;
 
+/// Where a run's requests come from.
+enum TraceSource {
+    /// Generated from the scenario (owned: the producing thread keeps it).
+    Generated {
+        scenario: Scenario,
+        seed: u64,
+        shard: Option<Shard>,
+    },
+    /// Read from an exported trace.
+    Replay(TraceReader<std::io::BufReader<std::fs::File>>),
+}
+
+/// Ops a producing thread sends at once.
+const TRACE_BATCH_OPS: usize = 4096;
+/// Batches in flight between the producing thread and the engine.
+const TRACE_BATCHES_MAX: usize = 8;
+
+/// The trace generated (or read) and hashed on a thread of its own, so the
+/// engine's thread only runs the wallet: the same ops in the same order, the
+/// same hash. Bounded: at most [`TRACE_BATCHES_MAX`] batches wait.
+struct TraceThread {
+    batches: std::sync::mpsc::Receiver<Vec<anyhow::Result<Op>>>,
+    current: std::vec::IntoIter<anyhow::Result<Op>>,
+    producer: Option<std::thread::JoinHandle<TraceHasher>>,
+}
+
+impl TraceThread {
+    fn spawn(source: TraceSource) -> anyhow::Result<Self> {
+        let (sender, batches) = std::sync::mpsc::sync_channel(TRACE_BATCHES_MAX);
+        let producer = std::thread::Builder::new()
+            .name("redrain-trace".to_owned())
+            .spawn(move || {
+                let mut hasher = TraceHasher::default();
+                let mut batch = Vec::with_capacity(TRACE_BATCH_OPS);
+                let mut push = |item: anyhow::Result<Op>, batch: &mut Vec<_>| {
+                    if let Ok(op) = &item {
+                        hasher.add(op);
+                    }
+                    batch.push(item);
+                    // A closed channel: the engine stopped; so does the trace.
+                    batch.len() < TRACE_BATCH_OPS || sender.send(std::mem::take(batch)).is_ok()
+                };
+                match source {
+                    TraceSource::Generated {
+                        scenario,
+                        seed,
+                        shard,
+                    } => {
+                        for op in Trace::new(&scenario, seed).with_shard(shard) {
+                            if !push(Ok(op), &mut batch) {
+                                break;
+                            }
+                        }
+                    }
+                    TraceSource::Replay(reader) => {
+                        for op in reader {
+                            let failed = op.is_err();
+                            if !push(op.map_err(anyhow::Error::from), &mut batch) || failed {
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(push);
+                if !batch.is_empty() {
+                    let _ = sender.send(batch);
+                }
+                hasher
+            })
+            .context("starting the trace thread")?;
+        Ok(Self {
+            batches,
+            current: Vec::new().into_iter(),
+            producer: Some(producer),
+        })
+    }
+
+    /// The hash of every op produced; waits for the producing thread.
+    fn finish(mut self) -> TraceHasher {
+        let producer = self.producer.take().expect("finished once");
+        // Unblock a producer waiting to send (the engine stopped early).
+        drop(self.batches);
+        // The producer only panics on a bug; pass it on.
+        producer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Iterator for TraceThread {
+    type Item = anyhow::Result<Op>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(op) = self.current.next() {
+                return Some(op);
+            }
+            // Disconnected: the producer sent its last batch.
+            self.current = self.batches.recv().ok()?.into_iter();
+        }
+    }
+}
+
 /// Run `scenario` on the given stores.
 pub async fn run_on(
     scenario: &Scenario,
@@ -268,13 +371,13 @@ pub async fn run_on(
 ) -> anyhow::Result<RunOutput> {
     let scenario = effective_scenario(scenario, options);
     let seed = options.seed.unwrap_or(scenario.seed);
-    let (ops, source): (Ops<'_>, String) = match &options.replay {
+    let (ops, source) = match &options.replay {
         None => (
-            Box::new(
-                Trace::new(&scenario, seed)
-                    .with_shard(options.shard)
-                    .map(Ok),
-            ),
+            TraceSource::Generated {
+                scenario: scenario.clone(),
+                seed,
+                shard: options.shard,
+            },
             "generated".to_owned(),
         ),
         Some(path) => {
@@ -289,12 +392,10 @@ pub async fn run_on(
                 reader.header.scenario,
                 scenario.name
             );
-            (
-                Box::new(reader.map(|op| op.map_err(anyhow::Error::from))),
-                path.display().to_string(),
-            )
+            (TraceSource::Replay(reader), path.display().to_string())
         }
     };
+    let ops = TraceThread::spawn(ops)?;
     run_ops(&scenario, seed, options, stores, ops, source).await
 }
 
@@ -303,7 +404,7 @@ async fn run_ops(
     seed: u64,
     options: &RunOptions,
     stores: Stores,
-    ops: Ops<'_>,
+    ops: TraceThread,
     source: String,
 ) -> anyhow::Result<RunOutput> {
     let keys = match &scenario.token_keys {
@@ -876,12 +977,19 @@ impl<'a> Engine<'a> {
         }
     }
 
-    async fn run(&mut self, ops: Ops<'_>) -> anyhow::Result<()> {
-        let end_ms = self.scenario.start_ms + self.scenario.duration_ms;
+    async fn run(&mut self, ops: TraceThread) -> anyhow::Result<()> {
         let mut ops = ops;
+        let result = self.run_ops(&mut ops).await;
+        self.trace = ops.finish();
+        result
+    }
+
+    async fn run_ops(&mut self, ops: &mut TraceThread) -> anyhow::Result<()> {
+        let end_ms = self.scenario.start_ms + self.scenario.duration_ms;
         loop {
             let started = Instant::now();
             let next = ops.next();
+            // Waiting for the trace thread (which generates and hashes).
             self.spend("trace", started);
             let Some(op) = next else { break };
             let op = op?;
@@ -892,9 +1000,6 @@ impl<'a> Engine<'a> {
                 self.scenario.start_ms,
                 end_ms
             );
-            let started = Instant::now();
-            self.trace.add(&op);
-            self.spend("trace hash", started);
             self.advance_to(op.at_ms).await?;
             self.clock.set(op.at_ms);
             let started = Instant::now();
