@@ -548,7 +548,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
-            let mut file = tempfile::NamedTempFile::new_in(dir)
+            let mut file = simulator::report_files::output_file_in(dir)
                 .with_context(|| format!("writing {}", out.display()))?;
             let (ops, hash) = simulator::trace::export(
                 &header,
@@ -855,7 +855,7 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    let mut file = simulator::report_files::output_file_in(dir)?;
     std::io::Write::write_all(&mut file, bytes)?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())

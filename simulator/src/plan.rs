@@ -16,9 +16,7 @@
 //! |---|---|---|
 //! | DB instances | `db_instances` | `refused_max` (the DB gate's refusals) |
 //! | credit TPS | `[crediting] credit_tps` | `drain_s_max`, `visible_lag_ms_max`, `delay_p99_ms_max` |
-//!
-//! `coupon_p99_ms_max` (coupon credits' delay, the coupon pipeline's pace) is
-//! judged on every run but moved by no knob here.
+//! | pipeline rate | `[pipeline] activity_rate_per_s`, `asset_rate_per_s` | `coupon_p99_ms_max` (accept → in the account) |
 //! | KV instances | `kv_instances` | `refused_max` (the KV gate's refusals) |
 //! | app instances | `app_instances` | `refused_max` (the app gate's refusals) |
 //! | counter interval | `[counter] interval_ms` (plan 2) | `counter_error_pct_max` (larger is cheaper) |
@@ -466,6 +464,10 @@ pub enum Knob {
     AppInstances,
     /// `[counter] interval_ms` (plan 2).
     CounterIntervalMs,
+    /// `[pipeline] activity_rate_per_s` and `asset_rate_per_s` together (full
+    /// population): the coupon pipeline's consumers, which set how soon a
+    /// queued coupon is in the account.
+    PipelineRatePerS,
 }
 
 /// Which way a knob is cheap.
@@ -486,6 +488,7 @@ impl Knob {
             Knob::KvInstances => "kv_instances",
             Knob::AppInstances => "app_instances",
             Knob::CounterIntervalMs => "counter_interval_ms",
+            Knob::PipelineRatePerS => "pipeline_rate_per_s",
         }
     }
 
@@ -493,7 +496,8 @@ impl Knob {
         match self {
             Knob::DbInstances | Knob::KvInstances | Knob::AppInstances => &[SloKey::RefusedMax],
             // Coupon credit delay is the coupon pipeline's pace, not the token
-            // worker's: no knob here moves it, so only the evidence run judges it.
+            // worker's.
+            Knob::PipelineRatePerS => &[SloKey::CouponP99MsMax],
             Knob::CreditTps => &[
                 SloKey::DrainSMax,
                 SloKey::VisibleLagMsMax,
@@ -528,6 +532,12 @@ impl Knob {
             Knob::KvInstances => scenario.capacity.kv_instances,
             Knob::AppInstances => scenario.capacity.app_instances,
             Knob::CounterIntervalMs => scenario.counter.as_ref().map_or(0, |c| c.interval_ms),
+            Knob::PipelineRatePerS => u64::from(
+                scenario
+                    .pipeline
+                    .activity_rate_per_s
+                    .min(scenario.pipeline.asset_rate_per_s),
+            ),
         }
     }
 
@@ -541,6 +551,11 @@ impl Knob {
                 if let Some(counter) = &mut scenario.counter {
                     counter.interval_ms = value;
                 }
+            }
+            Knob::PipelineRatePerS => {
+                let rate = u32::try_from(value).unwrap_or(u32::MAX);
+                scenario.pipeline.activity_rate_per_s = rate;
+                scenario.pipeline.asset_rate_per_s = rate;
             }
         }
     }
@@ -564,6 +579,9 @@ impl Knob {
             {
                 Some("no plan-2 hot counter")
             }
+            Knob::PipelineRatePerS if !crate::run::has_pipeline_scenes(&scenario.tree) => {
+                Some("no coupon pipeline scene")
+            }
             _ => None,
         }
     }
@@ -573,6 +591,8 @@ impl Knob {
     fn generous(self, scenario: &Scenario) -> u64 {
         match self {
             Knob::CounterIntervalMs => self.get(scenario),
+            // Not 0: a rate of 0 is no consumer at all.
+            Knob::PipelineRatePerS => u64::from(u32::MAX),
             _ => 0,
         }
     }
@@ -599,6 +619,11 @@ impl Knob {
                 COUNTER_INTERVAL_MS_MAX,
                 1,
             ),
+            // Scaled by the sample and rounded, like the worker's rate.
+            Knob::PipelineRatePerS => {
+                let step = (1.0 / sample_rate).ceil() as u64;
+                (step, u64::from(u32::MAX), step)
+            }
         }
     }
 }
@@ -654,6 +679,9 @@ pub struct Chosen {
     /// The hot counter's KV load at that interval (readers + writers per
     /// interval; full population), ops/s.
     pub counter_kv_ops_per_s: Option<u64>,
+    /// The coupon pipeline's consumer rate per layer (full population), when
+    /// the scenario has pipeline scenes.
+    pub pipeline_rate_per_s: Option<u64>,
 }
 
 /// What `plan` found.
@@ -727,6 +755,7 @@ pub async fn plan(
         Knob::KvInstances,
         Knob::AppInstances,
         Knob::CounterIntervalMs,
+        Knob::PipelineRatePerS,
     ];
     let mut generous = scenario.clone();
     for knob in knobs {
@@ -835,6 +864,8 @@ fn chosen(scenario: &Scenario) -> Chosen {
         counter_interval_ms: counter.map(|c| c.interval_ms),
         counter_kv_ops_per_s: counter
             .map(|c| counter_plan2_ops(u64::from(c.readers), u64::from(c.writers), c.interval_ms)),
+        pipeline_rate_per_s: crate::run::has_pipeline_scenes(&scenario.tree)
+            .then(|| Knob::PipelineRatePerS.get(scenario)),
     }
 }
 
@@ -983,6 +1014,9 @@ fn chosen_line(chosen: &Chosen) -> String {
     ];
     if let Some(interval) = chosen.counter_interval_ms {
         parts.push(format!("counter interval {interval} ms"));
+    }
+    if let Some(rate) = chosen.pipeline_rate_per_s {
+        parts.push(format!("pipeline {rate}/s per layer"));
     }
     parts.join(" · ")
 }

@@ -103,8 +103,8 @@ pub fn write_all_or_nothing(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow:
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::with_capacity(files.len());
     for (path, bytes) in files {
-        let mut file = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let mut file =
+            output_file_in(dir).with_context(|| format!("writing {}", path.display()))?;
         file.write_all(bytes)
             .and_then(|()| file.flush())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -116,4 +116,17 @@ pub fn write_all_or_nothing(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow:
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// A temporary file in `dir` to rename over an output: readable by everyone
+/// (`0644`, as a plain create would leave it under the usual umask), not the
+/// `0600` a temporary file gets by default.
+pub fn output_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    builder.tempfile_in(dir)
 }

@@ -82,6 +82,17 @@ fn run_writes_the_report_beside_the_record_and_report_rebuilds_it() {
         3 + 2 * charts.len(),
         "record, html, md and two files per chart, no temporaries left: {names:?}"
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for name in ["smoke.json", "smoke.html", "smoke-throughput.png"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .expect("written")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644, "{name} is readable by everyone");
+        }
+    }
     let html = std::fs::read_to_string(dir.path().join("smoke.html")).expect("html");
     assert_eq!(
         html.matches("<svg").count(),
