@@ -264,7 +264,7 @@ pub type Ops<'a> = Box<dyn Iterator<Item = anyhow::Result<Op>> + 'a>;
 enum TraceSource {
     /// Generated from the scenario (owned: the producing thread keeps it).
     Generated {
-        scenario: Scenario,
+        scenario: Box<Scenario>,
         seed: u64,
         shard: Option<Shard>,
     },
@@ -323,7 +323,6 @@ impl TraceThread {
                         }
                     }
                 }
-                drop(push);
                 if !batch.is_empty() {
                     let _ = sender.send(batch);
                 }
@@ -374,7 +373,7 @@ pub async fn run_on(
     let (ops, source) = match &options.replay {
         None => (
             TraceSource::Generated {
-                scenario: scenario.clone(),
+                scenario: Box::new(scenario.clone()),
                 seed,
                 shard: options.shard,
             },
