@@ -45,9 +45,45 @@ fn every_scenario_file_loads_and_runs_clean_at_a_small_sample() {
             output.violations
         );
         assert_eq!(output.record.scenario.requests, 2000);
+        assert_report_has_its_charts(&scenario, &output.record);
         seen += 1;
     }
     assert!(seen >= 1, "no scenario files found");
+}
+
+/// Every profile's report draws the charts its scenario has data for: the
+/// traffic, credit delays, KV and DB always; rejections when there were any;
+/// the token backlog with token scenes; coupon stock with coupons; the hot
+/// counter with one.
+fn assert_report_has_its_charts(scenario: &Scenario, record: &reports::RunRecord) {
+    let drawn: Vec<&str> = reports::charts(record).iter().map(|c| c.id).collect();
+    let mut expected = vec!["throughput", "kv-ops", "db-ops", "credit-delay"];
+    if record.series.iter().any(|s| !s.rejected.is_empty()) {
+        expected.push("rejections");
+    }
+    if scenario.token_keys.is_some() {
+        expected.push("backlog");
+    }
+    if record.series.iter().any(|s| !s.stock.is_empty()) {
+        expected.push("coupon-stock");
+    }
+    if scenario.counter.is_some() {
+        expected.push("counter");
+    }
+    for id in &expected {
+        assert!(
+            drawn.contains(id),
+            "{}: no {id} chart in {drawn:?}",
+            scenario.name
+        );
+    }
+    let html = reports::html::render_html(record);
+    assert_eq!(
+        html.matches("<svg").count(),
+        drawn.len(),
+        "{}: every chart inline in the HTML",
+        scenario.name
+    );
 }
 
 #[test]
