@@ -563,6 +563,19 @@ const OVERLAYS: &[Overlay] = &[
         "KV calls/s",
         &[("KV calls/s", |s| s.kv_ops as f64)],
     ),
+    // Plan 1 against plan 2 of the hot counter is two runs: their error side by side.
+    (
+        "counter-error",
+        "Hot counter: shown vs true",
+        "shown − true (% of true; ±1% allowed)",
+        &[("error %", |s| {
+            if s.counter_true > 0 && s.counter_shown > 0 {
+                (s.counter_shown as f64 - s.counter_true as f64) * 100.0 / s.counter_true as f64
+            } else {
+                f64::NAN
+            }
+        })],
+    ),
     (
         "db-ops",
         "DB calls per second",
