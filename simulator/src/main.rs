@@ -287,6 +287,7 @@ enum BenchWhat {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -794,6 +795,25 @@ fn finish_run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `redrain … | head` closes stdout early; `print!` then panics on the broken
+/// pipe. Leave quietly as a Unix tool does (exit 141, killed by SIGPIPE)
+/// instead of printing a panic; every other panic keeps the default report.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// The folder and file stem of an output path (`.` and `run` when absent).
