@@ -355,7 +355,8 @@ pub struct Wall {
 /// One check of the invariants mid-run, on a snapshot of the stores.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MidwayCheck {
-    /// Virtual second (since the start) at whose end the snapshot was taken.
+    /// Virtual seconds since the start when the snapshot was taken (a
+    /// second boundary: `--check-every-s 10` checks at 10, 20, … s).
     pub t_s: u64,
     /// Violations found then.
     pub violations: u64,

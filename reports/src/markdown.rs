@@ -1,7 +1,7 @@
 //! The run report as Markdown (GitHub-flavoured), for pull requests, issues
-//! and CI summaries: the same order as the HTML report — verdicts, key
-//! figures, then the charts as links to `<stem>-<id>.svg` files the caller
-//! writes beside it. Record text is escaped; nothing here touches files.
+//! and CI summaries: the same order as the HTML report — verdicts, the charts
+//! as links to `<stem>-<id>.svg` files the caller writes beside it, then the
+//! key figures. Record text is escaped; nothing here touches files.
 
 use std::fmt::Write as _;
 
@@ -115,7 +115,6 @@ pub fn render_markdown(record: &RunRecord, stem: &str) -> String {
         }
     );
     verdicts(&mut out, record);
-    figures(&mut out, record);
     let index = charts::chart_index(record);
     if !index.is_empty() {
         let _ = writeln!(out, "## Charts\n");
@@ -128,6 +127,7 @@ pub fn render_markdown(record: &RunRecord, stem: &str) -> String {
             );
         }
     }
+    figures(&mut out, record);
     out
 }
 

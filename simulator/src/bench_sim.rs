@@ -43,7 +43,7 @@ pub async fn bench_sim(cases: &[(PathBuf, Option<f64>)]) -> anyhow::Result<Vec<S
         let scenario = Scenario::load(path)?;
         let options = RunOptions {
             sample_rate: *sample_rate,
-            progress: true,
+            progress: std::env::var_os("CI").is_none(),
             ..RunOptions::default()
         };
         let started = std::time::Instant::now();

@@ -326,6 +326,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let scenario = Scenario::load(&scenario)?;
             check_sample(sample)?;
             let thresholds = parse_thresholds(&verdict.fail_if)?;
+            prepare_output(json.as_deref())?;
             if check_every_s == Some(0) {
                 anyhow::bail!("--check-every-s 0: give a number of virtual seconds of at least 1");
             }
@@ -370,6 +371,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let scenario = Scenario::load(&scenario)?;
             check_sample(sample)?;
+            prepare_output(json.as_deref())?;
             let options = RunOptions {
                 seed,
                 sample_rate: sample,
@@ -433,6 +435,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 simulator::plan::parse_slo(&slo).map_err(|e| anyhow::anyhow!("--slo: {e}"))?;
             let scenario = Scenario::load(&scenario)?;
             check_sample(sample)?;
+            prepare_output(json.as_deref())?;
             let options = RunOptions {
                 seed,
                 sample_rate: sample,
@@ -611,6 +614,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ..RunOptions::default()
             };
             let thresholds = parse_thresholds(&verdict.fail_if)?;
+            prepare_output(json.as_deref())?;
             let output = run_scenario(&loaded, &options).await?;
             finish_run(&output, json, &verdict, &thresholds)
         }
@@ -638,7 +642,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let rows = simulator::bench_sim::bench_sim(&cases).await?;
             print!("{}", simulator::bench_sim::render_sim(&rows));
-            Ok(ExitCode::SUCCESS)
+            // A speed figure of a run that broke an invariant is no figure.
+            Ok(if rows.iter().all(|r| r.passed) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Suite {
             file,
@@ -758,27 +767,22 @@ fn finish_run(
     verdict: &RunVerdict,
     thresholds: &[reports::compare::Threshold],
 ) -> anyhow::Result<ExitCode> {
-    let mut report = None;
+    // The summary first: whatever happens to the files, the run's verdict shows.
+    print!("{}", reports::render_summary(&output.record));
     if let Some(path) = json {
         let text =
             serde_json::to_string_pretty(&output.record).context("serialising the run record")?;
         write_atomically(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         if !verdict.no_report {
-            report = Some(simulator::report_files::write_report_beside(
-                &output.record,
-                &path,
-            )?);
+            let files = simulator::report_files::write_report_beside(&output.record, &path)?;
+            println!(
+                "\nreport: {} ({} charts, SVG and PNG) · {}",
+                files.html.display(),
+                files.charts.len() / 2,
+                files.markdown.display()
+            );
         }
-    }
-    print!("{}", reports::render_summary(&output.record));
-    if let Some(files) = report {
-        println!(
-            "\nreport: {} ({} charts, SVG and PNG) · {}",
-            files.html.display(),
-            files.charts.len() / 2,
-            files.markdown.display()
-        );
     }
     let figures = reports::compare::key_figures(&output.record);
     let mut failed = !output.record.passed();
@@ -788,7 +792,17 @@ fn finish_run(
         println!("threshold {}", threshold.describe(&outcome));
     }
     if failed && output.record.passed() {
-        println!("reproduce with:\n  {}", output.record.reproduce);
+        // The record's command with the thresholds that failed it.
+        let fail_if: String = verdict
+            .fail_if
+            .iter()
+            .map(|t| format!(" --fail-if {t:?}"))
+            .collect();
+        let reproduce = match output.record.reproduce.split_once("   # ") {
+            Some((command, build)) => format!("{command}{fail_if}   # {build}"),
+            None => format!("{}{fail_if}", output.record.reproduce),
+        };
+        println!("reproduce with:\n  {reproduce}");
     }
     Ok(if failed {
         ExitCode::from(1)
@@ -830,6 +844,22 @@ fn dir_and_stem(path: &std::path::Path) -> (PathBuf, String) {
         .unwrap_or("run")
         .to_owned();
     (dir, stem)
+}
+
+/// Make the folder an output file goes into before any work, so a run is not
+/// lost to a missing folder at its end; fails at once where it cannot be made.
+fn prepare_output(path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let (dir, _) = dir_and_stem(path);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating {} for {}", dir.display(), path.display()))?;
+        anyhow::ensure!(
+            !path.is_dir(),
+            "{} is a folder; give a file name for the record",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Parse `--fail-if` expressions before any work, so a typo costs nothing.

@@ -4,8 +4,11 @@
 //!
 //! Each knob is monotone — more capacity never hurts an SLO — so each is
 //! searched on its own with an exponential search from the scenario's value
-//! and a binary search inside the bracket it finds, while the other knobs are
-//! generous (their gates lifted). A final evidence run confirms the
+//! and a binary search inside the bracket it finds: the background work first
+//! (credit TPS, pipeline rate, counter interval), then the gates (DB, KV, app),
+//! each with the values already chosen and the knobs not yet searched generous
+//! (their gates lifted). The gates are sized to refuse nothing unless the SLO
+//! gives `refused_max`: a plan never buys its savings by turning traffic away. A final evidence run confirms the
 //! combination; its record is the plan's proof. Every figure comes from a run
 //! record of the deterministic engine (same seed every run): nothing is
 //! extrapolated.
@@ -369,6 +372,25 @@ impl std::fmt::Display for SloMiss {
 }
 
 impl Slo {
+    /// The SLO as `--slo` takes it (`key=value,…`, keys in [`SloKey::ALL`] order).
+    pub fn text(&self) -> String {
+        let value = |key: SloKey| -> Option<String> {
+            match key {
+                SloKey::DrainSMax => self.drain_s_max.map(|v| v.to_string()),
+                SloKey::VisibleLagMsMax => self.visible_lag_ms_max.map(|v| v.to_string()),
+                SloKey::CouponP99MsMax => self.coupon_p99_ms_max.map(|v| v.to_string()),
+                SloKey::RefusedMax => self.refused_max.map(|v| v.to_string()),
+                SloKey::CounterErrorPctMax => self.counter_error_pct_max.map(|v| v.to_string()),
+                SloKey::DelayP99MsMax => self.delay_p99_ms_max.map(|v| v.to_string()),
+            }
+        };
+        SloKey::ALL
+            .iter()
+            .filter_map(|key| value(*key).map(|v| format!("{}={v}", key.name())))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Every limit `record` misses; a run that broke an invariant also misses
     /// `invariants` (measured: violations, limit 0) — no plan may rest on it.
     pub fn check(&self, record: &RunRecord) -> Vec<SloMiss> {
@@ -749,13 +771,16 @@ pub async fn plan(
 ) -> anyhow::Result<PlanReport> {
     let sample_rate = options.sample_rate.unwrap_or(scenario.sample_rate);
     let mut runner = Runner { options, runs: 0 };
+    // The background work first (it loads the database and the KV), then the
+    // gates, each searched with the values already chosen: the DB instances are
+    // sized for the credit TPS the plan picked, not for an unthrottled worker.
     let knobs = [
-        Knob::DbInstances,
         Knob::CreditTps,
+        Knob::PipelineRatePerS,
+        Knob::CounterIntervalMs,
+        Knob::DbInstances,
         Knob::KvInstances,
         Knob::AppInstances,
-        Knob::CounterIntervalMs,
-        Knob::PipelineRatePerS,
     ];
     let mut generous = scenario.clone();
     for knob in knobs {
@@ -763,11 +788,30 @@ pub async fn plan(
             knob.set(&mut generous, knob.generous(scenario));
         }
     }
+    // The gates are always sized to refuse nothing they are asked for unless
+    // the SLO says how much they may refuse: a plan never buys its savings by
+    // turning traffic away. The evidence run is judged on the SLO as given.
+    let search_slo = Slo {
+        refused_max: slo.refused_max.or(Some(0)),
+        ..slo.clone()
+    };
     let mut searches = Vec::new();
     for knob in knobs {
-        let search = search_knob(&mut runner, scenario, &generous, knob, slo, sample_rate)
-            .await
-            .with_context(|| format!("searching {}", knob.name()))?;
+        let search = search_knob(
+            &mut runner,
+            scenario,
+            &generous,
+            knob,
+            &search_slo,
+            sample_rate,
+        )
+        .await
+        .with_context(|| format!("searching {}", knob.name()))?;
+        if let Some(value) = search.chosen
+            && search.skipped.is_none()
+        {
+            knob.set(&mut generous, value);
+        }
         searches.push(search);
     }
     let chosen_of = |knob: Knob| {
@@ -799,6 +843,13 @@ pub async fn plan(
     let Some((evidence, misses)) = last else {
         anyhow::bail!("no evidence run");
     };
+    let evidence = crate::strategy::reproduced_by(
+        evidence,
+        "plan",
+        scenario,
+        options,
+        &format!(" --slo \"{}\"", slo.text()),
+    );
     let final_scenario = with_values(scenario, &values);
     let chosen = chosen(&final_scenario);
     Ok(PlanReport {

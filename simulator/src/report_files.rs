@@ -1,8 +1,10 @@
 //! Writing a run's report files next to its record: the self-contained HTML
-//! report, the Markdown summary and every chart as SVG and PNG. All or
-//! nothing: every file is written to a temporary file in the target folder
-//! first and only renamed into place once all of them were written, so a
-//! failure leaves no half-written report.
+//! report, the Markdown summary and every chart as SVG and PNG. Every file is
+//! rendered and written to a temporary file in the target folder first, and
+//! only renamed into place once all of them were written, so a failed render
+//! or write leaves nothing behind; what would stop a rename (a folder in the
+//! way) is refused before anything is written. The renames themselves are
+//! one per file, not one for the set: a crash between them can leave a mix.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,14 @@ pub fn read_record(path: &Path) -> anyhow::Result<RunRecord> {
         record.version,
         reports::RUN_RECORD_VERSION
     );
+    if record.version < reports::RUN_RECORD_VERSION {
+        eprintln!(
+            "note: {} is a version {} RunRecord (this build writes {}): fields added since read as empty, so some charts may be missing",
+            path.display(),
+            record.version,
+            reports::RUN_RECORD_VERSION
+        );
+    }
     Ok(record)
 }
 
@@ -101,6 +111,14 @@ pub fn write_report_beside(record: &RunRecord, json_path: &Path) -> anyhow::Resu
 /// all into place; on any error nothing is renamed (the temporaries go away).
 pub fn write_all_or_nothing(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // What would stop a rename half way, refused before anything is written.
+    for (path, _) in files {
+        anyhow::ensure!(
+            !path.is_dir(),
+            "cannot write {}: a folder of that name is in the way",
+            path.display()
+        );
+    }
     let mut written = Vec::with_capacity(files.len());
     for (path, bytes) in files {
         let mut file =

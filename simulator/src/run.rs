@@ -585,21 +585,22 @@ struct Midway {
 }
 
 impl Midway {
+    /// Check at `at_s` virtual seconds since the start.
     async fn check(
         &mut self,
         tree: &reference::ActivityTree,
         history: &History,
-        t_s: u64,
+        at_s: u64,
     ) -> anyhow::Result<()> {
         let state = self.snapshot.read(history).await?.midway();
         let violations = check::check_all(tree, history, &state);
         self.checks.push(MidwayCheck {
-            t_s,
+            t_s: at_s,
             violations: violations.len() as u64,
         });
         for violation in violations {
             if !self.found.iter().any(|(_, v)| *v == violation) {
-                self.found.push((t_s, violation));
+                self.found.push((at_s, violation));
             }
         }
         Ok(())
@@ -1595,8 +1596,9 @@ impl<'a> Engine<'a> {
             && (t_s + 1).is_multiple_of(midway.every_s)
         {
             let started = Instant::now();
+            // The snapshot is taken at the end of second `t_s`: `t_s + 1` s in.
             midway
-                .check(&self.scenario.tree, &self.history, t_s)
+                .check(&self.scenario.tree, &self.history, t_s + 1)
                 .await?;
             // Counted apart from the series part that calls this.
             let took = started.elapsed();

@@ -188,9 +188,33 @@ fn table(
         db_model: (model.tps_each, model.contention, model.coherency),
         db_model_is_seed: model_is_seed,
         rows: vec![sync_row, plain, token],
-        sync_record: sync.record,
+        sync_record: reproduced_by(sync.record, "strategies", scenario, options, ""),
         queued_record: queued.record,
     }
+}
+
+/// `record` with the command that reproduces it when it is not a plain
+/// `redrain run` of the scenario file (a sync copy, a plan's evidence run):
+/// the subcommand that made it, with the same scenario, seed, sample and cap.
+pub fn reproduced_by(
+    mut record: RunRecord,
+    subcommand: &str,
+    scenario: &Scenario,
+    options: &RunOptions,
+    extra: &str,
+) -> RunRecord {
+    let mut command = format!(
+        "redrain {subcommand} {} --seed {} --sample {}",
+        scenario.path.display(),
+        options.seed.unwrap_or(scenario.seed),
+        record.sample_rate
+    );
+    if let Some(requests) = options.requests {
+        command.push_str(&format!(" --requests {requests}"));
+    }
+    command.push_str(extra);
+    record.reproduce = format!("{command}   # {}", crate::run::build_id());
+    record
 }
 
 fn sync_row(record: &RunRecord, model: DbModel, scale: f64) -> StrategyRow {

@@ -103,3 +103,40 @@ fn the_kv_benchmark_runs_on_redis() {
     let table = simulator::bench_kv::render_kv(&url, &rows);
     assert!(table.contains("merged consume (100 per call)"), "{table}");
 }
+
+#[test]
+fn bench_sim_runs_a_profile_and_reports_speed_and_profile() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rain =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/red-packet-rain.toml");
+    let rows = runtime
+        .block_on(simulator::bench_sim::bench_sim(&[(rain, Some(0.00002))]))
+        .expect("bench sim");
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert!(row.passed, "the measured run holds every invariant");
+    assert!(row.requests > 0 && row.requests_per_s > 0.0, "{row:?}");
+    assert_eq!(row.virtual_s, 150.0, "the rain spans 150 virtual seconds");
+    assert!(
+        (row.full_wall_s_estimate - row.wall_s / 0.00002).abs() < 1e-6 * row.full_wall_s_estimate,
+        "100% is the measured time over the sample: {row:?}"
+    );
+    let parts: Vec<&str> = row.spent_ms.iter().map(|(part, _)| part.as_str()).collect();
+    for part in [
+        "requests",
+        "credit worker",
+        "coupon pipeline",
+        "checkers",
+        "final state",
+    ] {
+        assert!(parts.contains(&part), "{part} in the profile: {parts:?}");
+    }
+    let table = simulator::bench_sim::render_sim(&rows);
+    assert!(
+        table.contains("red-packet-rain") && table.contains("100% vs real"),
+        "{table}"
+    );
+}

@@ -214,6 +214,29 @@ fn plan_finds_the_cheapest_credit_tps_that_drains_the_rain_in_time() {
     );
     let drain_s = Measured::of(&report.evidence).drain_s;
     assert!(drain_s <= 600.0, "evidence drained in {drain_s} s");
+    // The gates are sized too (to refuse nothing), below what the profile buys.
+    assert!(
+        report.chosen.db_instances < scenario.capacity.db_instances,
+        "DB instances {} for 70k TPS, not the profile's {}",
+        report.chosen.db_instances,
+        scenario.capacity.db_instances
+    );
+    assert_eq!(Measured::of(&report.evidence).refused, 0, "nothing refused");
+    // The evidence record reproduces by the plan command, not a plain run.
+    assert!(
+        report.evidence.reproduce.starts_with("redrain plan ")
+            && report
+                .evidence
+                .reproduce
+                .contains("--slo \"drain_s_max=600\""),
+        "{}",
+        report.evidence.reproduce
+    );
+    assert_eq!(
+        parse_slo(&slo.text()).map(|s| s.text()),
+        Ok(slo.text()),
+        "the SLO prints as --slo takes it"
+    );
 
     let mut less = scenario.clone();
     less.crediting.worker.credit_tps = tps * 9 / 10;

@@ -188,6 +188,32 @@ fn compare_shows_deltas_and_thresholds_fail_the_run() {
     );
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("reproduce with"), "{stdout}");
+    assert!(
+        stdout.contains("--fail-if \"credit_delay_ms_p99 > 20\"   # redrain"),
+        "the reproduce command carries the threshold that failed: {stdout}"
+    );
+
+    // The record's folder is made before the run (nothing lost at its end).
+    let nested = dir.path().join("new/deeper/d.json");
+    assert_eq!(run_smoke(&nested, "500", "1", &["--no-report"]).0, 0);
+    assert!(nested.exists());
+    // A folder in the way of a report file: refused before anything is written.
+    let e = dir.path().join("e.json");
+    std::fs::create_dir_all(dir.path().join("e-throughput.png")).expect("mkdir");
+    let (code, stdout, stderr) = run_smoke(&e, "500", "1", &[]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("a folder of that name is in the way"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("I1 idempotency"),
+        "the summary shows anyway: {stdout}"
+    );
+    assert!(
+        !dir.path().join("e.html").exists(),
+        "no report half written"
+    );
     let (code, stdout, _) = run_smoke(
         &c,
         "2000",

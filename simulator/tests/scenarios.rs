@@ -19,6 +19,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The sample every phased profile runs whole at in the tests (thousands of
+/// requests each; the quick suite in CI runs them at larger samples).
+const FULL_PROFILE_SAMPLE: f64 = 0.00002;
+
 fn options(requests: u64) -> RunOptions {
     RunOptions {
         requests: Some(requests),
@@ -35,8 +39,19 @@ fn every_scenario_file_loads_and_runs_clean_at_a_small_sample() {
             continue;
         }
         let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        // A phased profile runs whole (every phase, fault and burst) at a tiny
+        // sample; one without rates (smoke) sends a count.
+        let phased = scenario.phases.iter().any(|p| p.count.is_none());
+        let run_options = if phased {
+            RunOptions {
+                sample_rate: Some(FULL_PROFILE_SAMPLE),
+                ..RunOptions::default()
+            }
+        } else {
+            options(2000)
+        };
         let output = runtime()
-            .block_on(run_scenario(&scenario, &options(2000)))
+            .block_on(run_scenario(&scenario, &run_options))
             .expect("run");
         assert!(
             output.violations.is_empty(),
@@ -44,7 +59,26 @@ fn every_scenario_file_loads_and_runs_clean_at_a_small_sample() {
             path.display(),
             output.violations
         );
-        assert_eq!(output.record.scenario.requests, 2000);
+        if phased {
+            // Traffic arrived in every phase, the last one included.
+            for phase in &scenario.phases {
+                let from_s = phase.start_ms / 1000; // an offset from the run's start
+                let to_s = from_s + phase.duration_ms.div_ceil(1000);
+                let offered: u64 = output.record.series
+                    [from_s as usize..(to_s as usize).min(output.record.series.len())]
+                    .iter()
+                    .map(|s| s.offered)
+                    .sum();
+                assert!(
+                    offered > 0,
+                    "{}: phase {} ({from_s}..{to_s} s) sent nothing",
+                    scenario.name,
+                    phase.name
+                );
+            }
+        } else {
+            assert_eq!(output.record.scenario.requests, 2000);
+        }
         assert_report_has_its_charts(&scenario, &output.record);
         seen += 1;
     }

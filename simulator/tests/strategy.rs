@@ -34,6 +34,19 @@ fn rain_table_shows_sync_cost_async_lag_and_the_token_scheme_hiding_it() {
         .expect("strategies run");
     let text = render_strategy_table(&table);
     println!("{text}");
+    assert!(
+        table
+            .sync_record
+            .reproduce
+            .starts_with("redrain strategies "),
+        "the sync copy is reproduced by the strategies command: {}",
+        table.sync_record.reproduce
+    );
+    assert!(
+        table.queued_record.reproduce.starts_with("redrain run "),
+        "{}",
+        table.queued_record.reproduce
+    );
     println!("{}", render_strategy_markdown(&table));
     let row = |strategy: Strategy| -> &StrategyRow {
         table

@@ -149,15 +149,15 @@ fn html_lists_the_key_figures() {
 }
 
 #[test]
-fn markdown_has_verdicts_then_figures_then_chart_links() {
+fn markdown_has_verdicts_then_chart_links_then_figures() {
     let record = fixture::record();
     let text = reports::render_markdown(&record, "run-42");
     let verdicts = position(&text, "## Invariants: **FAIL**, 1 of 2 violated");
     let figures = position(&text, "## Key figures");
     let charts = position(&text, "## Charts");
     assert!(
-        verdicts < figures && figures < charts,
-        "sections out of order"
+        verdicts < charts && charts < figures,
+        "sections out of order: verdicts, charts, key figures"
     );
     assert!(
         text.contains("| I4 | drain | **FAIL** | 2 |"),
