@@ -682,9 +682,6 @@ struct Engine<'a> {
     delays: Histogram<u64>,
     /// Credit delays of coupon credits only.
     coupon_delays: Histogram<u64>,
-    /// When each pipeline order still to be credited was accepted, by (child,
-    /// order number); an order that fails stays (bounded by the orders queued).
-    queued_at: HashMap<(u64, String), u64>,
     refused: BTreeMap<String, u64>,
     trace: TraceHasher,
     peak_awarded: u64,
@@ -968,7 +965,6 @@ impl<'a> Engine<'a> {
             delays: Histogram::new_with_bounds(1, DELAY_MAX_MS, 3).expect("valid histogram bounds"),
             coupon_delays: Histogram::new_with_bounds(1, DELAY_MAX_MS, 3)
                 .expect("valid histogram bounds"),
-            queued_at: HashMap::new(),
             refused: BTreeMap::new(),
             trace: TraceHasher::default(),
             peak_awarded: 0,
@@ -1303,12 +1299,6 @@ impl<'a> Engine<'a> {
                         self.summary.accepted += 1;
                     }
                 }
-                if let IssueOutcome::Queued { order } = &outcome {
-                    self.queued_at.insert(
-                        (order.child_id, order.order_no.clone()),
-                        order.accepted_at_ms,
-                    );
-                }
                 let success = matches!(
                     outcome,
                     IssueOutcome::Issued { .. }
@@ -1519,15 +1509,8 @@ impl<'a> Engine<'a> {
         for delay in &credits.delays {
             self.delays.saturating_record(*delay);
         }
-        for coupon in &credits.coupons {
-            // A pipeline order counts from its acceptance; a sync one from its request.
-            let delay = self
-                .queued_at
-                .remove(&(coupon.child_id, coupon.order_no.to_string()))
-                .map_or(coupon.delay_ms, |accepted_ms| {
-                    coupon.posted_ms.saturating_sub(accepted_ms)
-                });
-            self.coupon_delays.saturating_record(delay);
+        for delay in &credits.coupon_delays {
+            self.coupon_delays.saturating_record(*delay);
         }
         let kv = self.meters.kv.take_window();
         let db = self.meters.ledger.take_window();

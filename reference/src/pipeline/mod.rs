@@ -909,7 +909,15 @@ impl CouponPipeline {
                             template_id: coupon.template_id,
                             batch: coupon.batch.clone(),
                         };
-                        credits.push(Credit::new(job.record.child_id, order_no, award, now_ms));
+                        // Dated at acceptance, as a token credit is at its open
+                        // time: the award's time, so the flow order and the
+                        // credit delay (now − at) are the award's.
+                        credits.push(Credit::new(
+                            job.record.child_id,
+                            order_no,
+                            award,
+                            job.record.accepted_at_ms,
+                        ));
                         batches.push(coupon);
                     }
                     // Validated when accepted; a config change mid-run is a bug upstream.
