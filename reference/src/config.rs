@@ -417,6 +417,37 @@ impl ActivityTree {
         }
         tree
     }
+
+    /// This tree with every scene that credits by `from` crediting by `to`
+    /// instead, and how many scenes changed (the strategy comparison's sync
+    /// copy of a token profile). Only token ↔ sync is offered: both are cash
+    /// scenes, so the copy stays a valid tree.
+    ///
+    /// # Panics
+    ///
+    /// On any other pair (a bug in the caller).
+    pub fn with_crediting(&self, from: Crediting, to: Crediting) -> (ActivityTree, usize) {
+        assert!(
+            matches!(
+                (from, to),
+                (Crediting::Token, Crediting::Sync) | (Crediting::Sync, Crediting::Token)
+            ),
+            "only token and sync scenes swap crediting"
+        );
+        let mut tree = self.clone();
+        let mut switched = 0;
+        for activity in tree.activities.values_mut() {
+            for scene in activity.scenes.values_mut() {
+                if scene.crediting == from
+                    && (to != Crediting::Token || scene.award_type == AwardType::Cash)
+                {
+                    scene.crediting = to;
+                    switched += 1;
+                }
+            }
+        }
+        (tree, switched)
+    }
 }
 
 // ---- file shapes (what users write) ----

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use simulator::report_files::{dir_and_stem, write_atomically};
 use simulator::run::{RunOptions, run_scenario};
 use simulator::scenario::Scenario;
 
@@ -511,11 +512,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let comparison = reports::compare::compare(&a, &b);
             print!("{}", reports::compare::render_comparison_text(&comparison));
             if let Some(path) = html {
-                let dir = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."))
-                    .to_owned();
+                let (dir, _) = dir_and_stem(&path);
                 simulator::report_files::write_all_or_nothing(
                     &dir,
                     &[(
@@ -548,11 +545,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let loaded = Scenario::load(&scenario)?;
             let (effective, seed, shard) = picked(&loaded, &pick)?;
             let header = simulator::trace::TraceHeader::of(&effective, seed, shard);
-            let dir = out
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let mut file = simulator::report_files::output_file_in(dir)
+            let (dir, _) = dir_and_stem(&out);
+            let mut file = simulator::report_files::output_file_in(&dir)
                 .with_context(|| format!("writing {}", out.display()))?;
             let (ops, hash) = simulator::trace::export(
                 &header,
@@ -830,22 +824,6 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
-/// The folder and file stem of an output path (`.` and `run` when absent).
-fn dir_and_stem(path: &std::path::Path) -> (PathBuf, String) {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_owned();
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .filter(|s| !s.is_empty())
-        .unwrap_or("run")
-        .to_owned();
-    (dir, stem)
-}
-
 /// Make the folder an output file goes into before any work, so a run is not
 /// lost to a missing folder at its end; fails at once where it cannot be made.
 fn prepare_output(path: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -897,16 +875,4 @@ fn picked(
     };
     let effective = simulator::run::effective_scenario(scenario, &options);
     Ok((effective, pick.seed.unwrap_or(scenario.seed), pick.shard))
-}
-
-/// Write to a temporary file beside `path`, then rename: a failed run leaves no half file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut file = simulator::report_files::output_file_in(dir)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

@@ -95,16 +95,34 @@ pub fn write_report(record: &RunRecord, dir: &Path, stem: &str) -> anyhow::Resul
 
 /// The report beside a record file: same folder, the record's file stem.
 pub fn write_report_beside(record: &RunRecord, json_path: &Path) -> anyhow::Result<ReportFiles> {
-    let dir = json_path
+    let (dir, stem) = dir_and_stem(json_path);
+    write_report(record, &dir, &stem)
+}
+
+/// The folder and file stem of an output path (`.` and `run` when absent).
+pub fn dir_and_stem(path: &Path) -> (PathBuf, String) {
+    let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let stem = json_path
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
         .filter(|s| !s.is_empty())
-        .unwrap_or("run");
-    write_report(record, dir, stem)
+        .unwrap_or("run")
+        .to_owned();
+    (dir, stem)
+}
+
+/// Write one file through a temporary beside it, then rename: a crash leaves
+/// no half file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (dir, _) = dir_and_stem(path);
+    let mut file = output_file_in(&dir)?;
+    file.write_all(bytes)?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Write every `(path, bytes)` to a temporary file in `dir`, then rename them

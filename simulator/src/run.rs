@@ -258,8 +258,6 @@ pub fn effective_scenario(scenario: &Scenario, options: &RunOptions) -> Scenario
 }
 
 /// The ops a run sends: the generated trace, or an exported one replayed.
-pub type Ops<'a> = Box<dyn Iterator<Item = anyhow::Result<Op>> + 'a>;
-
 /// Where a run's requests come from.
 enum TraceSource {
     /// Generated from the scenario (owned: the producing thread keeps it).
@@ -471,6 +469,7 @@ async fn run_ops(
             snapshot: snapshot.clone(),
             checks: Vec::new(),
             found: Vec::new(),
+            seen: std::collections::BTreeSet::new(),
         });
     }
     engine.run(ops).await?;
@@ -580,8 +579,15 @@ struct Midway {
     every_s: u64,
     snapshot: Snapshot,
     checks: Vec<MidwayCheck>,
-    /// Violations found, with the second they were first seen.
+    /// Violations found, with the second they were first seen, in the order found.
     found: Vec<(u64, Violation)>,
+    /// `found`'s violations, for a lookup per violation of each check.
+    seen: std::collections::BTreeSet<(check::Invariant, String, String)>,
+}
+
+/// A violation's identity, for telling checks' findings apart.
+fn violation_key(v: &Violation) -> (check::Invariant, String, String) {
+    (v.invariant, v.culprit.clone(), v.detail.clone())
 }
 
 impl Midway {
@@ -599,7 +605,7 @@ impl Midway {
             violations: violations.len() as u64,
         });
         for violation in violations {
-            if !self.found.iter().any(|(_, v)| *v == violation) {
+            if self.seen.insert(violation_key(&violation)) {
                 self.found.push((at_s, violation));
             }
         }
@@ -609,12 +615,9 @@ impl Midway {
     /// The end's violations, then those seen only mid-run (a violation that
     /// healed by the end still fails the run), in invariant order.
     fn merge_into(self, mut at_end: Vec<Violation>) -> Vec<Violation> {
+        let end: std::collections::BTreeSet<_> = at_end.iter().map(violation_key).collect();
         for (t_s, mut violation) in self.found {
-            if at_end.iter().any(|v| {
-                v.invariant == violation.invariant
-                    && v.culprit == violation.culprit
-                    && v.detail == violation.detail
-            }) {
+            if end.contains(&violation_key(&violation)) {
                 continue;
             }
             violation.detail = format!("{} (mid-run, at {t_s} s)", violation.detail);
@@ -693,8 +696,6 @@ struct Engine<'a> {
     bar: ProgressBar,
     /// Mid-run checks, when asked for.
     midway: Option<Midway>,
-    /// Wall time mid-run checks took inside the `series` part being timed.
-    series_credit: std::time::Duration,
 }
 
 /// The hot counter of a run: its own KV (and backup), plan 1's split keys or
@@ -973,7 +974,6 @@ impl<'a> Engine<'a> {
             withdrawn_offers: std::collections::BTreeSet::new(),
             bar: progress_bar(scenario.duration_ms / 1000, progress),
             midway: None,
-            series_credit: std::time::Duration::ZERO,
         }
     }
 
@@ -1014,12 +1014,7 @@ impl<'a> Engine<'a> {
     }
 
     fn spend(&mut self, part: &'static str, since: Instant) {
-        let mut took = since.elapsed();
-        if part == "series" {
-            // Mid-run checks inside `close_second` are their own part.
-            took = took.saturating_sub(std::mem::take(&mut self.series_credit));
-        }
-        *self.spent.entry(part).or_default() += took;
+        *self.spent.entry(part).or_default() += since.elapsed();
     }
 
     /// Run ticks, faults and second boundaries up to `until_ms`, in time order.
@@ -1032,8 +1027,13 @@ impl<'a> Engine<'a> {
             self.clock.set(next);
             if self.next_second_ms <= self.next_tick_ms {
                 let started = Instant::now();
-                self.close_second().await?;
+                let seconds = self.close_second().await?;
                 self.spend("series", started);
+                if self.midway.is_some() {
+                    let started = Instant::now();
+                    self.check_midway(seconds).await?;
+                    self.spend("midway checks", started);
+                }
             } else {
                 let now_ms = self.next_tick_ms;
                 self.apply_faults(now_ms).await;
@@ -1499,8 +1499,22 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// End the current virtual second: one row of the series.
-    async fn close_second(&mut self) -> anyhow::Result<()> {
+    /// With `--check-every-s`: check the invariants when `seconds` virtual
+    /// seconds since the start are a multiple of the interval.
+    async fn check_midway(&mut self, seconds: u64) -> anyhow::Result<()> {
+        if let Some(midway) = &mut self.midway
+            && seconds.is_multiple_of(midway.every_s)
+        {
+            midway
+                .check(&self.scenario.tree, &self.history, seconds)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// End the current virtual second: one row of the series. Returns the
+    /// virtual seconds since the start at its end.
+    async fn close_second(&mut self) -> anyhow::Result<u64> {
         let t_s = (self.next_second_ms - self.scenario.start_ms) / 1000 - 1;
         let gate_window = (self.next_second_ms - 1000) / 1000;
         self.next_second_ms += 1000;
@@ -1575,20 +1589,7 @@ impl<'a> Engine<'a> {
             kv_limit: kv_limit.unwrap_or(0),
         });
         self.bar.set_position(t_s + 1);
-        if let Some(midway) = &mut self.midway
-            && (t_s + 1).is_multiple_of(midway.every_s)
-        {
-            let started = Instant::now();
-            // The snapshot is taken at the end of second `t_s`: `t_s + 1` s in.
-            midway
-                .check(&self.scenario.tree, &self.history, t_s + 1)
-                .await?;
-            // Counted apart from the series part that calls this.
-            let took = started.elapsed();
-            *self.spent.entry("midway checks").or_default() += took;
-            self.series_credit += took;
-        }
-        Ok(())
+        Ok(t_s + 1)
     }
 
     fn finish(self) -> Finished {

@@ -16,14 +16,14 @@
 //!   (`views.short`).
 //!
 //! Nothing here invents a figure: a cell the records do not measure says so
-//! (`None`, rendered `n/a`). This module never does I/O beyond reading the
-//! scenario's own activity file to rewrite its scenes.
+//! (`None`, rendered `n/a`). This module does no I/O of its own: the sync copy
+//! is the scenario's tree with its token scenes switched
+//! (`ActivityTree::with_crediting`).
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::Context as _;
-use reference::ActivityTree;
+use reference::config::Crediting;
 use reports::RunRecord;
 use serde::Serialize;
 
@@ -133,7 +133,7 @@ pub async fn compare_strategies(
         Some(model) => (model, false),
         None => (SEED_DB, true),
     };
-    let mut sync = with_token_scenes_sync(scenario)?;
+    let mut sync = with_token_scenes_sync(scenario);
     if model_is_seed {
         sync.capacity.db_tps_each = SEED_DB.tps_each;
         sync.capacity.db_contention = SEED_DB.contention;
@@ -314,73 +314,13 @@ pub fn refused_by_capacity(record: &RunRecord) -> u64 {
 
 /// A copy of `scenario` in which every token scene of every activity credits
 /// synchronously (pipeline and sync scenes stay as they are).
-///
-/// The activity tree keeps its scenes private, so the copy's tree is parsed
-/// anew from the scenario's activity file with `crediting = "token"` replaced;
-/// the unchanged file must parse to the scenario's tree, else the scenario was
-/// changed in memory and the copy would not be a copy.
-pub fn with_token_scenes_sync(scenario: &Scenario) -> anyhow::Result<Scenario> {
-    let tree_path = activity_file(&scenario.path)?;
-    let text = std::fs::read_to_string(&tree_path)
-        .with_context(|| format!("reading {}", tree_path.display()))?;
-    let origin = tree_path.display().to_string();
-    let original =
-        ActivityTree::from_toml_str(&text, &origin).map_err(|e| anyhow::anyhow!("{e}"))?;
-    anyhow::ensure!(
-        original == scenario.tree,
-        "{origin} no longer holds the scenario's activity tree; cannot make a sync copy"
-    );
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {origin}"))?;
-    let mut switched = 0;
-    for activity in array_mut(&mut table, "activity") {
-        let Some(activity) = activity.as_table_mut() else {
-            continue;
-        };
-        for scene in array_mut(activity, "scene") {
-            if let Some(crediting) = scene.as_table_mut().and_then(|s| s.get_mut("crediting"))
-                && crediting.as_str() == Some("token")
-            {
-                *crediting = toml::Value::String("sync".to_owned());
-                switched += 1;
-            }
-        }
-    }
+pub fn with_token_scenes_sync(scenario: &Scenario) -> Scenario {
     let mut sync = scenario.clone();
     sync.name = format!("{}-sync", scenario.name);
-    if switched > 0 {
-        let rewritten = toml::to_string(&table).context("writing the sync tree")?;
-        sync.tree =
-            ActivityTree::from_toml_str(&rewritten, &format!("{origin} (token scenes → sync)"))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    Ok(sync)
-}
-
-fn array_mut<'t>(
-    table: &'t mut toml::Table,
-    key: &str,
-) -> impl Iterator<Item = &'t mut toml::Value> {
-    table
-        .get_mut(key)
-        .and_then(toml::Value::as_array_mut)
-        .into_iter()
-        .flatten()
-}
-
-/// The activity file a scenario file names (`[run] activity_file`), resolved
-/// against the scenario's folder as [`Scenario::load`] does.
-fn activity_file(scenario_path: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let text = std::fs::read_to_string(scenario_path)
-        .with_context(|| format!("reading {}", scenario_path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", scenario_path.display()))?;
-    let name = table
-        .get("run")
-        .and_then(|run| run.get("activity_file"))
-        .and_then(toml::Value::as_str)
-        .with_context(|| format!("{}: no run.activity_file", scenario_path.display()))?;
-    Ok(scenario_path.parent().unwrap_or(Path::new(".")).join(name))
+    (sync.tree, _) = scenario
+        .tree
+        .with_crediting(Crediting::Token, Crediting::Sync);
+    sync
 }
 
 fn opt(value: Option<u64>) -> String {

@@ -998,17 +998,7 @@ fn failure_text(run: &RunVerdict, done: &Finished) -> String {
     text
 }
 
-/// Write to a temporary file beside `path`, then rename: a crash leaves no half file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut file = crate::report_files::output_file_in(dir)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+pub use crate::report_files::write_atomically;
 
 impl SuiteReport {
     /// 0 every run passed; 1 a violation, a failed threshold or an expected
