@@ -3,13 +3,14 @@
 //! over small storage traits with embedded backends.
 //!
 //! This crate must never read the wall clock (outside [`testenv`], which names
-//! test databases) or an OS random source, and never
+//! test databases, and [`http::clock`], the server's shell around [`clock::Clock`]) or an OS random source, and never
 //! know about the simulator: time comes from an injected [`clock::Clock`], and
 //! everything random is decided by the caller.
 
 pub mod clock;
 pub mod config;
 pub mod counter;
+pub mod http;
 pub mod keys;
 pub mod kv;
 pub mod ledger;

@@ -115,7 +115,7 @@ impl fmt::Display for OrderNoPart {
 }
 
 /// Why a string is not an order number.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub enum OrderNoError {
     /// Longer than any valid order number can be.
@@ -260,6 +260,18 @@ fn parse_part(input: &str, part: OrderNoPart, value: &str) -> Result<u64, OrderN
         }
     }
 }
+
+/// On the wire an order number is its text.
+impl utoipa::PartialSchema for OrderNo {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("`${act_id}_${scene_id}_${rain_id}_${award_type}_${stage}`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OrderNo {}
 
 impl Serialize for OrderNo {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -32,6 +32,8 @@ const TOKENS: &str = "the scenario credits by token";
 const VIEWS: &str = "wallet pages were shown";
 const CAPACITY: &str = "the run had capacity gates";
 const PLANNER: &str = "the capacity planner reached an answer";
+const LIVE: &str = "the run was a live load (`redrain load`)";
+const LIVE_JOURNEYS: &str = "a live load ran user journeys";
 const COUNTER: &str = "the scenario shows a hot counter";
 
 const fn figure(
@@ -188,6 +190,31 @@ pub const KEY_FIGURES: &[KeyFigure] = &[
     ),
     figure("invariants_failed", "invariants that did not hold", ALWAYS),
     figure(
+        "issue_latency_us_p50",
+        "live award latency from the scheduled send time, median",
+        LIVE,
+    ),
+    figure("issue_latency_us_p90", "live award latency, 90th percentile", LIVE),
+    figure("issue_latency_us_p99", "live award latency, 99th percentile", LIVE),
+    figure("issue_latency_us_p999", "live award latency, 99.9th percentile", LIVE),
+    figure("issue_latency_us_max", "live award latency, largest", LIVE),
+    figure(
+        "dropped_sends",
+        "live awards not sent: the in-flight bound was reached at their time",
+        LIVE,
+    ),
+    figure("sent_per_s", "live awards sent per second of the trace", LIVE),
+    figure(
+        "live_errors",
+        "live calls without a protocol answer (transport, 5xx)",
+        LIVE,
+    ),
+    figure(
+        "journey_latency_us_p99",
+        "live journey step latency from its scheduled time, 99th percentile",
+        LIVE_JOURNEYS,
+    ),
+    figure(
         "wall_elapsed_ms",
         "wall time to drive the workload (not deterministic)",
         ALWAYS,
@@ -285,6 +312,21 @@ pub fn key_figures(record: &RunRecord) -> BTreeMap<&'static str, f64> {
         "invariants_failed",
         record.invariants.iter().filter(|v| !v.passed).count() as f64,
     );
+    if let Some(live) = &record.live {
+        if let Some(l) = &live.issue_latency_us {
+            put("issue_latency_us_p50", l.p50_us as f64);
+            put("issue_latency_us_p90", l.p90_us as f64);
+            put("issue_latency_us_p99", l.p99_us as f64);
+            put("issue_latency_us_p999", l.p999_us as f64);
+            put("issue_latency_us_max", l.max_us as f64);
+        }
+        put("dropped_sends", live.dropped as f64);
+        put("sent_per_s", live.sent_per_s);
+        put("live_errors", live.errors.values().sum::<u64>() as f64);
+        if let Some(l) = &live.journey_latency_us {
+            put("journey_latency_us_p99", l.p99_us as f64);
+        }
+    }
     put("wall_elapsed_ms", record.wall.elapsed_ms as f64);
     put("wall_requests_per_s", record.wall.requests_per_s);
     out

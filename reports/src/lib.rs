@@ -34,7 +34,7 @@ pub use html::render_html;
 pub use markdown::render_markdown;
 
 /// Bumped whenever a field changes meaning or goes away.
-pub const RUN_RECORD_VERSION: u32 = 3;
+pub const RUN_RECORD_VERSION: u32 = 4;
 
 /// Everything a report needs to know about one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,6 +100,75 @@ pub struct RunRecord {
     pub invariants: Vec<Verdict>,
     /// The command that reproduces this run.
     pub reproduce: String,
+    /// A live load against a server (`redrain load`): what the driver sent,
+    /// dropped and measured. Absent for a simulated run. (Version 4.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveSummary>,
+}
+
+/// What a live load's driver did and measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveSummary {
+    /// The server loaded.
+    pub target: String,
+    /// Share of the profile's users (and so of its rate) sent.
+    pub rate_scale: f64,
+    /// Award requests the trace scheduled.
+    pub scheduled: u64,
+    /// Award requests sent.
+    pub sent: u64,
+    /// Award requests not sent because `in_flight_max` were outstanding at
+    /// their scheduled time (the open model never waits to send).
+    pub dropped: u64,
+    /// Most award requests outstanding at once allowed.
+    pub in_flight_max: u64,
+    /// Most outstanding at once seen.
+    pub in_flight_peak: u64,
+    /// Calls that got no protocol answer, by label (`error.transport`, an error code).
+    pub errors: BTreeMap<String, u64>,
+    /// Award latency from the scheduled send time to the answer, µs
+    /// (coordinated omission cannot hide a stall: a late send counts its wait).
+    pub issue_latency_us: Option<LatencySummary>,
+    /// User journeys (wallet page, flow, withdraw page, withdraw) run by goose.
+    pub journeys: u64,
+    /// Journey step latency from the journey's scheduled time, µs.
+    pub journey_latency_us: Option<LatencySummary>,
+    /// Requests goose made and how many it counted as failed (non-2xx included:
+    /// a 409 conflict is an answer to us, a failure to goose).
+    pub goose_requests: u64,
+    /// See `goose_requests`.
+    pub goose_failures: u64,
+    /// Award requests sent per wall second over the sending phase.
+    pub sent_per_s: f64,
+    /// Wall ms the sending phase took.
+    pub send_ms: u64,
+    /// Wall ms the target took to drain (tokens credited, coupon queues empty).
+    pub drain_ms: u64,
+    /// Whether it drained within the limit.
+    pub drained: bool,
+}
+
+/// Percentiles of a latency histogram, µs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest.
+    pub max_us: u64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn memory_url() -> String {
@@ -246,6 +315,10 @@ pub struct SecondSample {
     /// The KV gate's allowance this second; 0 = unlimited.
     #[serde(default)]
     pub kv_limit: u64,
+    /// A live load: the 99th percentile of award latency from the scheduled
+    /// send time, µs, of the awards scheduled in this second (0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_p99_us: u64,
 }
 
 /// One coupon template's stock at the end of a virtual second.
@@ -435,6 +508,42 @@ pub fn render_summary(record: &RunRecord) -> String {
         s.requests,
         s.duration_ms / 1000
     );
+    if let Some(live) = &record.live {
+        let _ = writeln!(
+            out,
+            "  live load of {} at rate scale {}: {} awards scheduled, {} sent ({:.0}/s), {} dropped \
+             (in flight peak {} of {}), {} journeys, drained {} in {} ms",
+            live.target,
+            live.rate_scale,
+            live.scheduled,
+            live.sent,
+            live.sent_per_s,
+            live.dropped,
+            live.in_flight_peak,
+            live.in_flight_max,
+            live.journeys,
+            if live.drained { "fully" } else { "NOT fully" },
+            live.drain_ms
+        );
+        if let Some(l) = &live.issue_latency_us {
+            let _ = writeln!(
+                out,
+                "  award latency from scheduled time (µs): p50 {} · p90 {} · p99 {} · p99.9 {} · max {}",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            );
+        }
+        if let Some(l) = &live.journey_latency_us {
+            let _ = writeln!(
+                out,
+                "  journey step latency (µs): p50 {} · p99 {} · max {} · goose {} requests, {} failed",
+                l.p50_us, l.p99_us, l.max_us, live.goose_requests, live.goose_failures
+            );
+        }
+        if !live.errors.is_empty() {
+            let errors: Vec<String> = live.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(out, "  calls without an answer: {}", errors.join(" · "));
+        }
+    }
     let _ = writeln!(
         out,
         "  ledger {} · kv {}{} · build {} · history {}",
@@ -643,6 +752,7 @@ mod tests {
                 },
             }],
             reproduce: "redrain run scenarios/smoke.toml --seed 7".into(),
+            live: None,
         }
     }
 

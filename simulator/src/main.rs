@@ -167,6 +167,72 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Serve the reference wallet of a scenario over protocol /v1 (HTTP+JSON,
+    /// OpenAPI at /v1/openapi.json), with shadow stores beside the real ones.
+    /// Ctrl-C or SIGTERM stops it gracefully (in-flight requests finish, background
+    /// work drains).
+    Serve {
+        /// The scenario whose activity tree, token keys and background knobs to serve.
+        scenario: PathBuf,
+        /// Address to listen on (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        admin: AdminToken,
+        /// Share of the scenario's users the load will send (scales budgets, stock,
+        /// worker and pipeline rates as a simulated run of that share); give the
+        /// load the same value.
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
+        /// Ledger URL (default: the scenario's `[stores] ledger`, else memory).
+        #[arg(long)]
+        ledger: Option<String>,
+        /// KV URL (default: the scenario's `[stores] kv`, else memory).
+        #[arg(long)]
+        kv: Option<String>,
+        /// KV namespace of the server's keys.
+        #[arg(long, default_value = "redrain:")]
+        kv_prefix: String,
+        /// Seed of the dev token key (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Send a scenario's trace live to a server speaking the protocol: awards as
+    /// an open-model arrival-rate stream, user journeys as goose scenarios; then
+    /// drain, read the audit export and check I1–I8 on the target.
+    Load {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// The server, http://127.0.0.1:PORT (only loopback targets).
+        #[arg(long)]
+        target: String,
+        /// Share of the profile's users (and so of its rate) to send, in (0, 1].
+        #[arg(long, default_value_t = 0.0001)]
+        rate_scale: f64,
+        /// Stop the trace after this many seconds.
+        #[arg(long)]
+        duration_s_max: Option<u64>,
+        /// Award requests outstanding at most; a send that finds no room is
+        /// dropped and counted.
+        #[arg(long, default_value_t = 2048)]
+        in_flight_max: usize,
+        /// goose users running the user journeys.
+        #[arg(long, default_value_t = 8)]
+        journey_users: usize,
+        /// Seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Longest wait for the target to drain, seconds.
+        #[arg(long, default_value_t = 120)]
+        drain_s_max: u64,
+        #[command(flatten)]
+        admin: AdminToken,
+        /// Also write the RunRecord as JSON here, and the report beside it.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        verdict: RunVerdict,
+    },
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -224,6 +290,36 @@ struct RunVerdict {
     /// With --json: do not write the report beside the record.
     #[arg(long)]
     no_report: bool,
+}
+
+/// The admin bearer token of a server: from a file, else `REDRAIN_ADMIN_TOKEN`.
+#[derive(clap::Args, Debug, Default)]
+struct AdminToken {
+    /// File holding the admin bearer token (default: $REDRAIN_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl AdminToken {
+    fn read(&self) -> anyhow::Result<String> {
+        let token = match &self.admin_token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            None => std::env::var("REDRAIN_ADMIN_TOKEN").unwrap_or_default(),
+        };
+        anyhow::ensure!(
+            !token.is_empty(),
+            "no admin token: pass --admin-token-file PATH or set REDRAIN_ADMIN_TOKEN \
+             (admin routes — clock, drain, audit, switches — need one)"
+        );
+        anyhow::ensure!(
+            token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
+            "the admin token must be at least 16 printable characters without spaces"
+        );
+        Ok(token)
+    }
 }
 
 /// Which trace of a scenario.
@@ -290,10 +386,15 @@ enum BenchWhat {
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // Live traffic (a server, a load driver) uses every core; simulations run
+    // on one thread (their engine is sequential; suites start OS threads).
+    let live = matches!(cli.command, Command::Serve { .. } | Command::Load { .. });
+    let runtime = if live {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -311,6 +412,70 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Serve {
+            scenario,
+            listen,
+            admin,
+            rate_scale,
+            ledger,
+            kv,
+            kv_prefix,
+            seed,
+        } => {
+            let scenario = Scenario::load(&scenario)?;
+            let options = simulator::serve::ServeOptions {
+                listen,
+                admin_token: admin.read()?,
+                stores: simulator::run::store_urls(
+                    &scenario,
+                    &RunOptions {
+                        ledger_url: ledger,
+                        kv_url: kv,
+                        ..RunOptions::default()
+                    },
+                ),
+                kv_prefix,
+                rate_scale,
+                seed,
+            };
+            let built = simulator::serve::build(&scenario, &options).await?;
+            let left = simulator::serve::serve(built, listen).await?;
+            Ok(if left.drained {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Load {
+            scenario,
+            target,
+            rate_scale,
+            duration_s_max,
+            in_flight_max,
+            journey_users,
+            seed,
+            drain_s_max,
+            admin,
+            json,
+            verdict,
+        } => {
+            let scenario = Scenario::load(&scenario)?;
+            let thresholds = parse_thresholds(&verdict.fail_if)?;
+            prepare_output(json.as_deref())?;
+            let options = simulator::live::load::LoadOptions {
+                target,
+                admin_token: admin.read()?,
+                rate_scale,
+                duration_s_max,
+                in_flight_max,
+                seed,
+                journey_users,
+                drain_ms_max: drain_s_max.saturating_mul(1000),
+                progress: std::env::var_os("CI").is_none(),
+            };
+            let output = simulator::live::load::load(&scenario, &options).await?;
+            finish_run(&output.record, json, &verdict, &thresholds)
+        }
         Command::Run {
             scenario,
             seed,
@@ -361,7 +526,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 run_scenario(&scenario, &options).await?
             };
-            finish_run(&output, json, &verdict, &thresholds)
+            finish_run(&output.record, json, &verdict, &thresholds)
         }
         Command::Strategies {
             scenario,
@@ -610,7 +775,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let thresholds = parse_thresholds(&verdict.fail_if)?;
             prepare_output(json.as_deref())?;
             let output = run_scenario(&loaded, &options).await?;
-            finish_run(&output, json, &verdict, &thresholds)
+            finish_run(&output.record, json, &verdict, &thresholds)
         }
         Command::Bench {
             what: BenchWhat::Sim { scenarios },
@@ -756,20 +921,20 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Write the record (when asked), print the summary, and say how it went.
 fn finish_run(
-    output: &simulator::run::RunOutput,
+    record: &reports::RunRecord,
     json: Option<PathBuf>,
     verdict: &RunVerdict,
     thresholds: &[reports::compare::Threshold],
 ) -> anyhow::Result<ExitCode> {
     // The summary first: whatever happens to the files, the run's verdict shows.
-    print!("{}", reports::render_summary(&output.record));
+    print!("{}", reports::render_summary(record));
     if let Some(path) = json {
         let text =
-            serde_json::to_string_pretty(&output.record).context("serialising the run record")?;
+            serde_json::to_string_pretty(record).context("serialising the run record")?;
         write_atomically(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         if !verdict.no_report {
-            let files = simulator::report_files::write_report_beside(&output.record, &path)?;
+            let files = simulator::report_files::write_report_beside(record, &path)?;
             println!(
                 "\nreport: {} ({} charts, SVG and PNG) · {}",
                 files.html.display(),
@@ -778,23 +943,23 @@ fn finish_run(
             );
         }
     }
-    let figures = reports::compare::key_figures(&output.record);
-    let mut failed = !output.record.passed();
+    let figures = reports::compare::key_figures(record);
+    let mut failed = !record.passed();
     for threshold in thresholds {
         let outcome = threshold.evaluate(&figures);
         failed |= !outcome.passed();
         println!("threshold {}", threshold.describe(&outcome));
     }
-    if failed && output.record.passed() {
+    if failed && record.passed() {
         // The record's command with the thresholds that failed it.
         let fail_if: String = verdict
             .fail_if
             .iter()
             .map(|t| format!(" --fail-if {t:?}"))
             .collect();
-        let reproduce = match output.record.reproduce.split_once("   # ") {
+        let reproduce = match record.reproduce.split_once("   # ") {
             Some((command, build)) => format!("{command}{fail_if}   # {build}"),
-            None => format!("{}{fail_if}", output.record.reproduce),
+            None => format!("{}{fail_if}", record.reproduce),
         };
         println!("reproduce with:\n  {reproduce}");
     }

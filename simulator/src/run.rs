@@ -529,19 +529,19 @@ struct Meters {
 }
 
 /// What the engine hands over at the end.
-struct Finished {
-    history: History,
-    crediting: CreditingSummary,
-    series: Vec<SecondSample>,
-    views: ViewSummary,
-    delay: Option<DelaySummary>,
-    coupon_delay: Option<DelaySummary>,
-    capacity: Option<CapacitySummary>,
-    stores: StoresSummary,
-    trace: TraceInfo,
-    refused: BTreeMap<String, u64>,
-    spent: BTreeMap<String, u64>,
-    midway_checks: Vec<MidwayCheck>,
+pub(crate) struct Finished {
+    pub(crate) history: History,
+    pub(crate) crediting: CreditingSummary,
+    pub(crate) series: Vec<SecondSample>,
+    pub(crate) views: ViewSummary,
+    pub(crate) delay: Option<DelaySummary>,
+    pub(crate) coupon_delay: Option<DelaySummary>,
+    pub(crate) capacity: Option<CapacitySummary>,
+    pub(crate) stores: StoresSummary,
+    pub(crate) trace: TraceInfo,
+    pub(crate) refused: BTreeMap<String, u64>,
+    pub(crate) spent: BTreeMap<String, u64>,
+    pub(crate) midway_checks: Vec<MidwayCheck>,
 }
 
 /// Where the checkers read a run's state: the serving stores past the meters.
@@ -1587,6 +1587,7 @@ impl<'a> Engine<'a> {
             db_writes,
             db_limit: db_limit.unwrap_or(0),
             kv_limit: kv_limit.unwrap_or(0),
+            latency_p99_us: 0,
         });
         self.bar.set_position(t_s + 1);
         Ok(t_s + 1)
@@ -1670,7 +1671,7 @@ impl<'a> Engine<'a> {
 }
 
 /// The worker's knobs for a sampled run: its credit rate scales with the sample.
-fn scaled_worker(scenario: &Scenario) -> reference::worker::WorkerConfig {
+pub(crate) fn scaled_worker(scenario: &Scenario) -> reference::worker::WorkerConfig {
     let mut worker = scenario.crediting.worker.clone();
     if worker.credit_tps > 0 {
         worker.credit_tps =
@@ -1680,7 +1681,7 @@ fn scaled_worker(scenario: &Scenario) -> reference::worker::WorkerConfig {
 }
 
 /// The pipeline's knobs for a sampled run: its rates scale with the sample.
-fn scaled_pipeline(scenario: &Scenario) -> PipelineConfig {
+pub(crate) fn scaled_pipeline(scenario: &Scenario) -> PipelineConfig {
     let mut config = scenario.pipeline.clone();
     let scale = |n: u32| ((f64::from(n) * scenario.sample_rate).round() as u32).max(1);
     config.activity_rate_per_s = scale(config.activity_rate_per_s);
@@ -1738,7 +1739,7 @@ fn event_label(event: &Event) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record(
+pub(crate) fn record(
     scenario: &Scenario,
     seed: u64,
     options: &RunOptions,
@@ -1850,6 +1851,7 @@ fn record(
         },
         invariants,
         reproduce: reproduce_command(scenario, seed, options),
+        live: None,
     }
 }
 

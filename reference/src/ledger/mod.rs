@@ -64,7 +64,7 @@ pub const HISTORY_PAGE_LIMIT_MAX: usize = 100;
 pub const CREDIT_BATCH_MAX: usize = 1024;
 
 /// One user's account in one child activity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccountKey {
     /// The child activity; children never share accounts.
     pub child_id: ChildId,
@@ -73,7 +73,7 @@ pub struct AccountKey {
 }
 
 /// What one credit gives.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Award {
     /// Cash into the balance.
@@ -115,7 +115,7 @@ impl Award {
 }
 
 /// A credit to post: the payload that a replay must match exactly.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Credit {
     /// Whose account.
     pub account: AccountKey,
@@ -143,7 +143,7 @@ impl Credit {
 }
 
 /// A withdrawal to post.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Withdrawal {
     /// Whose account.
     pub account: AccountKey,
@@ -156,7 +156,7 @@ pub struct Withdrawal {
 }
 
 /// What an entry records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "direction", rename_all = "snake_case")]
 pub enum EntryKind {
     /// An award posted to the account.
@@ -176,7 +176,7 @@ pub enum EntryKind {
 }
 
 /// One posted ledger entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     /// Posting order across the whole ledger, from 1; newer entries have larger `seq`.
     pub seq: u64,
@@ -261,7 +261,7 @@ pub enum WithdrawOutcome {
 }
 
 /// An account's totals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccountState {
     /// Whose.
     pub key: AccountKey,
@@ -319,7 +319,7 @@ pub struct HistoryPage {
 }
 
 /// Everything in the ledger, for checkers and audits.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LedgerSnapshot {
     /// All entries in `seq` order.
     pub entries: Vec<Entry>,

@@ -96,7 +96,7 @@ impl Default for PipelineConfig {
 }
 
 /// Where an order stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum OrderState {
     /// Recorded; no reservation yet.
@@ -139,7 +139,7 @@ impl OrderState {
 }
 
 /// The durable record of an order (JSON in the KV).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderRecord {
     /// As accepted.
     pub request: IssueRequest,
@@ -174,7 +174,7 @@ impl OrderRecord {
 }
 
 /// An order as the queued answer names it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueuedOrder {
     /// The child activity.
     pub child_id: ChildId,

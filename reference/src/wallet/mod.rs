@@ -50,10 +50,14 @@ pub const WITHDRAW_LOCK_TTL_MS: u64 = 5_000;
 
 /// Hex in JSON for byte strings (tokens).
 pub(crate) mod hex_bytes {
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 
     pub mod list {
@@ -78,7 +82,7 @@ pub(crate) mod hex_bytes {
 }
 
 /// An award request as it arrives from upstream, before any validation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IssueRequest {
     /// Which of the eight apps sent it (signed into tokens).
     pub app_id: u32,
@@ -93,7 +97,7 @@ pub struct IssueRequest {
 }
 
 /// A withdraw request as it arrives.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WithdrawRequest {
     /// The parent activity; the child is resolved by time.
     pub activity_id: ActivityId,
@@ -106,11 +110,12 @@ pub struct WithdrawRequest {
     /// The client's own copies of its tokens, the backup when server-side token
     /// data is lost; each is verified and deduplicated by order number.
     #[serde(default, with = "hex_bytes::list")]
+    #[schema(value_type = Vec<String>)]
     pub client_tokens: Vec<Vec<u8>>,
 }
 
 /// Why a request was turned away. Each has a stable machine-readable [`Rejection::code`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "code", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Rejection {
@@ -246,7 +251,7 @@ impl Rejection {
 }
 
 /// What became of an issue request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum IssueOutcome {
     /// Credited now.
@@ -332,7 +337,7 @@ impl IssueOutcome {
 }
 
 /// What force-crediting before a withdraw did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForceCredit {
     /// Tokens newly credited.
     pub credited: u32,
@@ -343,7 +348,7 @@ pub struct ForceCredit {
 }
 
 /// What became of a withdraw request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum WithdrawOutcome {
     /// Taken out now.
@@ -390,7 +395,7 @@ impl WithdrawOutcome {
 }
 
 /// Coupon stock as the strategy side reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StockView {
     /// Coupons consumed from stock.
     pub consumed: u64,

@@ -2,7 +2,7 @@
 //! record it once (record, user list and pending queue in one KV verb) and hand it
 //! back. The credit worker credits it later; the order number stays the key.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     IssueOutcome, IssueRequest, Reservation, ValidIssue, Wallet, WalletError, hex_bytes, replayed,
@@ -17,7 +17,7 @@ use crate::token::{STATUS_SUCCESS, TokenFacts};
 use crate::{ActId, ChildId};
 
 /// A token as the issue answer carries it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IssuedToken {
     /// The child activity.
     pub child_id: ChildId,
@@ -33,6 +33,7 @@ pub struct IssuedToken {
     pub open_time_ms: Millis,
     /// The signed token; the client keeps this copy.
     #[serde(with = "hex_bytes")]
+    #[schema(value_type = String)]
     pub bytes: Vec<u8>,
 }
 

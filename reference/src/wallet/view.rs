@@ -21,7 +21,7 @@ use crate::{ActId, ActivityId, ChildId, Millis, keys};
 pub const FLOW_ENTRIES_MAX: usize = 10_000;
 
 /// What a flow line is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowKind {
     /// Cash credited to the ledger.
@@ -33,7 +33,7 @@ pub enum FlowKind {
 }
 
 /// One flow line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowItem {
     /// Award or withdraw time.
     pub at_ms: Millis,
@@ -63,7 +63,7 @@ impl FlowItem {
 }
 
 /// Where the next flow page starts: after this line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowCursor {
     /// The last line's time.
     pub at_ms: Millis,
@@ -74,7 +74,7 @@ pub struct FlowCursor {
 }
 
 /// The wallet page.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WalletView {
     /// The child activity shown.
     pub child_id: ChildId,

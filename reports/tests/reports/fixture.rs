@@ -309,6 +309,7 @@ pub fn record_named(name: &str) -> RunRecord {
             },
         ],
         reproduce: "redrain run scenarios/spring-ramp.toml --seed 42 --sample 0.01".to_owned(),
+        live: None,
     }
 }
 
