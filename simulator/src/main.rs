@@ -233,6 +233,34 @@ enum Command {
         #[command(flatten)]
         verdict: RunVerdict,
     },
+    /// Replay the fixed conformance cases (smoke, idempotency storms, stock
+    /// races, forged tokens, gray-release gates, shadow isolation) against a
+    /// wallet speaking the protocol, check every invariant on its audit export,
+    /// and with --reference compare its final state with the in-process
+    /// reference's. Writes junit.xml and conform.json. Exit 0 pass, 1 fail, 2 error.
+    Conform {
+        /// The server, http://127.0.0.1:PORT (serve scenarios/conform/conform.toml,
+        /// or configure your wallet with scenarios/activities/conform.toml).
+        #[arg(long)]
+        target: String,
+        /// Also run the cases against the in-process reference and diff final states.
+        #[arg(long)]
+        reference: bool,
+        /// The conformance scenario (its tree, token key seed and smoke trace).
+        #[arg(long, default_value = "scenarios/conform/conform.toml")]
+        scenario: PathBuf,
+        /// Run only cases whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+        /// Where to write junit.xml and conform.json (default: target/redrain-conform/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Longest drain after each case, seconds.
+        #[arg(long, default_value_t = 60)]
+        drain_s_max: u64,
+        #[command(flatten)]
+        admin: AdminToken,
+    },
     /// Measure throughput.
     Bench {
         #[command(subcommand)]
@@ -388,7 +416,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Live traffic (a server, a load driver) uses every core; simulations run
     // on one thread (their engine is sequential; suites start OS threads).
-    let live = matches!(cli.command, Command::Serve { .. } | Command::Load { .. });
+    let live = matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Load { .. } | Command::Conform { .. }
+    );
     let runtime = if live {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()
     } else {
@@ -441,6 +472,44 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let built = simulator::serve::build(&scenario, &options).await?;
             let left = simulator::serve::serve(built, listen).await?;
             Ok(if left.drained {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Conform {
+            target,
+            reference,
+            scenario,
+            only,
+            out,
+            drain_s_max,
+            admin,
+        } => {
+            let scenario = Scenario::load(&scenario)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("target/redrain-conform"));
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let options = simulator::live::conform::ConformOptions {
+                target,
+                admin_token: admin.read()?,
+                reference,
+                only,
+                drain_ms_max: drain_s_max.saturating_mul(1000),
+            };
+            let report = simulator::live::conform::conform(&scenario, &options).await?;
+            print!("{}", simulator::live::conform::render(&report));
+            let junit = simulator::live::conform::junit(&report)?;
+            let json = serde_json::to_string_pretty(&report).context("serialising the verdict")?;
+            simulator::report_files::write_all_or_nothing(
+                &out,
+                &[
+                    (out.join("junit.xml"), junit.into_bytes()),
+                    (out.join("conform.json"), json.into_bytes()),
+                ],
+            )?;
+            println!("wrote {0}/junit.xml and {0}/conform.json", out.display());
+            Ok(if report.passed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -3,6 +3,7 @@
 //! benchmark (`redrain bench http`).
 
 pub mod client;
+pub mod conform;
 pub mod load;
 pub mod state;
 

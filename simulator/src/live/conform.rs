@@ -1,0 +1,1069 @@
+//! `redrain conform`: a fixed set of deterministic cases against any wallet
+//! that speaks protocol `/v1`, every invariant checked on the target's audit
+//! export, and (with `--reference`) the same cases against the in-process
+//! reference with the final states compared.
+//!
+//! Every case runs on the tree of `scenarios/conform/conform.toml` in a time
+//! slot of its own (the target's clock is moved forward to it), with users and
+//! rain ids of its own, so cases do not disturb each other. After each case the
+//! target drains; the invariants are checked on everything sent so far, and a
+//! violation first seen after a case is that case's.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use reference::config::AwardDef;
+use reference::http::AwardBody;
+use reference::ledger::{Award, EntryKind};
+use reference::token::{KeyRing, decode_unverified};
+use reference::wallet::{IssueOutcome, IssueRequest, WithdrawOutcome, WithdrawRequest};
+use reference::{ActId, AwardType, OrderNo};
+use serde::Serialize;
+
+use super::client::{CallError, Target};
+use super::load::event_time;
+use super::state::read_final_state;
+use crate::check::{self, Violation};
+use crate::history::{Event, FinalState, History};
+use crate::run::forger_keys;
+use crate::scenario::Scenario;
+use crate::trace::{Request, Trace};
+
+/// The cases, in the order they run (their time slots rise).
+pub const CASES: &[(&str, &str)] = &[
+    (
+        "gray_release_gates",
+        "requests land in the child open at their time (internal test, gray, formal), none before the first; withdrawals only for the gray share and the allow list",
+    ),
+    (
+        "smoke",
+        "the conform scenario's trace, sent in order: cash (sync and token), coupons (sync and pipeline), pendants, withdrawals, wallet pages, retries, conflicts, bad input",
+    ),
+    (
+        "idempotency_storm",
+        "each order sent 20 times at once, some with another payload, and withdrawals retried at once: one credit each, the rest duplicates or conflicts",
+    ),
+    (
+        "stock_races",
+        "more users than stock race for a sync coupon, a pipeline coupon and a budget: exactly the stock and budget are given, no more, no less",
+    ),
+    (
+        "forged_tokens",
+        "withdrawals presenting tampered copies, another user's token, an order signed with a foreign key and junk: none credits",
+    ),
+    (
+        "pending_tokens_visible",
+        "token awards then the wallet page at once: the page's balance counts pending tokens (it never dips while tokens credit)",
+    ),
+    (
+        "shadow_isolation",
+        "every request carries X-Shadow: 1: the real stores hold nothing afterwards",
+    ),
+];
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct ConformOptions {
+    /// `http://127.0.0.1:PORT`.
+    pub target: String,
+    /// The target's admin token.
+    pub admin_token: String,
+    /// Also run the in-process reference and compare final states.
+    pub reference: bool,
+    /// Run only cases whose name contains this.
+    pub only: Option<String>,
+    /// Longest drain after a case, wall ms.
+    pub drain_ms_max: u64,
+}
+
+/// One case's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseVerdict {
+    /// Its name.
+    pub name: String,
+    /// What it exercises.
+    pub description: String,
+    /// Passed: no new violation, every expectation met, no difference from the reference.
+    pub passed: bool,
+    /// Requests sent.
+    pub requests: u64,
+    /// Wall ms.
+    pub elapsed_ms: u64,
+    /// Invariant violations first seen after this case (`I1 …: culprit: detail`).
+    pub violations: Vec<String>,
+    /// Protocol expectations of the case that the answers broke.
+    pub expectations: Vec<String>,
+    /// Differences from the in-process reference (with `--reference`).
+    pub differences: Vec<String>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConformReport {
+    /// The target.
+    pub target: String,
+    /// Whether the in-process reference was compared.
+    pub reference: bool,
+    /// Per case.
+    pub cases: Vec<CaseVerdict>,
+    /// Every case passed.
+    pub passed: bool,
+    /// Invariant verdicts over everything sent.
+    pub invariants: Vec<(String, bool, u64)>,
+}
+
+/// Per-target client state: the tokens each user was given (the client's copies).
+#[derive(Debug, Default)]
+struct Client {
+    tokens: HashMap<ActId, Vec<Vec<u8>>>,
+}
+
+/// One side being driven (the target, or the in-process reference).
+struct Driven {
+    target: Target,
+    client: Client,
+    history: History,
+    seen: BTreeSet<(String, String, String)>,
+}
+
+impl std::fmt::Debug for Driven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driven").field("target", &self.target.base()).finish()
+    }
+}
+
+/// What a withdraw presents besides the client's own copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forgery {
+    Tampered,
+    OtherUsers,
+    ForeignKey,
+    Junk,
+}
+
+/// A request of a case.
+#[derive(Debug, Clone)]
+enum Req {
+    Issue(IssueRequest),
+    Withdraw(WithdrawRequest, Option<Forgery>),
+    View(ActId),
+}
+
+/// A step: move the clock, or send requests all at once (a burst) or in order.
+#[derive(Debug, Clone)]
+enum Step {
+    Clock(u64),
+    Burst(Vec<Req>),
+    InOrder(Vec<Req>),
+    Drain,
+}
+
+/// What one step's answers were, for the case's expectations.
+#[derive(Debug, Default)]
+struct Answers {
+    events: Vec<Event>,
+    /// Requests answered with an error body instead of an outcome.
+    refused: Vec<String>,
+    /// Per forged withdraw: the position of the forgery and the rejected positions.
+    forged: Vec<(String, usize, Vec<usize>)>,
+}
+
+/// Run every case against `options.target`.
+pub async fn conform(scenario: &Scenario, options: &ConformOptions) -> anyhow::Result<ConformReport> {
+    let target = Target::new(&options.target, &options.admin_token, true)?;
+    let health = target
+        .health()
+        .await
+        .with_context(|| format!("reaching the target {}", target.base()))?;
+    anyhow::ensure!(
+        health.shadow,
+        "the target {} serves no shadow stores; conformance sends only X-Shadow: 1 traffic",
+        target.base()
+    );
+    let before = target.audit().await.context("reading the target's audit export")?;
+    anyhow::ensure!(
+        before.ledger.entries.is_empty(),
+        "the target's shadow ledger already holds {} entries; conformance needs a fresh \
+         target (restart a memory-backed `redrain serve`, or `redrain cleanup --shadow`)",
+        before.ledger.entries.len()
+    );
+    // The in-process reference, on a port of its own.
+    let reference = if options.reference {
+        Some(start_reference(scenario, &options.admin_token).await?)
+    } else {
+        None
+    };
+    let mut sides = vec![Driven {
+        target,
+        client: Client::default(),
+        history: History::default(),
+        seen: BTreeSet::new(),
+    }];
+    if let Some((url, _)) = &reference {
+        sides.push(Driven {
+            target: Target::new(url, &options.admin_token, true)?,
+            client: Client::default(),
+            history: History::default(),
+            seen: BTreeSet::new(),
+        });
+    }
+    let forger = forger_keys(scenario.seed);
+    let mut cases = Vec::new();
+    let mut last_violations = Vec::new();
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    for (index, (name, description)) in CASES.iter().enumerate() {
+        if options.only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
+        let started = Instant::now();
+        let steps = case_steps(name, index as u64, scenario)?;
+        let requests = steps
+            .iter()
+            .map(|s| match s {
+                Step::Burst(r) | Step::InOrder(r) => r.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        let mut expectations = Vec::new();
+        let mut states: Vec<FinalState> = Vec::new();
+        let mut new_violations = Vec::new();
+        for (side_index, side) in sides.iter_mut().enumerate() {
+            let mut answers = Answers::default();
+            for step in &steps {
+                run_step(side, step, &forger, &mut answers, options.drain_ms_max).await?;
+            }
+            let drained = side
+                .target
+                .drain(options.drain_ms_max)
+                .await
+                .context("draining after the case")?;
+            side.history.events.sort_by_key(event_time);
+            let state = read_final_state(&side.target, &side.history).await?;
+            if side_index == 0 {
+                if !drained.drained {
+                    expectations.push(format!(
+                        "the target did not drain within {} ms ({} tokens, {} orders left)",
+                        options.drain_ms_max, drained.token_backlog, drained.orders_queued
+                    ));
+                }
+                expectations.extend(expect(name, scenario, &answers));
+                let violations = check::check_all(&scenario.tree, &side.history, &state);
+                for v in &violations {
+                    let key = (v.invariant.id().to_owned(), v.culprit.clone(), v.detail.clone());
+                    if side.seen.insert(key) {
+                        new_violations.push(format!(
+                            "{} {}: {}: {}",
+                            v.invariant.id(),
+                            v.invariant.name(),
+                            v.culprit,
+                            v.detail
+                        ));
+                    }
+                }
+                last_violations = violations;
+            }
+            states.push(state);
+        }
+        // The states are cumulative: a difference is this case's when first seen.
+        let mut differences: Vec<String> = match states.as_slice() {
+            [target, reference] => compare_states(target, reference)
+                .into_iter()
+                .filter(|d| reported.insert(d.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        new_violations.truncate(20);
+        differences.truncate(20);
+        cases.push(CaseVerdict {
+            name: (*name).to_owned(),
+            description: (*description).to_owned(),
+            passed: new_violations.is_empty() && expectations.is_empty() && differences.is_empty(),
+            requests,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            violations: new_violations,
+            expectations,
+            differences,
+        });
+    }
+    if let Some((_, stop)) = reference {
+        let _ = stop.send(());
+    }
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "no case matches --only {:?}; the cases are {}",
+        options.only,
+        CASES.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+    );
+    let invariants = invariant_verdicts(&last_violations);
+    Ok(ConformReport {
+        target: options.target.clone(),
+        reference: options.reference,
+        passed: cases.iter().all(|c| c.passed),
+        cases,
+        invariants,
+    })
+}
+
+fn invariant_verdicts(violations: &[Violation]) -> Vec<(String, bool, u64)> {
+    check::Invariant::CHECKED
+        .into_iter()
+        .map(|i| {
+            let n = violations.iter().filter(|v| v.invariant == i).count() as u64;
+            (format!("{} {}", i.id(), i.name()), n == 0, n)
+        })
+        .collect()
+}
+
+/// Start the reference (memory stores) on 127.0.0.1, port chosen by the OS.
+async fn start_reference(
+    scenario: &Scenario,
+    admin_token: &str,
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let options = crate::serve::ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("a socket address"),
+        admin_token: admin_token.to_owned(),
+        stores: crate::scenario::StoreUrls {
+            ledger: "memory".to_owned(),
+            kv: "memory".to_owned(),
+        },
+        kv_prefix: String::new(),
+        rate_scale: 1.0,
+        seed: None,
+    };
+    let built = crate::serve::build(scenario, &options).await?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .context("binding the in-process reference")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = built
+            .server
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok((url, stop))
+}
+
+fn order(act_id: ActId, scene_id: u32, rain_id: u32, award_type: AwardType, stage: u32) -> String {
+    OrderNo {
+        act_id,
+        scene_id,
+        rain_id,
+        award_type,
+        stage,
+    }
+    .to_string()
+}
+
+fn cash(act_id: ActId, scene_id: u32, rain_id: u32, award_id: u64, cents: i64) -> IssueRequest {
+    IssueRequest {
+        app_id: 1,
+        activity_id: 5001,
+        order_no: order(act_id, scene_id, rain_id, AwardType::Cash, 0),
+        award_id,
+        amount_cents: cents,
+    }
+}
+
+fn coupon(activity_id: u64, act_id: ActId, scene_id: u32, rain_id: u32, award_id: u64) -> IssueRequest {
+    IssueRequest {
+        app_id: 2,
+        activity_id,
+        order_no: order(act_id, scene_id, rain_id, AwardType::Coupon, 0),
+        award_id,
+        amount_cents: 0,
+    }
+}
+
+fn withdraw(act_id: ActId, no: &str, cents: i64, forgery: Option<Forgery>) -> Req {
+    Req::Withdraw(
+        WithdrawRequest {
+            activity_id: 5001,
+            act_id,
+            withdraw_no: no.to_owned(),
+            amount_cents: cents,
+            client_tokens: Vec::new(),
+        },
+        forgery,
+    )
+}
+
+/// Users admitted to withdraw by the gray gate, and not, from `from` upward.
+fn gate_users(scenario: &Scenario, from: u64, n: usize) -> (Vec<u64>, Vec<u64>) {
+    let gate = &scenario
+        .tree
+        .activity(5001)
+        .map(|a| a.withdraw_gate.clone())
+        .unwrap_or_default();
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    let mut u = from;
+    while inside.len() < n || outside.len() < n {
+        if gate.admits(u) {
+            if inside.len() < n {
+                inside.push(u);
+            }
+        } else if outside.len() < n {
+            outside.push(u);
+        }
+        u += 1;
+    }
+    (inside, outside)
+}
+
+/// The time slot of case `index`: an hour each from an hour into the formal
+/// child (the gates case, first, walks the earlier windows; the scenario
+/// starts before all of them, so the target's clock can be moved to each).
+fn slot(scenario: &Scenario, index: u64) -> u64 {
+    let formal = scenario
+        .tree
+        .activity(5001)
+        .and_then(|a| a.children.last())
+        .map_or(scenario.start_ms, |c| c.start_ms);
+    formal + (index + 1) * 3_600_000
+}
+
+/// The steps of a case. Users: case k uses act_ids from 100_000 × (k + 1).
+fn case_steps(name: &str, index: u64, scenario: &Scenario) -> anyhow::Result<Vec<Step>> {
+    let base = 100_000 * (index + 1);
+    let at = slot(scenario, index);
+    let activity = scenario
+        .tree
+        .activity(5001)
+        .context("the conform tree has no activity 5001: serve scenarios/conform/conform.toml")?;
+    let child_start = |stage: usize| activity.children.get(stage).map_or(at, |c| c.start_ms);
+    Ok(match name {
+        "gray_release_gates" => {
+            let (inside, outside) = gate_users(scenario, base, 5);
+            let mut steps = vec![
+                // Before any child opens: nothing may land.
+                Step::Clock(child_start(0).saturating_sub(3_600_000)),
+                Step::InOrder(vec![Req::Issue(cash(base, 502, 1, 5902, 100))]),
+            ];
+            for (stage, rain) in [(0usize, 2u32), (1, 3), (2, 4)] {
+                steps.push(Step::Clock(child_start(stage) + 60_000));
+                let mut reqs: Vec<Req> = (0..5)
+                    .map(|i| Req::Issue(cash(base + 10 + i, 502, rain, 5902, 500)))
+                    .collect();
+                if stage == 2 {
+                    for &u in inside.iter().chain(&outside) {
+                        reqs.push(Req::Issue(cash(u, 502, rain, 5902, 800)));
+                    }
+                    reqs.push(Req::Issue(cash(1, 502, rain, 5902, 800)));
+                    for &u in inside.iter().chain(&outside).chain([1].iter()) {
+                        reqs.push(withdraw(u, &format!("gate-{u}"), 300, None));
+                    }
+                }
+                steps.push(Step::InOrder(reqs));
+            }
+            steps
+        }
+        "smoke" => {
+            let mut smoke = scenario.clone();
+            smoke.start_ms = at;
+            let ops: Vec<Req> = Trace::new(&smoke, scenario.seed)
+                .map(|op| match op.request {
+                    Request::Issue(r) => Req::Issue(r),
+                    Request::Withdraw(w) => Req::Withdraw(w, None),
+                    Request::View { act_id } => Req::View(act_id),
+                })
+                .collect();
+            vec![Step::Clock(at), Step::InOrder(ops)]
+        }
+        "idempotency_storm" => {
+            let mut burst = Vec::new();
+            let mut conflicts = Vec::new();
+            for i in 0..25u64 {
+                let sync = cash(base + i, 502, 1, 5902, 1000 + i as i64);
+                let token = cash(base + i, 501, 1, 5901, 100 + i as i64);
+                let coupon = coupon(5001, base + i, 503, 1, 5911);
+                for copy in 0..20 {
+                    burst.push(Req::Issue(sync.clone()));
+                    burst.push(Req::Issue(token.clone()));
+                    if copy < 4 {
+                        burst.push(Req::Issue(coupon.clone()));
+                    }
+                }
+                // The same order number with another amount, once the
+                // first payload has landed: a conflict.
+                let mut other = sync.clone();
+                other.amount_cents += 1;
+                conflicts.push(Req::Issue(other));
+            }
+            let mut withdraws = Vec::new();
+            for i in 0..10u64 {
+                for _ in 0..10 {
+                    withdraws.push(withdraw(base + i, &format!("storm-{i}"), 500, None));
+                }
+            }
+            vec![
+                Step::Clock(at),
+                Step::Burst(burst),
+                Step::Burst(conflicts),
+                Step::Drain,
+                Step::Burst(withdraws),
+            ]
+        }
+        "stock_races" => {
+            let race = scenario
+                .tree
+                .activity(5003)
+                .context("the conform tree has no activity 5003")?;
+            let stock = |template| {
+                race
+                    .awards
+                    .values()
+                    .find_map(|a| match a {
+                        AwardDef::Coupon(c) if c.template_id == template => Some(c.stock),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            };
+            let (sync_stock, queued_stock) = (stock(8201), stock(8202));
+            let mut burst = Vec::new();
+            for i in 0..(sync_stock * 3) {
+                burst.push(Req::Issue(coupon(5003, base + i, 521, 2, 5941)));
+            }
+            for i in 0..(queued_stock * 3) {
+                burst.push(Req::Issue(coupon(5003, base + 1000 + i, 522, 2, 5942)));
+            }
+            for i in 0..150u64 {
+                burst.push(Req::Issue(IssueRequest {
+                    app_id: 3,
+                    activity_id: 5002,
+                    order_no: order(base + 2000 + i, 511, 1, AwardType::Cash, 0),
+                    award_id: 5931,
+                    amount_cents: 1000,
+                }));
+            }
+            vec![Step::Clock(at), Step::Burst(burst)]
+        }
+        "forged_tokens" => {
+            let users: Vec<u64> = (0..12).map(|i| base + i).collect();
+            let (inside, _) = gate_users(scenario, base + 100, 12);
+            let mut awards = Vec::new();
+            for (n, &u) in users.iter().chain(&inside).enumerate() {
+                awards.push(Req::Issue(cash(u, 501, 7, 5901, 300 + n as i64)));
+            }
+            let forgeries = [Forgery::Tampered, Forgery::OtherUsers, Forgery::ForeignKey, Forgery::Junk];
+            let withdraws = inside
+                .iter()
+                .enumerate()
+                .map(|(n, &u)| withdraw(u, &format!("forged-{u}"), 100, Some(forgeries[n % 4])))
+                .collect();
+            vec![
+                Step::Clock(at),
+                Step::InOrder(awards),
+                Step::InOrder(withdraws),
+            ]
+        }
+        "pending_tokens_visible" => {
+            let users: Vec<u64> = (0..60).map(|i| base + i).collect();
+            let awards = users
+                .iter()
+                .map(|&u| Req::Issue(cash(u, 501, 9, 5901, 500)))
+                .collect();
+            let views = users.iter().map(|&u| Req::View(u)).collect();
+            vec![Step::Clock(at), Step::Burst(awards), Step::Burst(views)]
+        }
+        "shadow_isolation" => {
+            let (inside, _) = gate_users(scenario, base, 10);
+            let mut reqs = Vec::new();
+            for &u in &inside {
+                reqs.push(Req::Issue(cash(u, 502, 11, 5902, 700)));
+                reqs.push(Req::Issue(cash(u, 501, 11, 5901, 200)));
+                reqs.push(Req::Issue(coupon(5001, u, 503, 11, 5911)));
+                reqs.push(Req::View(u));
+                reqs.push(withdraw(u, &format!("shadow-{u}"), 300, None));
+            }
+            vec![Step::Clock(at), Step::InOrder(reqs)]
+        }
+        other => anyhow::bail!("no conformance case `{other}`"),
+    })
+}
+
+/// Send one step to one side, recording answers in its history.
+async fn run_step(
+    side: &mut Driven,
+    step: &Step,
+    forger: &KeyRing,
+    answers: &mut Answers,
+    drain_ms_max: u64,
+) -> anyhow::Result<()> {
+    match step {
+        Step::Clock(now_ms) => match side.target.set_clock(*now_ms).await {
+            Ok(_) => Ok(()),
+            Err(CallError::Refused { body, .. }) if body.code == "clock_backwards" => Ok(()),
+            Err(e) => Err(e).context("moving the target's clock"),
+        },
+        Step::Drain => {
+            side.target.drain(drain_ms_max).await.context("draining")?;
+            Ok(())
+        }
+        Step::InOrder(reqs) => {
+            for req in reqs {
+                let prepared = prepare(side, req, forger);
+                let done = send(&side.target, prepared).await?;
+                absorb(side, done, answers);
+            }
+            Ok(())
+        }
+        Step::Burst(reqs) => {
+            let prepared: Vec<Prepared> = reqs.iter().map(|r| prepare(side, r, forger)).collect();
+            let mut tasks = tokio::task::JoinSet::new();
+            for p in prepared {
+                let target = side.target.clone();
+                tasks.spawn(async move { send(&target, p).await });
+            }
+            let mut done = Vec::new();
+            while let Some(result) = tasks.join_next().await {
+                done.push(result.context("a request task")??);
+            }
+            for d in done {
+                absorb(side, d, answers);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Prepared {
+    Issue(IssueRequest),
+    Withdraw(WithdrawRequest, Option<usize>),
+    View(ActId),
+}
+
+#[derive(Debug)]
+enum Done {
+    Event(Event, Option<usize>),
+    Refused(String),
+}
+
+/// Attach the client's token copies (and a forgery) to a withdraw.
+fn prepare(side: &Driven, req: &Req, forger: &KeyRing) -> Prepared {
+    match req {
+        Req::Issue(r) => Prepared::Issue(r.clone()),
+        Req::View(u) => Prepared::View(*u),
+        Req::Withdraw(w, forgery) => {
+            let mut w = w.clone();
+            let own = side.client.tokens.get(&w.act_id).cloned().unwrap_or_default();
+            w.client_tokens = own.clone();
+            let mut at = None;
+            if let Some(kind) = forgery {
+                let forged = match kind {
+                    Forgery::Tampered => own.first().map(|t| {
+                        let mut t = t.clone();
+                        let i = t.len() / 2;
+                        t[i] ^= 0x10;
+                        t
+                    }),
+                    Forgery::OtherUsers => side
+                        .client
+                        .tokens
+                        .iter()
+                        .filter(|(u, _)| **u != w.act_id)
+                        .min_by_key(|(u, _)| **u)
+                        .and_then(|(_, t)| t.first().cloned()),
+                    Forgery::ForeignKey => own.first().and_then(|t| {
+                        let mut facts = decode_unverified(t)?;
+                        facts.order_no.rain_id = facts.order_no.rain_id.wrapping_add(1_000_000);
+                        forger.sign(&facts)
+                    }),
+                    Forgery::Junk => Some(b"not a token".to_vec()),
+                };
+                let forged = forged.unwrap_or_else(|| b"not a token".to_vec());
+                at = Some(w.client_tokens.len());
+                w.client_tokens.push(forged);
+            }
+            Prepared::Withdraw(w, at)
+        }
+    }
+}
+
+async fn send(target: &Target, prepared: Prepared) -> anyhow::Result<Done> {
+    let refused = |e: CallError| -> anyhow::Result<Done> {
+        match e {
+            CallError::Transport { .. } => Err(anyhow::Error::from(e)),
+            other => Ok(Done::Refused(other.to_string())),
+        }
+    };
+    Ok(match prepared {
+        Prepared::Issue(request) => {
+            let body = AwardBody {
+                request,
+                green: false,
+            };
+            match target.issue(&body).await {
+                Ok(a) => Done::Event(
+                    Event::Issue {
+                        at_ms: a.at_ms,
+                        request: body.request,
+                        outcome: a.outcome,
+                    },
+                    None,
+                ),
+                Err(e) => return refused(e),
+            }
+        }
+        Prepared::Withdraw(request, forged_at) => match target.withdraw(&request).await {
+            Ok(a) => Done::Event(
+                Event::Withdraw {
+                    at_ms: a.at_ms,
+                    request,
+                    outcome: a.outcome,
+                },
+                forged_at,
+            ),
+            Err(e) => return refused(e),
+        },
+        Prepared::View(act_id) => match target.view(5001, act_id, 20, None).await {
+            Ok(a) => Done::Event(
+                Event::View {
+                    at_ms: a.at_ms,
+                    activity_id: 5001,
+                    act_id,
+                    view: a.view,
+                },
+                None,
+            ),
+            // No child open: nothing to check.
+            Err(CallError::Refused { status: 404, .. }) => return Ok(Done::Refused(String::new())),
+            Err(e) => return refused(e),
+        },
+    })
+}
+
+fn absorb(side: &mut Driven, done: Done, answers: &mut Answers) {
+    match done {
+        Done::Event(event, forged_at) => {
+            if let Event::Issue {
+                outcome: IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token },
+                ..
+            } = &event
+            {
+                let copies = side.client.tokens.entry(token.act_id).or_default();
+                if !copies.contains(&token.bytes) {
+                    copies.push(token.bytes.clone());
+                }
+            }
+            if let (
+                Event::Withdraw {
+                    request, outcome, ..
+                },
+                Some(at),
+            ) = (&event, forged_at)
+            {
+                let rejected = match outcome {
+                    WithdrawOutcome::Withdrawn { force, .. } | WithdrawOutcome::Rejected { force, .. } => {
+                        force.rejected_tokens.iter().map(|(i, _)| *i).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                answers.forged.push((request.withdraw_no.clone(), at, rejected));
+            }
+            side.history.events.push(event.clone());
+            answers.events.push(event);
+        }
+        Done::Refused(what) if what.is_empty() => {}
+        Done::Refused(what) => answers.refused.push(what),
+    }
+}
+
+/// The case's own expectations of the answers (beyond the invariants).
+fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
+    let mut failed = Vec::new();
+    // Bad input gets an outcome with a reason code, so every request of a
+    // case must get an answer, not an error body.
+    for what in answers.refused.iter().take(5) {
+        failed.push(format!("no protocol answer: {what}"));
+    }
+    let issues = || {
+        answers.events.iter().filter_map(|e| match e {
+            Event::Issue { request, outcome, .. } => Some((request, outcome)),
+            _ => None,
+        })
+    };
+    match name {
+        "gray_release_gates" => {
+            let gate = scenario.tree.activity(5001).map(|a| a.withdraw_gate.clone()).unwrap_or_default();
+            for event in &answers.events {
+                match event {
+                    Event::Issue { request, outcome, .. }
+                        if request
+                            .order_no
+                            .parse::<OrderNo>()
+                            .is_ok_and(|o| o.scene_id == 502 && o.rain_id == 1) =>
+                    {
+                        if outcome.label() != "no_child_open" {
+                            failed.push(format!(
+                                "{} before the first child opened was answered `{}`, not no_child_open",
+                                request.order_no,
+                                outcome.label()
+                            ));
+                        }
+                    }
+                    Event::Withdraw { request, outcome, .. } => {
+                        let admitted = gate.admits(request.act_id);
+                        let refused = outcome.label() == "withdraw_not_open";
+                        if admitted == refused {
+                            failed.push(format!(
+                                "withdraw of user {} ({} the gray share) was answered `{}`",
+                                request.act_id,
+                                if admitted { "inside" } else { "outside" },
+                                outcome.label()
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        "idempotency_storm" => {
+            let mut firsts: BTreeMap<&str, u32> = BTreeMap::new();
+            for (request, outcome) in issues() {
+                if matches!(
+                    outcome,
+                    IssueOutcome::Issued { .. } | IssueOutcome::Accepted { .. } | IssueOutcome::Queued { .. }
+                ) {
+                    *firsts.entry(&request.order_no).or_default() += 1;
+                }
+            }
+            for (order, n) in firsts.iter().filter(|(_, n)| **n > 1) {
+                failed.push(format!("order {order} was answered as a first success {n} times"));
+            }
+            let conflicts = issues().filter(|(_, o)| o.label() == "conflict").count();
+            if conflicts < 25 {
+                failed.push(format!(
+                    "{conflicts} of the 25 replays with another amount were answered `conflict`"
+                ));
+            }
+            let mut withdrawn: BTreeMap<&str, u32> = BTreeMap::new();
+            for event in &answers.events {
+                if let Event::Withdraw {
+                    request,
+                    outcome: WithdrawOutcome::Withdrawn { .. },
+                    ..
+                } = event
+                {
+                    *withdrawn.entry(&request.withdraw_no).or_default() += 1;
+                }
+            }
+            for (no, n) in withdrawn.iter().filter(|(_, n)| **n > 1) {
+                failed.push(format!("withdraw {no} was taken out {n} times"));
+            }
+        }
+        "stock_races" => {
+            let given = |award_id: u64| {
+                issues()
+                    .filter(|(r, o)| {
+                        r.award_id == award_id
+                            && matches!(o, IssueOutcome::Issued { .. } | IssueOutcome::Queued { .. })
+                    })
+                    .count() as u64
+            };
+            let stock = |template| {
+                scenario
+                    .tree
+                    .activity(5003)
+                    .and_then(|a| {
+                        a.awards.values().find_map(|d| match d {
+                            AwardDef::Coupon(c) if c.template_id == template => Some(c.stock),
+                            _ => None,
+                        })
+                    })
+                    .unwrap_or(0)
+            };
+            let sync = given(5941);
+            if sync != stock(8201) {
+                failed.push(format!(
+                    "{sync} sync coupons of template 8201 were issued to {} racing users; the stock is {}",
+                    stock(8201) * 3,
+                    stock(8201)
+                ));
+            }
+            // Pipeline orders are queued first and consume later: the ledger tells.
+            
+            let budget = issues()
+                .filter(|(r, o)| r.award_id == 5931 && matches!(o, IssueOutcome::Issued { .. }))
+                .count();
+            if budget != 50 {
+                failed.push(format!(
+                    "{budget} awards of 10.00 were issued against a budget of 500.00 (50 fit)"
+                ));
+            }
+        }
+        "forged_tokens" => {
+            for (no, at, rejected) in &answers.forged {
+                if !rejected.contains(at) {
+                    failed.push(format!(
+                        "withdraw {no}: the forged token at position {at} was not refused (refused: {rejected:?})"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    failed
+}
+
+/// Differences between a target's and the reference's final states: per-user
+/// cash balances, coupons per template, counters (per-user limit counters
+/// summed per batch, since which racer wins is not determined).
+fn compare_states(target: &FinalState, reference: &FinalState) -> Vec<String> {
+    let mut out = Vec::new();
+    let balances = |s: &FinalState| -> BTreeMap<(u64, u64), u64> {
+        s.ledger
+            .accounts
+            .iter()
+            .map(|a| ((a.key.child_id, a.key.act_id), a.balance_cents))
+            .collect()
+    };
+    // Children where racers compete: which users win is not determined, so
+    // only their totals compare.
+    let race_children = [500201u64, 500301];
+    let folded = |m: BTreeMap<(u64, u64), u64>| -> BTreeMap<(u64, u64), u64> {
+        let mut out = BTreeMap::new();
+        for ((child, user), v) in m {
+            let user = if race_children.contains(&child) { 0 } else { user };
+            *out.entry((child, user)).or_default() += v;
+        }
+        out
+    };
+    let (a, b) = (folded(balances(target)), folded(balances(reference)));
+    let keys: BTreeSet<_> = a.keys().chain(b.keys()).collect();
+    for key in keys {
+        let (x, y) = (a.get(key).copied().unwrap_or(0), b.get(key).copied().unwrap_or(0));
+        if x != y {
+            out.push(format!(
+                "user {} in child {}: balance {x} cents on the target, {y} on the reference",
+                key.1, key.0
+            ));
+        }
+    }
+    let coupons = |s: &FinalState| -> BTreeMap<u64, u64> {
+        let mut m = BTreeMap::new();
+        for e in &s.ledger.entries {
+            if let EntryKind::Credit {
+                award: Award::Coupon { template_id, .. },
+                ..
+            } = &e.kind
+            {
+                *m.entry(*template_id).or_default() += 1;
+            }
+        }
+        m
+    };
+    let (a, b) = (coupons(target), coupons(reference));
+    if a != b {
+        out.push(format!("coupons credited per template: target {a:?}, reference {b:?}"));
+    }
+    let counters = |s: &FinalState| -> BTreeMap<String, i64> {
+        let mut m = BTreeMap::new();
+        for (key, value) in &s.counters {
+            // The hot counter is approximate by design (I8 bounds it).
+            if key.starts_with("counter:") {
+                continue;
+            }
+            let family = match key.split(':').collect::<Vec<_>>().as_slice() {
+                [kind @ ("user-batch" | "user-group"), child, batch, _user] => {
+                    format!("{kind}:{child}:{batch}:*")
+                }
+                _ => key.clone(),
+            };
+            *m.entry(family).or_default() += value;
+        }
+        m
+    };
+    let (a, b) = (counters(target), counters(reference));
+    let keys: BTreeSet<_> = a.keys().chain(b.keys()).collect();
+    for key in keys {
+        let (x, y) = (a.get(key).copied().unwrap_or(0), b.get(key).copied().unwrap_or(0));
+        if x != y {
+            out.push(format!("counter {key}: {x} on the target, {y} on the reference"));
+        }
+    }
+    out
+}
+
+/// JUnit XML of a report (one test case per conformance case).
+pub fn junit(report: &ConformReport) -> anyhow::Result<String> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suite = TestSuite::new("redrain conform");
+    for case in &report.cases {
+        let status = if case.passed {
+            TestCaseStatus::success()
+        } else {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            let mut text = String::new();
+            for line in case.violations.iter().chain(&case.expectations).chain(&case.differences) {
+                text.push_str(line);
+                text.push('\n');
+            }
+            status.set_description(text);
+            status
+        };
+        let mut test = TestCase::new(case.name.clone(), status);
+        test.set_classname("conform");
+        test.set_time(std::time::Duration::from_millis(case.elapsed_ms));
+        suite.add_test_case(test);
+    }
+    let mut junit = Report::new("redrain conform");
+    junit.add_test_suite(suite);
+    junit
+        .to_string()
+        .map_err(|e| anyhow::anyhow!("writing JUnit XML: {e}"))
+}
+
+/// The one-screen summary.
+pub fn render(report: &ConformReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "redrain conform · {}{}",
+        report.target,
+        if report.reference {
+            " · compared with the in-process reference"
+        } else {
+            ""
+        }
+    );
+    for case in &report.cases {
+        let _ = writeln!(
+            out,
+            "  {:<24} {}  {} requests · {} ms",
+            case.name,
+            if case.passed { "pass" } else { "FAIL" },
+            case.requests,
+            case.elapsed_ms
+        );
+        for line in case
+            .violations
+            .iter()
+            .chain(&case.expectations)
+            .chain(&case.differences)
+            .take(6)
+        {
+            let _ = writeln!(out, "      {line}");
+        }
+    }
+    let _ = writeln!(out, "invariants over everything sent:");
+    for (name, passed, n) in &report.invariants {
+        let _ = writeln!(out, "  {name:<20} {}  {n} violation(s)", if *passed { "pass" } else { "FAIL" });
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        if report.passed {
+            "conform: PASS"
+        } else {
+            "conform: FAIL"
+        }
+    );
+    out
+}
+
