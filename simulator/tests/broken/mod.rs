@@ -242,8 +242,12 @@ pub enum KvBug {
     /// Check-and-consume never says no and every batch may hold a group: stock,
     /// budgets, per-user limits and exclusion are counted but not enforced.
     IgnoreLimits,
-    /// Users' token lists read back empty (lost server-side token data).
+    /// Users' token lists read back empty (lost server-side token data): the
+    /// wallet page's balance leaves out tokens still being credited.
     HideTokenLists,
+    /// Check-and-consume as two calls with a pause between (GET, then INCRBY):
+    /// concurrent consumers all pass the check, so stock is over-issued under a race.
+    RacyConsume,
 }
 
 #[derive(Debug)]
@@ -276,13 +280,27 @@ impl Kv for LimitlessKv {
     async fn consume_within(&self, key: &str, n: u64, limit: u64) -> Result<Consume, KvError> {
         match self.bug {
             KvBug::IgnoreLimits => self.inner.consume_within(key, n, u64::MAX).await,
+            KvBug::RacyConsume => {
+                let current = self.inner.counter(key).await?.max(0) as u64;
+                // The round trip between the read and the write.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                if current + n > limit {
+                    return Ok(Consume::Exceeded { current });
+                }
+                let after = self.inner.incr_by(key, n as i64).await?;
+                Ok(Consume::Consumed {
+                    after: after.max(0) as u64,
+                })
+            }
             KvBug::HideTokenLists => self.inner.consume_within(key, n, limit).await,
         }
     }
     async fn consume_up_to(&self, key: &str, n: u64, limit: u64) -> Result<u64, KvError> {
         match self.bug {
             KvBug::IgnoreLimits => self.inner.consume_up_to(key, n, u64::MAX).await,
-            KvBug::HideTokenLists => self.inner.consume_up_to(key, n, limit).await,
+            KvBug::HideTokenLists | KvBug::RacyConsume => {
+                self.inner.consume_up_to(key, n, limit).await
+            }
         }
     }
     async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
@@ -314,13 +332,13 @@ impl Kv for LimitlessKv {
         match self.bug {
             // Every batch may hold the group.
             KvBug::IgnoreLimits => self.inner.hold(&format!("{key}:{value}"), value).await,
-            KvBug::HideTokenLists => self.inner.hold(key, value).await,
+            KvBug::HideTokenLists | KvBug::RacyConsume => self.inner.hold(key, value).await,
         }
     }
     async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> {
         match self.bug {
             KvBug::IgnoreLimits => self.inner.unhold(&format!("{key}:{value}"), value).await,
-            KvBug::HideTokenLists => self.inner.unhold(key, value).await,
+            KvBug::HideTokenLists | KvBug::RacyConsume => self.inner.unhold(key, value).await,
         }
     }
     async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> {

@@ -1,0 +1,190 @@
+//! `redrain conform` against the reference server and against deliberately
+//! broken wallet servers: it passes the first and catches every planted bug.
+
+#[allow(dead_code)]
+mod broken;
+
+use std::sync::Arc;
+
+use broken::{Bug, KvBug, LimitlessKv, NaiveLedger};
+use reference::http::{Server, ShiftedClock};
+use reference::kv::{Kv, MemoryKv};
+use reference::ledger::{Ledger, MemoryLedger};
+use reference::{Clock, Wallet};
+use simulator::live::conform::{ConformOptions, ConformReport, conform};
+use simulator::scenario::Scenario;
+
+const TOKEN: &str = "conform-test-admin-token";
+
+fn scenario() -> Scenario {
+    Scenario::load(std::path::Path::new("../scenarios/conform/conform.toml")).expect("the conform scenario loads")
+}
+
+/// What the shadow side of a server is built on.
+enum Shadow {
+    /// The reference's own stores.
+    Honest,
+    /// A ledger that never finds an earlier posting: a retry credits again.
+    DoubleCreditOnRetry,
+    /// Stock checked and consumed in two calls: a race over-issues.
+    OverIssueRace,
+    /// Token lists lost: the balance dips while tokens are being credited.
+    DippingBalance,
+    /// Shadow traffic written to the real stores.
+    ShadowToRealKeys,
+}
+
+/// Serve the conform tree on 127.0.0.1 with the shadow side as `shadow` says.
+async fn start(shadow: Shadow) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let scenario = scenario();
+    let clock = Arc::new(ShiftedClock::starting_at(scenario.start_ms));
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    let kv: Arc<dyn Kv> = Arc::new(MemoryKv::new(dyn_clock.clone()));
+    let (shadow_ledger, shadow_kv): (Arc<dyn Ledger>, Arc<dyn Kv>) = match shadow {
+        Shadow::Honest => (
+            Arc::new(MemoryLedger::new()),
+            Arc::new(MemoryKv::new(dyn_clock.clone())),
+        ),
+        Shadow::DoubleCreditOnRetry => (
+            Arc::new(NaiveLedger::new(Some(Bug::NoIdempotency))),
+            Arc::new(MemoryKv::new(dyn_clock.clone())),
+        ),
+        Shadow::OverIssueRace => (
+            Arc::new(MemoryLedger::new()),
+            Arc::new(LimitlessKv::with_bug(dyn_clock.clone(), KvBug::RacyConsume)),
+        ),
+        Shadow::DippingBalance => (
+            Arc::new(MemoryLedger::new()),
+            Arc::new(LimitlessKv::with_bug(dyn_clock.clone(), KvBug::HideTokenLists)),
+        ),
+        Shadow::ShadowToRealKeys => (ledger.clone(), kv.clone()),
+    };
+    let keys = scenario
+        .token_keys
+        .as_ref()
+        .expect("the conform scenario signs tokens")
+        .load(scenario.seed)
+        .expect("dev keys");
+    let wallet = Wallet::new(Arc::new(scenario.tree.clone()), ledger, kv, dyn_clock)
+        .with_shadow_stores(shadow_ledger, shadow_kv)
+        .with_keys(Arc::new(keys));
+    let config = simulator::serve::server_config(&scenario, TOKEN.to_owned());
+    let server = Server::new(wallet, clock, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = server
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (url, stop)
+}
+
+async fn run(shadow: Shadow, reference: bool) -> ConformReport {
+    let (url, stop) = start(shadow).await;
+    let report = conform(
+        &scenario(),
+        &ConformOptions {
+            target: url,
+            admin_token: TOKEN.to_owned(),
+            reference,
+            only: None,
+            drain_ms_max: 30_000,
+        },
+    )
+    .await
+    .expect("conform runs");
+    let _ = stop.send(());
+    report
+}
+
+fn failing(report: &ConformReport) -> Vec<(String, Vec<String>)> {
+    report
+        .cases
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| {
+            let mut lines = c.violations.clone();
+            lines.extend(c.expectations.clone());
+            lines.extend(c.differences.clone());
+            (c.name.clone(), lines)
+        })
+        .collect()
+}
+
+fn invariant_failed(report: &ConformReport, id: &str) -> bool {
+    report
+        .invariants
+        .iter()
+        .any(|(name, passed, _)| name.starts_with(id) && !passed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_conforms_and_matches_itself() {
+    let report = run(Shadow::Honest, true).await;
+    assert!(report.passed, "{}", simulator::live::conform::render(&report));
+    assert_eq!(report.cases.len(), simulator::live::conform::CASES.len());
+    let junit = simulator::live::conform::junit(&report).expect("junit");
+    assert!(junit.contains("tests=\"7\"") && !junit.contains("<failure"), "{junit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_credit_on_retry_is_caught() {
+    let report = run(Shadow::DoubleCreditOnRetry, false).await;
+    assert!(!report.passed);
+    assert!(invariant_failed(&report, "I1"), "{}", simulator::live::conform::render(&report));
+    let storm = failing(&report);
+    assert!(
+        storm.iter().any(|(name, lines)| name == "idempotency_storm"
+            && lines.iter().any(|l| l.contains("first success"))),
+        "{storm:?}"
+    );
+    let junit = simulator::live::conform::junit(&report).expect("junit");
+    assert!(junit.contains("<failure"), "{junit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_issue_under_a_race_is_caught() {
+    let report = run(Shadow::OverIssueRace, false).await;
+    assert!(!report.passed);
+    assert!(invariant_failed(&report, "I2"), "{}", simulator::live::conform::render(&report));
+    let failed = failing(&report);
+    assert!(
+        failed.iter().any(|(name, lines)| name == "stock_races"
+            && lines.iter().any(|l| l.contains("the stock is 40"))),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_that_dips_while_tokens_credit_is_caught() {
+    let report = run(Shadow::DippingBalance, false).await;
+    assert!(!report.passed);
+    assert!(invariant_failed(&report, "I5"), "{}", simulator::live::conform::render(&report));
+    let failed = failing(&report);
+    assert!(
+        failed.iter().any(|(name, _)| name == "pending_tokens_visible"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_writes_to_real_keys_are_caught() {
+    let report = run(Shadow::ShadowToRealKeys, false).await;
+    assert!(!report.passed);
+    assert!(invariant_failed(&report, "I6"), "{}", simulator::live::conform::render(&report));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_target_also_differs_from_the_reference() {
+    let report = run(Shadow::DoubleCreditOnRetry, true).await;
+    assert!(
+        report.cases.iter().any(|c| !c.differences.is_empty()),
+        "{}",
+        simulator::live::conform::render(&report)
+    );
+}
