@@ -55,3 +55,17 @@ ensure_chromium() {
          && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; } \
     || echo "ci: could not install chromium (the screenshot test will fail under REDRAIN_REQUIRE_SERVICES)"
 }
+
+# wrk (Debian's package), the baseline `redrain bench http` and its test measure
+# the load driver against; installed when missing.
+ensure_wrk() {
+  if command -v wrk >/dev/null 2>&1; then
+    echo "ci: wrk is installed"
+    return
+  fi
+  echo "ci: installing wrk"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk >/dev/null 2>&1; } \
+    || echo "ci: could not install wrk (the HTTP benchmark test will fail under REDRAIN_REQUIRE_SERVICES)"
+}

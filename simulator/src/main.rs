@@ -403,6 +403,23 @@ enum BenchWhat {
         #[arg(long, default_value_t = 200_000)]
         requests: u64,
     },
+    /// The live load driver beside wrk and a goose-only run against the same
+    /// `redrain serve` (requests/s per client core), and the server's award
+    /// throughput on the embedded stores and on MariaDB + Redis.
+    Http {
+        /// Seconds per client run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections (wrk), in-flight bound (driver), users (goose).
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// The scenario to serve.
+        #[arg(long, default_value = "scenarios/conform/conform.toml")]
+        scenario: PathBuf,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Hot-counter KV operations: plan 1 (split keys) beside plan 2 (local aggregation).
     Counter {
         /// Counter writes (at 300k writes/s and 6 reads per write, virtual time).
@@ -418,7 +435,12 @@ fn main() -> ExitCode {
     // on one thread (their engine is sequential; suites start OS threads).
     let live = matches!(
         cli.command,
-        Command::Serve { .. } | Command::Load { .. } | Command::Conform { .. }
+        Command::Serve { .. }
+            | Command::Load { .. }
+            | Command::Conform { .. }
+            | Command::Bench {
+                what: BenchWhat::Http { .. }
+            }
     );
     let runtime = if live {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()
@@ -975,6 +997,34 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
             let rows = simulator::bench_kv::bench_kv(&url, requests).await?;
             print!("{}", simulator::bench_kv::render_kv(&url, &rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Http {
+                    seconds,
+                    connections,
+                    scenario,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(seconds > 0, "--seconds must be at least 1");
+            anyhow::ensure!(connections > 0, "--connections must be at least 1");
+            anyhow::ensure!(scenario.is_file(), "no scenario file {}", scenario.display());
+            let options = simulator::live::bench_http::HttpBenchOptions {
+                seconds,
+                connections,
+                redrain: std::env::current_exe().context("finding the redrain binary")?,
+                scenario,
+                dir: std::env::temp_dir(),
+            };
+            let bench = simulator::live::bench_http::bench_http(&options).await?;
+            print!("{}", simulator::live::bench_http::render(&bench));
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&bench).context("serialising the figures")?;
+                write_atomically(&path, text.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

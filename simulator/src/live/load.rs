@@ -24,10 +24,10 @@ use reference::token::{KeyRing, decode_unverified};
 use reference::wallet::{CLIENT_TOKENS_MAX, IssueOutcome, WithdrawOutcome, WithdrawRequest};
 use reference::{ActId, Millis};
 use reports::{LatencySummary, LiveSummary, RunRecord, SecondSample};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::client::{CallError, Target};
+use super::driver::{Answer, Feed, Slot};
 use super::state::read_final_state;
 use crate::check::{self, Violation};
 use crate::history::{Event, FinalState, History};
@@ -90,6 +90,30 @@ struct Journey {
     request: Request,
 }
 
+/// What the driver carries with each award.
+#[derive(Debug)]
+struct IssueMeta {
+    second: u64,
+    request: reference::wallet::IssueRequest,
+}
+
+/// One connection's sends.
+#[derive(Debug, Default)]
+struct SentAwards {
+    answers: Vec<(IssueMeta, u16, bytes::Bytes, u64)>,
+    dropped: Vec<u64>,
+    failed: Vec<(u64, String)>,
+}
+
+/// An award's answer: the outcome, or a label for what came instead.
+fn decode_issue(status: u16, body: &[u8]) -> Result<reference::http::IssueAnswer, String> {
+    if matches!(status, 200 | 409 | 422 | 429) {
+        return serde_json::from_slice(body).map_err(|_| "error.not_protocol".to_owned());
+    }
+    Err(serde_json::from_slice::<reference::http::ErrorBody>(body)
+        .map_or_else(|_| "error.not_protocol".to_owned(), |b| format!("error.{}", b.code)))
+}
+
 /// What every sender and journey writes into.
 #[derive(Debug)]
 struct Shared {
@@ -101,9 +125,6 @@ struct Shared {
     errors: Mutex<BTreeMap<String, u64>>,
     /// Per second since the start: offered, awarded, rejected by label.
     seconds: Mutex<BTreeMap<u64, SecondCounts>>,
-    in_flight: AtomicU64,
-    in_flight_peak: AtomicU64,
-    answered: AtomicU64,
     journeys: Mutex<VecDeque<Journey>>,
     journeys_done: AtomicU64,
     feed_closed: AtomicBool,
@@ -132,17 +153,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn error(&self, second: u64, error: &CallError) {
-        let label = error.label();
-        *lock(&self.errors).entry(label.clone()).or_default() += 1;
-        *lock(&self.seconds)
-            .entry(second)
-            .or_default()
-            .rejected
-            .entry(label)
-            .or_default() += 1;
-    }
-
     fn record_issue(&self, second: u64, latency_us: u64, outcome: &IssueOutcome) {
         lock(&self.issue_latency).saturating_record(latency_us.max(1));
         let mut seconds = lock(&self.seconds);
@@ -156,6 +166,20 @@ impl Shared {
             }
             other if other.label() == "duplicate" => {}
             other => *row.rejected.entry(other.label().to_owned()).or_default() += 1,
+        }
+    }
+
+    /// Keep the client's copy of the token an answer carries.
+    fn keep_token_copy(&self, body: &[u8]) {
+        let Ok(answer) = serde_json::from_slice::<reference::http::IssueAnswer>(body) else {
+            return;
+        };
+        if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } = &answer.outcome {
+            let mut tokens = lock(&self.tokens);
+            let copies = tokens.entry(token.act_id).or_default();
+            if !copies.contains(&token.bytes) {
+                copies.push(token.bytes.clone());
+            }
         }
     }
 
@@ -286,9 +310,6 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         journey_latency: Mutex::new(histogram()),
         errors: Mutex::new(BTreeMap::new()),
         seconds: Mutex::new(BTreeMap::new()),
-        in_flight: AtomicU64::new(0),
-        in_flight_peak: AtomicU64::new(0),
-        answered: AtomicU64::new(0),
         journeys: Mutex::new(VecDeque::new()),
         journeys_done: AtomicU64::new(0),
         feed_closed: AtomicBool::new(false),
@@ -315,17 +336,49 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         tokio::spawn(poll_counter(target.clone(), shared.clone(), stop_counter.clone(), zero))
     });
     let bar = progress_line(options.progress, duration_ms / 1000);
-    let permits = Arc::new(Semaphore::new(options.in_flight_max));
+    // Awards: the open-model driver on a thread of its own (one core), fed in
+    // time order; answers are kept raw and decoded once the sending is over,
+    // except token answers, whose copies the client needs for its withdraws.
+    let addr = super::driver::resolve(target.base()).await?;
+    let feed: Arc<Feed<IssueMeta>> = Arc::new(Feed::queue());
+    let answered = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let shared = shared.clone();
+        let answered = answered.clone();
+        tokio::spawn(super::driver::drive_on_own_thread(
+            addr,
+            "/v1/awards",
+            true,
+            options.in_flight_max,
+            feed.clone(),
+            SentAwards::default,
+            move |sent: &mut SentAwards, meta: IssueMeta, answer| match answer {
+                Answer::Answered {
+                    status,
+                    body,
+                    latency_us,
+                } => {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    if body.windows(9).any(|w| w == b"\"token\":{") {
+                        shared.keep_token_copy(&body);
+                    }
+                    sent.answers.push((meta, status, body, latency_us));
+                }
+                Answer::Dropped => sent.dropped.push(meta.second),
+                Answer::Failed { error } => sent.failed.push((meta.second, error)),
+            },
+        ))
+    };
     let mut scheduled = 0u64;
-    let mut sent = 0u64;
-    let mut dropped = 0u64;
     let mut last_second = u64::MAX;
     while let Some(batch) = batches.recv().await {
         for op in batch {
             let due_ms = op.at_ms - scenario.start_ms;
             let due = zero + Duration::from_millis(due_ms);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due).await;
+            // Stay a little ahead of the schedule, not far: the feed is memory.
+            let lead = Duration::from_millis(500);
+            if due > Instant::now() + lead {
+                tokio::time::sleep_until(due - lead).await;
             }
             let second = due_ms / 1000;
             lock(&shared.seconds).entry(second).or_default().offered += 1;
@@ -334,9 +387,9 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
                 if let Some(bar) = &bar {
                     bar.set_position(second);
                     bar.set_message(format!(
-                        "sent {sent} · dropped {dropped} · in flight {} · answered {}",
-                        shared.in_flight.load(Ordering::Relaxed),
-                        shared.answered.load(Ordering::Relaxed)
+                        "scheduled {scheduled} · answered {} · waiting {}",
+                        answered.load(Ordering::Relaxed),
+                        feed.len()
                     ));
                 }
             }
@@ -351,63 +404,28 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
                 }
             };
             scheduled += 1;
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                dropped += 1;
-                *lock(&shared.seconds)
-                    .entry(second)
-                    .or_default()
-                    .rejected
-                    .entry("live.dropped".to_owned())
-                    .or_default() += 1;
-                continue;
+            let body = serde_json::to_vec(&AwardBody {
+                request,
+                green: false,
+            })
+            .context("encoding an award")?;
+            let request = match serde_json::from_slice::<AwardBody>(&body) {
+                Ok(award) => award.request,
+                Err(e) => anyhow::bail!("an award does not round-trip through JSON: {e}"),
             };
-            sent += 1;
-            let now_in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-            shared.in_flight_peak.fetch_max(now_in_flight, Ordering::Relaxed);
-            let target = target.clone();
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let body = AwardBody {
-                    request,
-                    green: false,
-                };
-                let answer = target.issue(&body).await;
-                let latency_us = due.elapsed().as_micros() as u64;
-                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                shared.answered.fetch_add(1, Ordering::Relaxed);
-                drop(permit);
-                match answer {
-                    Ok(answer) => {
-                        shared.record_issue(second, latency_us, &answer.outcome);
-                        if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } =
-                            &answer.outcome
-                        {
-                            let mut tokens = lock(&shared.tokens);
-                            let copies = tokens.entry(token.act_id).or_default();
-                            if !copies.contains(&token.bytes) {
-                                copies.push(token.bytes.clone());
-                            }
-                        }
-                        lock(&shared.events).push(Event::Issue {
-                            at_ms: answer.at_ms,
-                            request: body.request,
-                            outcome: answer.outcome,
-                        });
-                    }
-                    Err(error) => shared.error(second, &error),
-                }
+            feed.push(Slot {
+                due,
+                body: bytes::Bytes::from(body),
+                meta: IssueMeta { second, request },
             });
         }
     }
+    feed.close();
     shared.feed_closed.store(true, Ordering::SeqCst);
     let trace = trace_thread
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    // Every award answered (the permits all back).
-    let _all = permits
-        .acquire_many(options.in_flight_max as u32)
-        .await
-        .context("waiting for the awards in flight")?;
+    let (sent_awards, in_flight_peak) = sender.await.context("the driver's task")??;
     let goose_figures = goose.await.context("the journeys' task")??;
     let send_ms = started_wall.elapsed().as_millis() as u64;
     stop_counter.store(true, Ordering::SeqCst);
@@ -416,6 +434,51 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
     }
     if let Some(bar) = &bar {
         bar.finish_and_clear();
+    }
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    for awards in sent_awards {
+        dropped += awards.dropped.len() as u64;
+        sent += (awards.answers.len() + awards.failed.len()) as u64;
+        for second in awards.dropped {
+            *lock(&shared.seconds)
+                .entry(second)
+                .or_default()
+                .rejected
+                .entry("live.dropped".to_owned())
+                .or_default() += 1;
+        }
+        for (second, error) in awards.failed {
+            tracing::debug!(%error, "an award got no answer");
+            *lock(&shared.errors).entry("error.transport".to_owned()).or_default() += 1;
+            *lock(&shared.seconds)
+                .entry(second)
+                .or_default()
+                .rejected
+                .entry("error.transport".to_owned())
+                .or_default() += 1;
+        }
+        for (meta, status, body, latency_us) in awards.answers {
+            match decode_issue(status, &body) {
+                Ok(answer) => {
+                    shared.record_issue(meta.second, latency_us, &answer.outcome);
+                    lock(&shared.events).push(Event::Issue {
+                        at_ms: answer.at_ms,
+                        request: meta.request,
+                        outcome: answer.outcome,
+                    });
+                }
+                Err(label) => {
+                    lock(&shared.issue_latency).saturating_record(latency_us.max(1));
+                    *lock(&shared.errors).entry(label.clone()).or_default() += 1;
+                    *lock(&shared.seconds)
+                        .entry(meta.second)
+                        .or_default()
+                        .rejected
+                        .entry(label)
+                        .or_default() += 1;
+                }
+            }
+        }
     }
     let drain_started = std::time::Instant::now();
     let drain = target
@@ -450,7 +513,7 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         sent,
         dropped,
         in_flight_max: options.in_flight_max as u64,
-        in_flight_peak: shared.in_flight_peak.load(Ordering::Relaxed),
+        in_flight_peak,
         errors: lock(&shared.errors).clone(),
         issue_latency_us: issue_latency,
         journeys: shared.journeys_done.load(Ordering::Relaxed),

@@ -2,8 +2,10 @@
 //! driver (`redrain load`), conformance (`redrain conform`) and the HTTP
 //! benchmark (`redrain bench http`).
 
+pub mod bench_http;
 pub mod client;
 pub mod conform;
+pub mod driver;
 pub mod load;
 pub mod state;
 
