@@ -31,8 +31,9 @@ pub const CHART_HEIGHT_PX: u32 = 600;
 
 /// Every chart id [`charts`] can produce, in report order. The id is the file
 /// stem suffix: callers write `<stem>-<id>.svg` and `<stem>-<id>.png`.
-pub const CHART_IDS: [&str; 8] = [
+pub const CHART_IDS: [&str; 9] = [
     "throughput",
+    "latency",
     "backlog",
     "credit-delay",
     "rejections",
@@ -144,6 +145,7 @@ fn plots(record: &RunRecord) -> Vec<Plot> {
 fn plot(record: &RunRecord, id: &str) -> Option<Plot> {
     match id {
         "throughput" => throughput(record),
+        "latency" => latency(record),
         "backlog" => backlog(record),
         "credit-delay" => credit_delay(record),
         "rejections" => rejections(record),
@@ -758,6 +760,38 @@ fn db_ops(record: &RunRecord) -> Option<Plot> {
             limit(series, |s| s.db_limit),
         );
     }
+    Some(plot)
+}
+
+/// A live load's award latency: the 99th percentile per second, from the
+/// scheduled send time.
+fn latency(record: &RunRecord) -> Option<Plot> {
+    let series = &record.series;
+    if record.live.is_none() || !any(series, |s| s.latency_p99_us > 0) {
+        return None;
+    }
+    let mut plot = Plot::new(
+        "latency",
+        "Award latency from the scheduled send time (live)".to_owned(),
+        run_line(record, false),
+        "p99 per second (ms)".to_owned(),
+    );
+    plot.layer(
+        "award latency p99 (ms)",
+        PALETTE[3],
+        Kind::Line,
+        series
+            .iter()
+            .map(|s| {
+                let v = if s.latency_p99_us > 0 {
+                    s.latency_p99_us as f64 / 1000.0
+                } else {
+                    f64::NAN
+                };
+                (s.t_s as f64, v)
+            })
+            .collect(),
+    );
     Some(plot)
 }
 

@@ -500,9 +500,14 @@ pub fn render_summary(record: &RunRecord) -> String {
     } else {
         String::new()
     };
+    let (command, time) = if record.live.is_some() {
+        ("load", "live")
+    } else {
+        ("run", "virtual")
+    };
     let _ = writeln!(
         out,
-        "redrain run · {} · seed {} · {} requests over {} s (virtual){sample}",
+        "redrain {command} · {} · seed {} · {} requests over {} s ({time}){sample}",
         s.name,
         s.seed,
         s.requests,

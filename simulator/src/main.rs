@@ -475,6 +475,15 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             kv_prefix,
             seed,
         } => {
+            // The server's warnings (a store failing under a tick) go to stderr;
+            // RUST_LOG=debug shows more.
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .try_init();
             let scenario = Scenario::load(&scenario)?;
             let options = simulator::serve::ServeOptions {
                 listen,

@@ -120,6 +120,54 @@ pub fn server_config(scenario: &Scenario, admin_token: String) -> ServerConfig {
     config
 }
 
+/// A server running on this process's runtime on 127.0.0.1 (a free port): the
+/// in-process reference of `conform --reference`, and tests' targets.
+#[derive(Debug)]
+pub struct Local {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<DrainAnswer>>,
+}
+
+impl Local {
+    /// Start `server` on a free loopback port.
+    pub async fn start(server: Server) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            url,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Shut it down gracefully and say what was left.
+    pub async fn stop(mut self) -> anyhow::Result<DrainAnswer> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .context("the server's task")?
+            .context("serving")
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Serve until Ctrl-C / SIGTERM; prints the address first.
 pub async fn serve(built: Built, listen: SocketAddr) -> anyhow::Result<DrainAnswer> {
     let listener = tokio::net::TcpListener::bind(listen)

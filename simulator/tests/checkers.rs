@@ -2,6 +2,7 @@
 //! of planting: (1) edit the history or final state of a clean run, one defect at
 //! a time; (2) run the workload through a deliberately broken ledger or KV.
 
+#[allow(dead_code)] // each test binary uses a subset of the broken stores
 mod broken;
 
 use std::collections::BTreeSet;

@@ -13,6 +13,7 @@ use reference::ledger::{Ledger, MemoryLedger};
 use reference::{Clock, Wallet};
 use simulator::live::conform::{ConformOptions, ConformReport, conform};
 use simulator::scenario::Scenario;
+use simulator::serve::Local;
 
 const TOKEN: &str = "conform-test-admin-token";
 
@@ -31,11 +32,11 @@ enum Shadow {
     /// Token lists lost: the balance dips while tokens are being credited.
     DippingBalance,
     /// Shadow traffic written to the real stores.
-    ShadowToRealKeys,
+    WritesToRealKeys,
 }
 
 /// Serve the conform tree on 127.0.0.1 with the shadow side as `shadow` says.
-async fn start(shadow: Shadow) -> (String, tokio::sync::oneshot::Sender<()>) {
+async fn start(shadow: Shadow) -> Local {
     let scenario = scenario();
     let clock = Arc::new(ShiftedClock::starting_at(scenario.start_ms));
     let dyn_clock: Arc<dyn Clock> = clock.clone();
@@ -58,7 +59,7 @@ async fn start(shadow: Shadow) -> (String, tokio::sync::oneshot::Sender<()>) {
             Arc::new(MemoryLedger::new()),
             Arc::new(LimitlessKv::with_bug(dyn_clock.clone(), KvBug::HideTokenLists)),
         ),
-        Shadow::ShadowToRealKeys => (ledger.clone(), kv.clone()),
+        Shadow::WritesToRealKeys => (ledger.clone(), kv.clone()),
     };
     let keys = scenario
         .token_keys
@@ -70,26 +71,15 @@ async fn start(shadow: Shadow) -> (String, tokio::sync::oneshot::Sender<()>) {
         .with_shadow_stores(shadow_ledger, shadow_kv)
         .with_keys(Arc::new(keys));
     let config = simulator::serve::server_config(&scenario, TOKEN.to_owned());
-    let server = Server::new(wallet, clock, config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = server
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    (url, stop)
+    Local::start(Server::new(wallet, clock, config)).await.expect("the server starts")
 }
 
 async fn run(shadow: Shadow, reference: bool) -> ConformReport {
-    let (url, stop) = start(shadow).await;
+    let server = start(shadow).await;
     let report = conform(
         &scenario(),
         &ConformOptions {
-            target: url,
+            target: server.url.clone(),
             admin_token: TOKEN.to_owned(),
             reference,
             only: None,
@@ -98,7 +88,7 @@ async fn run(shadow: Shadow, reference: bool) -> ConformReport {
     )
     .await
     .expect("conform runs");
-    let _ = stop.send(());
+    drop(server);
     report
 }
 
@@ -174,7 +164,7 @@ async fn a_balance_that_dips_while_tokens_credit_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_writes_to_real_keys_are_caught() {
-    let report = run(Shadow::ShadowToRealKeys, false).await;
+    let report = run(Shadow::WritesToRealKeys, false).await;
     assert!(!report.passed);
     assert!(invariant_failed(&report, "I6"), "{}", simulator::live::conform::render(&report));
 }

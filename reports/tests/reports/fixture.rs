@@ -128,6 +128,7 @@ pub fn record_named(name: &str) -> RunRecord {
             coupon_stock: GOLD_STOCK + SILVER_STOCK,
             counter_shown,
             counter_true,
+            latency_p99_us: 1_500 + (t % 7) * 300,
             stock: BTreeMap::from([
                 (
                     "tpl-gold".to_owned(),
@@ -309,7 +310,38 @@ pub fn record_named(name: &str) -> RunRecord {
             },
         ],
         reproduce: "redrain run scenarios/spring-ramp.toml --seed 42 --sample 0.01".to_owned(),
-        live: None,
+        // As a live load writes it, so the live chart and figures have data.
+        live: Some(reports::LiveSummary {
+            target: "http://127.0.0.1:8080".to_owned(),
+            rate_scale: 0.01,
+            scheduled: 1_000,
+            sent: 990,
+            dropped: 10,
+            in_flight_max: 64,
+            in_flight_peak: 64,
+            issue_latency_us: Some(reports::LatencySummary {
+                count: 990,
+                p50_us: 900,
+                p90_us: 1_400,
+                p99_us: 2_500,
+                p999_us: 4_000,
+                max_us: 9_000,
+                mean_us: 1_000.0,
+            }),
+            journeys: 40,
+            journey_latency_us: Some(reports::LatencySummary {
+                count: 120,
+                p50_us: 1_800,
+                p90_us: 2_600,
+                p99_us: 4_100,
+                p999_us: 5_000,
+                max_us: 6_000,
+                mean_us: 2_000.0,
+            }),
+            sent_per_s: 99.0,
+            drained: true,
+            ..reports::LiveSummary::default()
+        }),
     }
 }
 
@@ -327,6 +359,7 @@ pub fn bare_record() -> RunRecord {
     record.delay = None;
     record.coupon_delay = None;
     record.capacity = None;
+    record.live = None;
     record.views = ViewSummary::default();
     record.sample_rate = 1.0;
     record.stores.kv_calls = 0;

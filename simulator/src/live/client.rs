@@ -268,7 +268,7 @@ impl Target {
     /// `POST /v1/admin/audit/orders`, in chunks the protocol allows.
     pub async fn orders(&self, orders: Vec<OrderRef>) -> Result<Vec<OrderEntry>, CallError> {
         let mut found = Vec::new();
-        for chunk in orders.chunks(reference::http::AUDIT_ORDERS_MAX.min(10_000)) {
+        for chunk in orders.chunks(reference::http::AUDIT_ORDERS_MAX) {
             let answer: OrdersAnswer = self
                 .call(
                     || "reading coupon order records".to_owned(),
