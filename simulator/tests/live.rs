@@ -73,6 +73,10 @@ async fn a_live_load_of_smoke_checks_every_invariant_on_the_target() {
     let again = load(&scenario, &options(server.url.clone(), 0.25, 1)).await.expect_err("refused");
     assert!(again.to_string().contains("already holds"), "{again}");
     let left = server.stop().await.expect("a graceful stop");
+    // A target serving the tree at another scale is refused before any traffic.
+    let other = serve(&scenario, 1.0).await;
+    let mismatch = load(&scenario, &options(other.url.clone(), 0.25, 1)).await.expect_err("refused");
+    assert!(mismatch.to_string().contains("--rate-scale 0.25"), "{mismatch}");
     assert!(left.drained, "{left:?}");
 }
 

@@ -494,6 +494,9 @@ async fn run_goose(options: &HttpBenchOptions, url: &str) -> anyhow::Result<Clie
         .and_then(|a| a.set_default(GooseDefault::RunTime, options.seconds as usize))
         .and_then(|a| a.set_default(GooseDefault::NoPrintMetrics, true))
         .and_then(|a| a.set_default(GooseDefault::NoResetMetrics, true))
+        // No control ports (telnet 5116, WebSocket 5117): nothing listens but the target.
+        .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
+        .and_then(|a| a.set_default(GooseDefault::NoWebSocket, true))
         .and_then(|a| a.set_default(GooseDefault::Quiet, 1usize))
         .map_err(|e| anyhow::anyhow!("configuring goose: {e}"))?
         .execute()

@@ -208,6 +208,24 @@ impl Target {
             .await
     }
 
+    /// `GET /v1/stock/{activity}/{template}`.
+    pub async fn stock(
+        &self,
+        activity_id: ActivityId,
+        template_id: u64,
+    ) -> Result<reference::wallet::StockView, CallError> {
+        self.call(
+            || format!("reading the stock of template {template_id}"),
+            self.request(
+                reqwest::Method::GET,
+                &format!("/v1/stock/{activity_id}/{template_id}"),
+                false,
+            ),
+            &[200],
+        )
+        .await
+    }
+
     /// `GET /v1/counter`.
     pub async fn counter(&self) -> Result<CounterAnswer, CallError> {
         self.call(

@@ -295,6 +295,27 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         }
         Err(e) => return Err(e).context("setting the target's clock"),
     };
+    // The checkers judge the target by this run's tree: the target must serve
+    // the same one, scaled the same (a coupon's stock tells).
+    if let Some(coupon) = scenario
+        .tree
+        .activity(scenario.activity_id)
+        .and_then(|a| a.coupons().next())
+        && let Ok(stock) = target.stock(scenario.activity_id, coupon.template_id).await
+        && stock.total != coupon.stock
+    {
+        anyhow::bail!(
+            "the target's coupon template {} has a stock of {}, this run's tree {}: start \
+             the target with the same scenario and --rate-scale {} (`redrain serve {} \
+             --rate-scale {}`), or the checkers would judge it by another tree",
+            coupon.template_id,
+            stock.total,
+            coupon.stock,
+            options.rate_scale,
+            scenario.path.display(),
+            options.rate_scale
+        );
+    }
     let duration_ms = match options.duration_s_max {
         Some(s) => scenario.duration_ms.min(s.saturating_mul(1000)),
         None => scenario.duration_ms,
@@ -693,6 +714,9 @@ async fn run_journeys(
         .and_then(|a| a.set_default(GooseDefault::RunTime, (duration_ms / 1000 + 2) as usize))
         .and_then(|a| a.set_default(GooseDefault::NoPrintMetrics, true))
         .and_then(|a| a.set_default(GooseDefault::NoResetMetrics, true))
+        // No control ports (telnet 5116, WebSocket 5117): nothing listens but the target.
+        .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
+        .and_then(|a| a.set_default(GooseDefault::NoWebSocket, true))
         .and_then(|a| a.set_default(GooseDefault::Quiet, 1usize))
         .map_err(|e| anyhow::anyhow!("configuring goose: {e}"))?;
     let metrics = attack
