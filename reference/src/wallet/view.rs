@@ -137,7 +137,14 @@ impl Wallet {
                 }
             }
         }
-        let account = self.ledger.account(account_key).await?;
+        // Balance, income and withdrawals come from the same entries that say
+        // which tokens are credited, not from a separate account read: a token
+        // credited between two reads would otherwise be in neither (the page
+        // would dip by its amount while it credits). Pages run newest first, so
+        // an entry posted mid-read is simply not seen yet; its token still
+        // counts as pending.
+        let mut credited_cents = 0u64;
+        let mut withdrawn_cents = 0u64;
         let mut flow = Vec::new();
         let mut credited: BTreeSet<OrderNo> = BTreeSet::new();
         let mut page_cursor: Option<Cursor> = None;
@@ -151,6 +158,7 @@ impl Wallet {
             for entry in page.entries {
                 match entry.kind {
                     EntryKind::Credit { order_no, award } => {
+                        credited_cents = credited_cents.saturating_add(award.cash_cents());
                         if award.cash_cents() > 0 {
                             flow.push(FlowItem {
                                 at_ms: entry.at_ms,
@@ -165,6 +173,7 @@ impl Wallet {
                         withdraw_no,
                         amount_cents,
                     } => {
+                        withdrawn_cents = withdrawn_cents.saturating_add(amount_cents);
                         flow.push(FlowItem {
                             at_ms: entry.at_ms,
                             kind: FlowKind::Withdrawal,
@@ -210,9 +219,11 @@ impl Wallet {
         Ok(Ok(WalletView {
             child_id: child.id,
             act_id,
-            balance_cents: account.balance_cents.saturating_add(pending_cents),
-            income_cents: account.credited_cents.saturating_add(pending_cents),
-            withdrawn_cents: account.withdrawn_cents,
+            balance_cents: credited_cents
+                .saturating_sub(withdrawn_cents)
+                .saturating_add(pending_cents),
+            income_cents: credited_cents.saturating_add(pending_cents),
+            withdrawn_cents,
             pending_cents,
             pending_tokens,
             flow,
