@@ -115,7 +115,9 @@ impl fmt::Display for OrderNoPart {
 }
 
 /// Why a string is not an order number.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[non_exhaustive]
 pub enum OrderNoError {
     /// Longer than any valid order number can be.
@@ -266,7 +268,9 @@ impl utoipa::PartialSchema for OrderNo {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some("`${act_id}_${scene_id}_${rain_id}_${award_type}_${stage}`"))
+            .description(Some(
+                "`${act_id}_${scene_id}_${rain_id}_${award_type}_${stage}`",
+            ))
             .into()
     }
 }

@@ -194,16 +194,32 @@ pub const KEY_FIGURES: &[KeyFigure] = &[
         "live award latency from the scheduled send time, median",
         LIVE,
     ),
-    figure("issue_latency_us_p90", "live award latency, 90th percentile", LIVE),
-    figure("issue_latency_us_p99", "live award latency, 99th percentile", LIVE),
-    figure("issue_latency_us_p999", "live award latency, 99.9th percentile", LIVE),
+    figure(
+        "issue_latency_us_p90",
+        "live award latency, 90th percentile",
+        LIVE,
+    ),
+    figure(
+        "issue_latency_us_p99",
+        "live award latency, 99th percentile",
+        LIVE,
+    ),
+    figure(
+        "issue_latency_us_p999",
+        "live award latency, 99.9th percentile",
+        LIVE,
+    ),
     figure("issue_latency_us_max", "live award latency, largest", LIVE),
     figure(
         "dropped_sends",
         "live awards not sent: the in-flight bound was reached at their time",
         LIVE,
     ),
-    figure("sent_per_s", "live awards sent per second of the trace", LIVE),
+    figure(
+        "sent_per_s",
+        "live awards sent per second of the trace",
+        LIVE,
+    ),
     figure(
         "live_errors",
         "live calls without a protocol answer (transport, 5xx)",

@@ -545,7 +545,11 @@ pub fn render_summary(record: &RunRecord) -> String {
             );
         }
         if !live.errors.is_empty() {
-            let errors: Vec<String> = live.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let errors: Vec<String> = live
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             let _ = writeln!(out, "  calls without an answer: {}", errors.join(" · "));
         }
     }

@@ -443,9 +443,13 @@ fn main() -> ExitCode {
             }
     );
     let runtime = if live {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,
@@ -519,8 +523,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let scenario = Scenario::load(&scenario)?;
             let out = out.unwrap_or_else(|| PathBuf::from("target/redrain-conform"));
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let options = simulator::live::conform::ConformOptions {
                 target,
                 admin_token: admin.read()?,
@@ -1019,7 +1022,11 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             anyhow::ensure!(seconds > 0, "--seconds must be at least 1");
             anyhow::ensure!(connections > 0, "--connections must be at least 1");
-            anyhow::ensure!(scenario.is_file(), "no scenario file {}", scenario.display());
+            anyhow::ensure!(
+                scenario.is_file(),
+                "no scenario file {}",
+                scenario.display()
+            );
             let options = simulator::live::bench_http::HttpBenchOptions {
                 seconds,
                 connections,
@@ -1030,7 +1037,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let bench = simulator::live::bench_http::bench_http(&options).await?;
             print!("{}", simulator::live::bench_http::render(&bench));
             if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&bench).context("serialising the figures")?;
+                let text =
+                    serde_json::to_string_pretty(&bench).context("serialising the figures")?;
                 write_atomically(&path, text.as_bytes())
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -1057,8 +1065,7 @@ fn finish_run(
     // The summary first: whatever happens to the files, the run's verdict shows.
     print!("{}", reports::render_summary(record));
     if let Some(path) = json {
-        let text =
-            serde_json::to_string_pretty(record).context("serialising the run record")?;
+        let text = serde_json::to_string_pretty(record).context("serialising the run record")?;
         write_atomically(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         if !verdict.no_report {

@@ -94,7 +94,8 @@ pub async fn build(scenario: &Scenario, options: &ServeOptions) -> anyhow::Resul
     let (ledger, shadow_ledger) = (open_ledger(false).await?, open_ledger(true).await?);
     let (kv, shadow_kv): (Arc<dyn Kv>, Arc<dyn Kv>) = (open_kv(false).await?, open_kv(true).await?);
     let tree = Arc::new(scenario.tree.clone());
-    let mut wallet = Wallet::new(tree, ledger, kv, dyn_clock).with_shadow_stores(shadow_ledger, shadow_kv);
+    let mut wallet =
+        Wallet::new(tree, ledger, kv, dyn_clock).with_shadow_stores(shadow_ledger, shadow_kv);
     if let Some(source) = &scenario.token_keys {
         wallet = wallet.with_keys(Arc::new(source.load(seed).context("loading token keys")?));
     }
@@ -111,7 +112,8 @@ pub async fn build(scenario: &Scenario, options: &ServeOptions) -> anyhow::Resul
 pub fn server_config(scenario: &Scenario, admin_token: String) -> ServerConfig {
     let mut config = ServerConfig::new(admin_token);
     config.worker = crate::run::scaled_worker(scenario);
-    config.pipeline = has_pipeline_scenes(&scenario.tree).then(|| crate::run::scaled_pipeline(scenario));
+    config.pipeline =
+        has_pipeline_scenes(&scenario.tree).then(|| crate::run::scaled_pipeline(scenario));
     config.tick_interval_ms = scenario.crediting.tick_interval_ms.max(1);
     config.drain_ms_max = scenario.crediting.drain_ms_max.min(120_000);
     if let Some(counter) = &scenario.counter {
@@ -194,13 +196,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

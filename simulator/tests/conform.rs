@@ -18,7 +18,8 @@ use simulator::serve::Local;
 const TOKEN: &str = "conform-test-admin-token";
 
 fn scenario() -> Scenario {
-    Scenario::load(std::path::Path::new("../scenarios/conform/conform.toml")).expect("the conform scenario loads")
+    Scenario::load(std::path::Path::new("../scenarios/conform/conform.toml"))
+        .expect("the conform scenario loads")
 }
 
 /// What the shadow side of a server is built on.
@@ -57,7 +58,10 @@ async fn start(shadow: Shadow) -> Local {
         ),
         Shadow::DippingBalance => (
             Arc::new(MemoryLedger::new()),
-            Arc::new(LimitlessKv::with_bug(dyn_clock.clone(), KvBug::HideTokenLists)),
+            Arc::new(LimitlessKv::with_bug(
+                dyn_clock.clone(),
+                KvBug::HideTokenLists,
+            )),
         ),
         Shadow::WritesToRealKeys => (ledger.clone(), kv.clone()),
     };
@@ -71,7 +75,9 @@ async fn start(shadow: Shadow) -> Local {
         .with_shadow_stores(shadow_ledger, shadow_kv)
         .with_keys(Arc::new(keys));
     let config = simulator::serve::server_config(&scenario, TOKEN.to_owned());
-    Local::start(Server::new(wallet, clock, config)).await.expect("the server starts")
+    Local::start(Server::new(wallet, clock, config))
+        .await
+        .expect("the server starts")
 }
 
 async fn run(shadow: Shadow, reference: bool) -> ConformReport {
@@ -116,17 +122,28 @@ fn invariant_failed(report: &ConformReport, id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_conforms_and_matches_itself() {
     let report = run(Shadow::Honest, true).await;
-    assert!(report.passed, "{}", simulator::live::conform::render(&report));
+    assert!(
+        report.passed,
+        "{}",
+        simulator::live::conform::render(&report)
+    );
     assert_eq!(report.cases.len(), simulator::live::conform::CASES.len());
     let junit = simulator::live::conform::junit(&report).expect("junit");
-    assert!(junit.contains("tests=\"7\"") && !junit.contains("<failure"), "{junit}");
+    assert!(
+        junit.contains("tests=\"7\"") && !junit.contains("<failure"),
+        "{junit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_credit_on_retry_is_caught() {
     let report = run(Shadow::DoubleCreditOnRetry, false).await;
     assert!(!report.passed);
-    assert!(invariant_failed(&report, "I1"), "{}", simulator::live::conform::render(&report));
+    assert!(
+        invariant_failed(&report, "I1"),
+        "{}",
+        simulator::live::conform::render(&report)
+    );
     let storm = failing(&report);
     assert!(
         storm.iter().any(|(name, lines)| name == "idempotency_storm"
@@ -141,7 +158,11 @@ async fn double_credit_on_retry_is_caught() {
 async fn over_issue_under_a_race_is_caught() {
     let report = run(Shadow::OverIssueRace, false).await;
     assert!(!report.passed);
-    assert!(invariant_failed(&report, "I2"), "{}", simulator::live::conform::render(&report));
+    assert!(
+        invariant_failed(&report, "I2"),
+        "{}",
+        simulator::live::conform::render(&report)
+    );
     let failed = failing(&report);
     assert!(
         failed.iter().any(|(name, lines)| name == "stock_races"
@@ -154,10 +175,16 @@ async fn over_issue_under_a_race_is_caught() {
 async fn a_balance_that_dips_while_tokens_credit_is_caught() {
     let report = run(Shadow::DippingBalance, false).await;
     assert!(!report.passed);
-    assert!(invariant_failed(&report, "I5"), "{}", simulator::live::conform::render(&report));
+    assert!(
+        invariant_failed(&report, "I5"),
+        "{}",
+        simulator::live::conform::render(&report)
+    );
     let failed = failing(&report);
     assert!(
-        failed.iter().any(|(name, _)| name == "pending_tokens_visible"),
+        failed
+            .iter()
+            .any(|(name, _)| name == "pending_tokens_visible"),
         "{failed:?}"
     );
 }
@@ -166,7 +193,11 @@ async fn a_balance_that_dips_while_tokens_credit_is_caught() {
 async fn shadow_writes_to_real_keys_are_caught() {
     let report = run(Shadow::WritesToRealKeys, false).await;
     assert!(!report.passed);
-    assert!(invariant_failed(&report, "I6"), "{}", simulator::live::conform::render(&report));
+    assert!(
+        invariant_failed(&report, "I6"),
+        "{}",
+        simulator::live::conform::render(&report)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

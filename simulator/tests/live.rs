@@ -45,11 +45,16 @@ fn options(target: String, rate_scale: f64, seconds: u64) -> LoadOptions {
 async fn a_live_load_of_smoke_checks_every_invariant_on_the_target() {
     let scenario = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
     let server = serve(&scenario, 0.25).await;
-    let output = load(&scenario, &options(server.url.clone(), 0.25, 8)).await.expect("the load runs");
+    let output = load(&scenario, &options(server.url.clone(), 0.25, 8))
+        .await
+        .expect("the load runs");
     let record = &output.record;
     assert!(record.passed(), "{}", reports::render_summary(record));
     let live = record.live.as_ref().expect("live figures");
-    assert!(live.sent > 200 && live.sent == live.scheduled - live.dropped, "{live:?}");
+    assert!(
+        live.sent > 200 && live.sent == live.scheduled - live.dropped,
+        "{live:?}"
+    );
     assert!(live.errors.is_empty(), "{live:?}");
     assert!(live.journeys > 10, "journeys ran: {live:?}");
     assert!(live.goose_requests >= live.journeys, "{live:?}");
@@ -70,13 +75,20 @@ async fn a_live_load_of_smoke_checks_every_invariant_on_the_target() {
     assert!(figures.contains_key("issue_latency_us_p99") && figures.contains_key("dropped_sends"));
     assert!(reports::render_summary(record).contains("redrain load · smoke"));
     // A second load finds the target's shadow ledger in use and says so.
-    let again = load(&scenario, &options(server.url.clone(), 0.25, 1)).await.expect_err("refused");
+    let again = load(&scenario, &options(server.url.clone(), 0.25, 1))
+        .await
+        .expect_err("refused");
     assert!(again.to_string().contains("already holds"), "{again}");
     let left = server.stop().await.expect("a graceful stop");
     // A target serving the tree at another scale is refused before any traffic.
     let other = serve(&scenario, 1.0).await;
-    let mismatch = load(&scenario, &options(other.url.clone(), 0.25, 1)).await.expect_err("refused");
-    assert!(mismatch.to_string().contains("--rate-scale 0.25"), "{mismatch}");
+    let mismatch = load(&scenario, &options(other.url.clone(), 0.25, 1))
+        .await
+        .expect_err("refused");
+    assert!(
+        mismatch.to_string().contains("--rate-scale 0.25"),
+        "{mismatch}"
+    );
     assert!(left.drained, "{left:?}");
 }
 
@@ -92,7 +104,11 @@ async fn an_overloaded_target_shows_in_drops_and_latency_not_in_a_slower_schedul
     let live = output.record.live.as_ref().expect("live figures");
     assert_eq!(live.in_flight_peak, 1);
     assert_eq!(live.sent + live.dropped, live.scheduled, "{live:?}");
-    assert!(output.record.passed(), "{}", reports::render_summary(&output.record));
+    assert!(
+        output.record.passed(),
+        "{}",
+        reports::render_summary(&output.record)
+    );
 }
 
 #[test]
@@ -130,14 +146,33 @@ fn the_http_benchmark_runs_beside_wrk_and_goose() {
     let json = out.path().join("http.json");
     let output = Command::new(env!("CARGO_BIN_EXE_redrain"))
         .current_dir("..")
-        .args(["bench", "http", "--seconds", "1", "--connections", "8", "--json"])
+        .args([
+            "bench",
+            "http",
+            "--seconds",
+            "1",
+            "--connections",
+            "8",
+            "--json",
+        ])
         .arg(&json)
         .env("REDRAIN_ADMIN_TOKEN", "unused-by-the-bench-itself")
         .output()
         .expect("redrain runs");
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    for row in ["wrk (1 thread)", "redrain open-model driver", "goose (8 users)", "driver per core", "memory", "sqlite + memory kv"] {
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "wrk (1 thread)",
+        "redrain open-model driver",
+        "goose (8 users)",
+        "driver per core",
+        "memory",
+        "sqlite + memory kv",
+    ] {
         assert!(text.contains(row), "{row} missing:\n{text}");
     }
     let figures: serde_json::Value =
@@ -145,5 +180,9 @@ fn the_http_benchmark_runs_beside_wrk_and_goose() {
     for client in figures["clients"].as_array().expect("clients") {
         assert!(client["requests"].as_u64().unwrap_or(0) > 0, "{client}");
     }
-    assert!(figures["clients"][1]["every_latency"].as_bool().unwrap_or(false));
+    assert!(
+        figures["clients"][1]["every_latency"]
+            .as_bool()
+            .unwrap_or(false)
+    );
 }

@@ -32,7 +32,9 @@ impl ShiftedClock {
     /// A clock that reads `now_ms` now and runs on at the wall's pace.
     pub fn starting_at(now_ms: Millis) -> Self {
         let clock = Self::default();
-        clock.offset_ms.store(now_ms as i64 - wall_ms(), Ordering::SeqCst);
+        clock
+            .offset_ms
+            .store(now_ms as i64 - wall_ms(), Ordering::SeqCst);
         clock
     }
 
@@ -44,7 +46,8 @@ impl ShiftedClock {
         if now_ms < current {
             return Err(current);
         }
-        self.offset_ms.store(now_ms as i64 - wall_ms(), Ordering::SeqCst);
+        self.offset_ms
+            .store(now_ms as i64 - wall_ms(), Ordering::SeqCst);
         Ok(self.now_ms())
     }
 }

@@ -38,7 +38,10 @@ use crate::counter::{LocalCounter, LocalCounterConfig};
 use crate::ledger::EntryKind;
 use crate::pipeline::{CouponPipeline, OrderRecord, PipelineConfig};
 use crate::switches::Switch;
-use crate::wallet::{FlowCursor, IssueOutcome, IssueRequest, Rejection, Wallet, WalletError, WithdrawOutcome, WithdrawRequest};
+use crate::wallet::{
+    FlowCursor, IssueOutcome, IssueRequest, Rejection, Wallet, WalletError, WithdrawOutcome,
+    WithdrawRequest,
+};
 use crate::worker::{CreditWorker, WorkerConfig};
 use crate::{ActId, ActivityId, Clock, keys};
 
@@ -218,7 +221,11 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE
         };
         tracing::warn!(%error, "request failed in a store");
-        Self::new(status, code, format!("{error}; the outcome is unknown, retry with the same id"))
+        Self::new(
+            status,
+            code,
+            format!("{error}; the outcome is unknown, retry with the same id"),
+        )
     }
 }
 
@@ -249,13 +256,21 @@ impl From<JsonRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_path", rejection.body_text())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            rejection.body_text(),
+        )
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
     }
 }
 
@@ -278,7 +293,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         Ok(Self(
-            axum::extract::Path::<T>::from_request_parts(parts, state).await?.0,
+            axum::extract::Path::<T>::from_request_parts(parts, state)
+                .await?
+                .0,
         ))
     }
 }
@@ -291,7 +308,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuer
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         Ok(Self(
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?.0,
+            axum::extract::Query::<T>::from_request_parts(parts, state)
+                .await?
+                .0,
         ))
     }
 }
@@ -347,11 +366,17 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 /// The status a rejection is answered with.
 fn rejection_status(reason: &Rejection) -> StatusCode {
     match reason.code() {
-        "malformed_order_no" | "unknown_activity" | "unknown_scene" | "award_type_mismatch"
-        | "unknown_award" | "zero_amount" | "negative_amount" | "amount_over_cap"
-        | "amount_not_allowed" | "malformed_withdraw_no" | "too_many_tokens" => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        "malformed_order_no"
+        | "unknown_activity"
+        | "unknown_scene"
+        | "award_type_mismatch"
+        | "unknown_award"
+        | "zero_amount"
+        | "negative_amount"
+        | "amount_over_cap"
+        | "amount_not_allowed"
+        | "malformed_withdraw_no"
+        | "too_many_tokens" => StatusCode::UNPROCESSABLE_ENTITY,
         "rate_limited" | "pipeline_busy" | "withdraw_busy" => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::OK,
     }
@@ -375,7 +400,11 @@ fn withdraw_status(outcome: &WithdrawOutcome) -> StatusCode {
     }
 }
 
-async fn issue_on(side: &Side, request: &IssueRequest, green: bool) -> Result<IssueOutcome, ApiError> {
+async fn issue_on(
+    side: &Side,
+    request: &IssueRequest,
+    green: bool,
+) -> Result<IssueOutcome, ApiError> {
     let outcome = match &side.pipeline {
         Some(pipeline) => pipeline.issue(request, green).await,
         None => side.wallet.issue(request).await,
@@ -409,7 +438,14 @@ async fn post_award(
     let outcome = issue_on(side, &body.request, body.green).await?;
     state.metrics.count("award", outcome.label());
     let status = issue_status(&outcome);
-    Ok((status, Json(IssueAnswer { at_ms: state.now(), outcome })).into_response())
+    Ok((
+        status,
+        Json(IssueAnswer {
+            at_ms: state.now(),
+            outcome,
+        }),
+    )
+        .into_response())
 }
 
 /// Where a wallet page starts and how long it is.
@@ -479,10 +515,20 @@ async fn get_wallet(
         .view(activity_id, act_id, cursor, limit)
         .await
         .map_err(ApiError::store)?;
-    state.metrics.count("view", if view.is_ok() { "ok" } else { "rejected" });
+    state
+        .metrics
+        .count("view", if view.is_ok() { "ok" } else { "rejected" });
     match view {
-        Ok(view) => Ok(Json(ViewAnswer { at_ms: state.now(), view }).into_response()),
-        Err(reason) => Err(ApiError::new(StatusCode::NOT_FOUND, reason.code(), reason.to_string())),
+        Ok(view) => Ok(Json(ViewAnswer {
+            at_ms: state.now(),
+            view,
+        })
+        .into_response()),
+        Err(reason) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            reason.code(),
+            reason.to_string(),
+        )),
     }
 }
 
@@ -504,10 +550,21 @@ async fn post_withdrawal(
     ApiJson(request): ApiJson<WithdrawRequest>,
 ) -> Result<Response, ApiError> {
     let side = state.side(shadow_of(&headers)?)?;
-    let outcome = side.wallet.withdraw(&request).await.map_err(ApiError::store)?;
+    let outcome = side
+        .wallet
+        .withdraw(&request)
+        .await
+        .map_err(ApiError::store)?;
     state.metrics.count("withdraw", outcome.label());
     let status = withdraw_status(&outcome);
-    Ok((status, Json(WithdrawAnswer { at_ms: state.now(), outcome })).into_response())
+    Ok((
+        status,
+        Json(WithdrawAnswer {
+            at_ms: state.now(),
+            outcome,
+        }),
+    )
+        .into_response())
 }
 
 /// Coupon stock as the strategy side reads it (stop offering below 10%).
@@ -532,7 +589,11 @@ async fn get_stock(
         .map_err(ApiError::store)?
     {
         Ok(stock) => Ok(Json(stock).into_response()),
-        Err(reason) => Err(ApiError::new(StatusCode::NOT_FOUND, reason.code(), reason.to_string())),
+        Err(reason) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            reason.code(),
+            reason.to_string(),
+        )),
     }
 }
 
@@ -574,8 +635,14 @@ async fn get_health(State(state): State<Arc<AppState>>) -> Json<Health> {
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut gauges = Vec::new();
-    for (name, side) in std::iter::once(("real", &state.real)).chain(state.shadow.as_ref().map(|s| ("shadow", s))) {
-        gauges.push(("redrain_token_backlog", name, side.token_backlog.load(Ordering::Relaxed)));
+    for (name, side) in
+        std::iter::once(("real", &state.real)).chain(state.shadow.as_ref().map(|s| ("shadow", s)))
+    {
+        gauges.push((
+            "redrain_token_backlog",
+            name,
+            side.token_backlog.load(Ordering::Relaxed),
+        ));
         if let Some(pipeline) = &side.pipeline {
             let (activity, asset) = pipeline.depths();
             gauges.push(("redrain_pipeline_activity_queue", name, activity));
@@ -601,7 +668,12 @@ async fn get_reconciliation(
 ) -> Result<Json<Reconciliation>, ApiError> {
     require_admin(&state, &headers)?;
     let side = state.side(shadow_of(&headers)?)?;
-    let snapshot = side.wallet.ledger().snapshot().await.map_err(|e| ApiError::store(e.into()))?;
+    let snapshot = side
+        .wallet
+        .ledger()
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::store(e.into()))?;
     let mut children: BTreeMap<u64, ChildReconciliation> = BTreeMap::new();
     let tree = side.wallet.tree();
     for activity in tree.activities() {
@@ -636,15 +708,17 @@ async fn get_reconciliation(
     }
     for account in &snapshot.accounts {
         let (credited, withdrawn) = per_account.get(&account.key).copied().unwrap_or_default();
-        let child = children.entry(account.key.child_id).or_insert_with(|| ChildReconciliation {
-            child_id: account.key.child_id,
-            credited_cents: 0,
-            withdrawn_cents: 0,
-            balance_cents: 0,
-            budget_used_cents: 0,
-            budget_cents: 0,
-            mismatched_accounts: Vec::new(),
-        });
+        let child = children
+            .entry(account.key.child_id)
+            .or_insert_with(|| ChildReconciliation {
+                child_id: account.key.child_id,
+                credited_cents: 0,
+                withdrawn_cents: 0,
+                balance_cents: 0,
+                budget_used_cents: 0,
+                budget_cents: 0,
+                mismatched_accounts: Vec::new(),
+            });
         child.credited_cents += credited;
         child.withdrawn_cents += withdrawn;
         child.balance_cents += account.balance_cents;
@@ -741,7 +815,10 @@ async fn post_reissue(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "batch_too_large",
-            format!("{} requests in one reissue; at most {REISSUE_MAX}", body.requests.len()),
+            format!(
+                "{} requests in one reissue; at most {REISSUE_MAX}",
+                body.requests.len()
+            ),
         ));
     }
     let mut outcomes = Vec::with_capacity(body.requests.len());
@@ -778,14 +855,20 @@ async fn post_announcement(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_level",
-            format!("level `{}` is not one of info, degraded, incident", body.level),
+            format!(
+                "level `{}` is not one of info, degraded, incident",
+                body.level
+            ),
         ));
     }
     if body.text.trim().is_empty() || body.text.len() > ANNOUNCEMENT_LEN_MAX {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_text",
-            format!("text must be 1 to {ANNOUNCEMENT_LEN_MAX} bytes, got {}", body.text.len()),
+            format!(
+                "text must be 1 to {ANNOUNCEMENT_LEN_MAX} bytes, got {}",
+                body.text.len()
+            ),
         ));
     }
     let mut list = lock(&state.announcements);
@@ -877,13 +960,22 @@ async fn post_audit_orders(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "too_many_orders",
-            format!("{} orders asked; at most {AUDIT_ORDERS_MAX} per call", query.orders.len()),
+            format!(
+                "{} orders asked; at most {AUDIT_ORDERS_MAX} per call",
+                query.orders.len()
+            ),
         ));
     }
     let mut records = Vec::new();
     for order in query.orders {
         let key = keys::order(order.child_id, &order.order_no);
-        let Some(bytes) = side.wallet.kv().bytes(&key).await.map_err(|e| ApiError::store(e.into()))? else {
+        let Some(bytes) = side
+            .wallet
+            .kv()
+            .bytes(&key)
+            .await
+            .map_err(|e| ApiError::store(e.into()))?
+        else {
             continue;
         };
         let record: OrderRecord = serde_json::from_slice(&bytes).map_err(|e| {
@@ -941,7 +1033,12 @@ async fn post_drain(
     let max = Duration::from_millis(body.max_ms.min(600_000));
     let tick = Duration::from_millis(state.config.tick_interval_ms.max(1));
     loop {
-        let tokens: u64 = side.token_backlog().await.map_err(ApiError::store)?.values().sum();
+        let tokens: u64 = side
+            .token_backlog()
+            .await
+            .map_err(ApiError::store)?
+            .values()
+            .sum();
         let orders = side.orders_queued().await.map_err(ApiError::store)?;
         let retry = side.worker_retry.load(Ordering::SeqCst);
         let drained = tokens == 0 && orders == 0 && !retry;
@@ -962,7 +1059,9 @@ async fn post_drain(
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn not_found() -> ApiError {
@@ -1049,16 +1148,23 @@ impl Server {
             if shadow && self.state.shadow.is_none() {
                 continue;
             }
-            tasks.push(tokio::spawn(background(self.state.clone(), shadow, stop_rx.clone())));
+            tasks.push(tokio::spawn(background(
+                self.state.clone(),
+                shadow,
+                stop_rx.clone(),
+            )));
         }
         let state = self.state.clone();
         let router = self.router();
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                state.draining.store(true, Ordering::SeqCst);
-            })
-            .await?;
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            state.draining.store(true, Ordering::SeqCst);
+        })
+        .await?;
         // Requests are done: let background work finish, then stop it.
         let started = Instant::now();
         let max = Duration::from_millis(self.state.config.drain_ms_max);
@@ -1070,7 +1176,11 @@ impl Server {
         };
         for side in std::iter::once(&self.state.real).chain(self.state.shadow.as_ref()) {
             loop {
-                let tokens: u64 = side.token_backlog().await.map(|b| b.values().sum()).unwrap_or(0);
+                let tokens: u64 = side
+                    .token_backlog()
+                    .await
+                    .map(|b| b.values().sum())
+                    .unwrap_or(0);
                 let orders = side.orders_queued().await.unwrap_or(0);
                 if (tokens == 0 && orders == 0) || started.elapsed() >= max {
                     left.token_backlog += tokens;
@@ -1078,7 +1188,10 @@ impl Server {
                     left.drained &= tokens == 0 && orders == 0;
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(self.state.config.tick_interval_ms.max(1))).await;
+                tokio::time::sleep(Duration::from_millis(
+                    self.state.config.tick_interval_ms.max(1),
+                ))
+                .await;
             }
         }
         let _ = stop_tx.send(true);
@@ -1094,11 +1207,16 @@ impl Server {
 /// each `tick(now)` every tick interval. On stop the pipeline hands its queues
 /// to the durable handoff queue and the counter flushes.
 async fn background(state: Arc<AppState>, shadow: bool, mut stop: watch::Receiver<bool>) {
-    let Some(side) = (if shadow { state.shadow.as_ref() } else { Some(&state.real) }) else {
+    let Some(side) = (if shadow {
+        state.shadow.as_ref()
+    } else {
+        Some(&state.real)
+    }) else {
         return;
     };
     let mut worker = CreditWorker::for_wallet(&side.wallet, state.config.worker.clone());
-    let mut ticker = tokio::time::interval(Duration::from_millis(state.config.tick_interval_ms.max(1)));
+    let mut ticker =
+        tokio::time::interval(Duration::from_millis(state.config.tick_interval_ms.max(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -1112,7 +1230,9 @@ async fn background(state: Arc<AppState>, shadow: bool, mut stop: watch::Receive
                     worker = CreditWorker::for_wallet(&side.wallet, state.config.worker.clone());
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, shadow, "credit worker tick failed; retrying next tick"),
+                Err(error) => {
+                    tracing::warn!(%error, shadow, "credit worker tick failed; retrying next tick")
+                }
             }
             if let Some(w) = &worker {
                 side.worker_retry.store(w.has_retry(), Ordering::SeqCst);

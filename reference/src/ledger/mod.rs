@@ -64,7 +64,19 @@ pub const HISTORY_PAGE_LIMIT_MAX: usize = 100;
 pub const CREDIT_BATCH_MAX: usize = 1024;
 
 /// One user's account in one child activity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct AccountKey {
     /// The child activity; children never share accounts.
     pub child_id: ChildId,
@@ -73,7 +85,9 @@ pub struct AccountKey {
 }
 
 /// What one credit gives.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Award {
     /// Cash into the balance.

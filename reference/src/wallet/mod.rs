@@ -115,7 +115,9 @@ pub struct WithdrawRequest {
 }
 
 /// Why a request was turned away. Each has a stable machine-readable [`Rejection::code`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(tag = "code", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Rejection {

@@ -21,7 +21,9 @@ use crate::{ActId, ActivityId, ChildId, Millis, keys};
 pub const FLOW_ENTRIES_MAX: usize = 10_000;
 
 /// What a flow line is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowKind {
     /// Cash credited to the ledger.

@@ -22,12 +22,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use goose::prelude::*;
 use hdrhistogram::Histogram;
 use reference::http::AwardBody;
 use reference::wallet::{IssueOutcome, IssueRequest};
 use serde::Serialize;
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::client::Target;
@@ -233,17 +233,47 @@ pub async fn bench_http(options: &HttpBenchOptions) -> anyhow::Result<HttpBench>
     let goose = run_goose(options, &server.url).await?;
     drop(server);
     let mut servers = Vec::new();
-    let sqlite = options.dir.join(format!("bench-http-{}.db", std::process::id()));
+    let sqlite = options
+        .dir
+        .join(format!("bench-http-{}.db", std::process::id()));
     let sqlite_url = format!("sqlite://{}", sqlite.display());
-    let mut stores: Vec<(String, String, String, Option<reference::testenv::ScratchDatabase>)> = vec![
-        ("memory".to_owned(), "memory".to_owned(), "memory".to_owned(), None),
-        ("sqlite + memory kv".to_owned(), sqlite_url, "memory".to_owned(), None),
+    let mut stores: Vec<(
+        String,
+        String,
+        String,
+        Option<reference::testenv::ScratchDatabase>,
+    )> = vec![
+        (
+            "memory".to_owned(),
+            "memory".to_owned(),
+            "memory".to_owned(),
+            None,
+        ),
+        (
+            "sqlite + memory kv".to_owned(),
+            sqlite_url,
+            "memory".to_owned(),
+            None,
+        ),
     ];
-    match (std::env::var("REDRAIN_MYSQL_URL"), std::env::var("REDRAIN_REDIS_URL")) {
-        (Ok(mysql), Ok(redis)) => match reference::testenv::ScratchDatabase::create(&mysql, "bench_http").await {
-            Ok(db) => stores.push(("mariadb + redis".to_owned(), db.url.clone(), redis, Some(db))),
-            Err(e) => servers.push(skipped("mariadb + redis", format!("cannot create a database: {e}"))),
-        },
+    match (
+        std::env::var("REDRAIN_MYSQL_URL"),
+        std::env::var("REDRAIN_REDIS_URL"),
+    ) {
+        (Ok(mysql), Ok(redis)) => {
+            match reference::testenv::ScratchDatabase::create(&mysql, "bench_http").await {
+                Ok(db) => stores.push((
+                    "mariadb + redis".to_owned(),
+                    db.url.clone(),
+                    redis,
+                    Some(db),
+                )),
+                Err(e) => servers.push(skipped(
+                    "mariadb + redis",
+                    format!("cannot create a database: {e}"),
+                )),
+            }
+        }
         _ => servers.push(skipped(
             "mariadb + redis",
             "set REDRAIN_MYSQL_URL and REDRAIN_REDIS_URL to measure it".to_owned(),
@@ -293,7 +323,9 @@ fn run_wrk(options: &HttpBenchOptions, url: &str) -> anyhow::Result<ClientRow> {
         request: replayed_award(),
         green: false,
     })?;
-    let script = options.dir.join(format!("bench-http-{}.lua", std::process::id()));
+    let script = options
+        .dir
+        .join(format!("bench-http-{}.lua", std::process::id()));
     std::fs::write(
         &script,
         format!(
@@ -304,7 +336,11 @@ fn run_wrk(options: &HttpBenchOptions, url: &str) -> anyhow::Result<ClientRow> {
     let (_, children_before) = cpu_seconds();
     let started = std::time::Instant::now();
     let output = Command::new("wrk")
-        .args(["-t1", &format!("-c{}", options.connections), &format!("-d{}s", options.seconds)])
+        .args([
+            "-t1",
+            &format!("-c{}", options.connections),
+            &format!("-d{}s", options.seconds),
+        ])
         .arg("-s")
         .arg(&script)
         .arg(format!("{url}/v1/awards"))
@@ -315,15 +351,27 @@ fn run_wrk(options: &HttpBenchOptions, url: &str) -> anyhow::Result<ClientRow> {
     let (_, children_after) = cpu_seconds();
     let _ = std::fs::remove_file(&script);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    anyhow::ensure!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(
+        output.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let requests: u64 = text
         .lines()
-        .find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().parse().ok()))
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().parse().ok())
+        })
         .flatten()
         .with_context(|| format!("wrk printed no request count: {text}"))?;
     let errors: u64 = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:").map(|n| n.trim().parse().ok()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Non-2xx or 3xx responses:")
+                .map(|n| n.trim().parse().ok())
+        })
         .flatten()
         .unwrap_or(0);
     let cpu = (children_after - children_before).max(0.01);
@@ -374,7 +422,10 @@ async fn run_driver(
                 request: fresh_award(k),
                 green: false,
             };
-            (Bytes::from(serde_json::to_vec(&body).unwrap_or_default()), ())
+            (
+                Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+                (),
+            )
         }),
     };
     let feed = Arc::new(Feed::Fixed {
@@ -438,7 +489,10 @@ async fn run_driver(
         errors += f.failed;
         dropped += f.dropped;
     }
-    let latency = latency.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("latency lock"))?;
+    let latency = latency
+        .lock()
+        .map(|h| h.clone())
+        .map_err(|_| anyhow::anyhow!("latency lock"))?;
     // Decoding every answer (as a load does, for the checkers) on top.
     let (cpu_decoded, _) = cpu_seconds();
     let requests = answered + errors;
@@ -482,31 +536,15 @@ async fn run_goose(options: &HttpBenchOptions, url: &str) -> anyhow::Result<Clie
     });
     let (cpu_before, _) = cpu_seconds();
     let started = std::time::Instant::now();
-    let host = format!("{url}/");
-    let metrics = GooseAttack::initialize_with_config(goose::config::GooseConfiguration::default())
-        .map_err(|e| anyhow::anyhow!("starting goose: {e}"))?
-        .register_scenario(
-            goose::goose::Scenario::new("Award").register_transaction(Transaction::new(send)),
-        )
-        .set_default(GooseDefault::Host, host.as_str())
-        .and_then(|a| a.set_default(GooseDefault::Users, options.connections))
-        .and_then(|a| a.set_default(GooseDefault::IncreaseRate, options.connections.to_string().as_str()))
-        .and_then(|a| a.set_default(GooseDefault::RunTime, options.seconds as usize))
-        .and_then(|a| a.set_default(GooseDefault::NoPrintMetrics, true))
-        .and_then(|a| a.set_default(GooseDefault::NoResetMetrics, true))
-        // No control ports (telnet 5116, WebSocket 5117): nothing listens but the target.
-        .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
-        .and_then(|a| a.set_default(GooseDefault::NoWebSocket, true))
-        .and_then(|a| a.set_default(GooseDefault::Quiet, 1usize))
-        .map_err(|e| anyhow::anyhow!("configuring goose: {e}"))?
-        .execute()
-        .await
-        .map_err(|e| anyhow::anyhow!("goose failed: {e}"))?;
+    let (requests, errors) = super::run_goose(
+        Transaction::new(send),
+        &format!("{url}/"),
+        options.connections,
+        options.seconds as usize,
+    )
+    .await?;
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, _) = cpu_seconds();
-    let (requests, errors) = metrics.requests.values().fold((0u64, 0u64), |(r, e), m| {
-        (r + (m.success_count + m.fail_count) as u64, e + m.fail_count as u64)
-    });
     let cpu = (cpu_after - cpu_before).max(0.01);
     Ok(ClientRow {
         client: format!("goose ({} users)", options.connections),

@@ -136,12 +136,22 @@ impl Target {
     ) -> Result<T, CallError> {
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return Err(CallError::Transport { what: what(), error }),
+            Err(error) => {
+                return Err(CallError::Transport {
+                    what: what(),
+                    error,
+                });
+            }
         };
         let status = response.status().as_u16();
         let bytes = match response.bytes().await {
             Ok(bytes) => bytes,
-            Err(error) => return Err(CallError::Transport { what: what(), error }),
+            Err(error) => {
+                return Err(CallError::Transport {
+                    what: what(),
+                    error,
+                });
+            }
         };
         let not_protocol = |what: String, detail: String| CallError::NotProtocol {
             what,
@@ -166,7 +176,8 @@ impl Target {
     pub async fn issue(&self, body: &AwardBody) -> Result<IssueAnswer, CallError> {
         self.call(
             || format!("issuing {}", body.request.order_no),
-            self.request(reqwest::Method::POST, "/v1/awards", false).json(body),
+            self.request(reqwest::Method::POST, "/v1/awards", false)
+                .json(body),
             &[200, 409, 422, 429],
         )
         .await
@@ -176,7 +187,8 @@ impl Target {
     pub async fn withdraw(&self, request: &WithdrawRequest) -> Result<WithdrawAnswer, CallError> {
         self.call(
             || format!("withdrawing {}", request.withdraw_no),
-            self.request(reqwest::Method::POST, "/v1/withdrawals", false).json(request),
+            self.request(reqwest::Method::POST, "/v1/withdrawals", false)
+                .json(request),
             &[200, 409, 422, 429],
         )
         .await
@@ -191,7 +203,11 @@ impl Target {
         after: Option<&reference::wallet::FlowCursor>,
     ) -> Result<ViewAnswer, CallError> {
         let mut request = self
-            .request(reqwest::Method::GET, &format!("/v1/wallets/{activity_id}/{act_id}"), false)
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/wallets/{activity_id}/{act_id}"),
+                false,
+            )
             .query(&[("limit", limit.to_string())]);
         if let Some(cursor) = after {
             let kind = serde_json::to_value(cursor.kind)
@@ -204,8 +220,12 @@ impl Target {
                 ("after_id", cursor.id.clone()),
             ]);
         }
-        self.call(|| format!("viewing the wallet of user {act_id}"), request, &[200])
-            .await
+        self.call(
+            || format!("viewing the wallet of user {act_id}"),
+            request,
+            &[200],
+        )
+        .await
     }
 
     /// `GET /v1/stock/{activity}/{template}`.
@@ -234,6 +254,34 @@ impl Target {
             &[200],
         )
         .await
+    }
+
+    /// Refuse a target that serves no shadow stores or whose shadow ledger is
+    /// not empty: `purpose` (a load, conformance) sends only shadow traffic and
+    /// its checkers compare the target's final state with its own history.
+    pub async fn require_fresh_shadow(&self, purpose: &str) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let health = self
+            .health()
+            .await
+            .with_context(|| format!("reaching the target {}", self.base))?;
+        anyhow::ensure!(
+            health.shadow,
+            "the target {} serves no shadow stores; {purpose} sends only X-Shadow: 1 traffic",
+            self.base
+        );
+        let before = self
+            .audit()
+            .await
+            .context("reading the target's audit export")?;
+        anyhow::ensure!(
+            before.ledger.entries.is_empty(),
+            "the target's shadow ledger already holds {} entries; {purpose} needs it empty \
+             (restart a memory-backed `redrain serve`, or `redrain cleanup --shadow`), because \
+             the checkers compare it with this run's history",
+            before.ledger.entries.len()
+        );
+        Ok(())
     }
 
     /// `GET /v1/health`.
@@ -308,8 +356,12 @@ impl Target {
         let _: serde_json::Value = self
             .call(
                 || format!("switching {name} {}", if on { "on" } else { "off" }),
-                self.request(reqwest::Method::PUT, &format!("/v1/admin/switches/{name}"), true)
-                    .json(&SwitchBody { on }),
+                self.request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/admin/switches/{name}"),
+                    true,
+                )
+                .json(&SwitchBody { on }),
                 &[200],
             )
             .await?;

@@ -129,7 +129,9 @@ struct Driven {
 
 impl std::fmt::Debug for Driven {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driven").field("target", &self.target.base()).finish()
+        f.debug_struct("Driven")
+            .field("target", &self.target.base())
+            .finish()
     }
 }
 
@@ -170,24 +172,12 @@ struct Answers {
 }
 
 /// Run every case against `options.target`.
-pub async fn conform(scenario: &Scenario, options: &ConformOptions) -> anyhow::Result<ConformReport> {
+pub async fn conform(
+    scenario: &Scenario,
+    options: &ConformOptions,
+) -> anyhow::Result<ConformReport> {
     let target = Target::new(&options.target, &options.admin_token, true)?;
-    let health = target
-        .health()
-        .await
-        .with_context(|| format!("reaching the target {}", target.base()))?;
-    anyhow::ensure!(
-        health.shadow,
-        "the target {} serves no shadow stores; conformance sends only X-Shadow: 1 traffic",
-        target.base()
-    );
-    let before = target.audit().await.context("reading the target's audit export")?;
-    anyhow::ensure!(
-        before.ledger.entries.is_empty(),
-        "the target's shadow ledger already holds {} entries; conformance needs a fresh \
-         target (restart a memory-backed `redrain serve`, or `redrain cleanup --shadow`)",
-        before.ledger.entries.len()
-    );
+    target.require_fresh_shadow("conformance").await?;
     // The in-process reference, on a port of its own.
     let reference = if options.reference {
         Some(start_reference(scenario, &options.admin_token).await?)
@@ -213,7 +203,11 @@ pub async fn conform(scenario: &Scenario, options: &ConformOptions) -> anyhow::R
     let mut last_violations = Vec::new();
     let mut reported: BTreeSet<String> = BTreeSet::new();
     for (index, (name, description)) in CASES.iter().enumerate() {
-        if options.only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+        if options
+            .only
+            .as_ref()
+            .is_some_and(|o| !name.contains(o.as_str()))
+        {
             continue;
         }
         let started = Instant::now();
@@ -250,7 +244,11 @@ pub async fn conform(scenario: &Scenario, options: &ConformOptions) -> anyhow::R
                 expectations.extend(expect(name, scenario, &answers));
                 let violations = check::check_all(&scenario.tree, &side.history, &state);
                 for v in &violations {
-                    let key = (v.invariant.id().to_owned(), v.culprit.clone(), v.detail.clone());
+                    let key = (
+                        v.invariant.id().to_owned(),
+                        v.culprit.clone(),
+                        v.detail.clone(),
+                    );
                     if side.seen.insert(key) {
                         new_violations.push(format!(
                             "{} {}: {}: {}",
@@ -316,7 +314,10 @@ fn invariant_verdicts(violations: &[Violation]) -> Vec<(String, bool, u64)> {
 }
 
 /// Start the reference (memory stores) on 127.0.0.1, port chosen by the OS.
-async fn start_reference(scenario: &Scenario, admin_token: &str) -> anyhow::Result<crate::serve::Local> {
+async fn start_reference(
+    scenario: &Scenario,
+    admin_token: &str,
+) -> anyhow::Result<crate::serve::Local> {
     let options = crate::serve::ServeOptions {
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         admin_token: admin_token.to_owned(),
@@ -353,7 +354,13 @@ fn cash(act_id: ActId, scene_id: u32, rain_id: u32, award_id: u64, cents: i64) -
     }
 }
 
-fn coupon(activity_id: u64, act_id: ActId, scene_id: u32, rain_id: u32, award_id: u64) -> IssueRequest {
+fn coupon(
+    activity_id: u64,
+    act_id: ActId,
+    scene_id: u32,
+    rain_id: u32,
+    award_id: u64,
+) -> IssueRequest {
     IssueRequest {
         app_id: 2,
         activity_id,
@@ -497,8 +504,7 @@ fn case_steps(name: &str, index: u64, scenario: &Scenario) -> anyhow::Result<Vec
                 .activity(5003)
                 .context("the conform tree has no activity 5003")?;
             let stock = |template| {
-                race
-                    .awards
+                race.awards
                     .values()
                     .find_map(|a| match a {
                         AwardDef::Coupon(c) if c.template_id == template => Some(c.stock),
@@ -532,7 +538,12 @@ fn case_steps(name: &str, index: u64, scenario: &Scenario) -> anyhow::Result<Vec
             for (n, &u) in users.iter().chain(&inside).enumerate() {
                 awards.push(Req::Issue(cash(u, 501, 7, 5901, 300 + n as i64)));
             }
-            let forgeries = [Forgery::Tampered, Forgery::OtherUsers, Forgery::ForeignKey, Forgery::Junk];
+            let forgeries = [
+                Forgery::Tampered,
+                Forgery::OtherUsers,
+                Forgery::ForeignKey,
+                Forgery::Junk,
+            ];
             let withdraws = inside
                 .iter()
                 .enumerate()
@@ -634,7 +645,12 @@ fn prepare(side: &Driven, req: &Req, forger: &KeyRing) -> Prepared {
         Req::View(u) => Prepared::View(*u),
         Req::Withdraw(w, forgery) => {
             let mut w = w.clone();
-            let own = side.client.tokens.get(&w.act_id).cloned().unwrap_or_default();
+            let own = side
+                .client
+                .tokens
+                .get(&w.act_id)
+                .cloned()
+                .unwrap_or_default();
             w.client_tokens = own.clone();
             let mut at = None;
             if let Some(kind) = forgery {
@@ -743,12 +759,15 @@ fn absorb(side: &mut Driven, done: Done, answers: &mut Answers) {
             ) = (&event, forged_at)
             {
                 let rejected = match outcome {
-                    WithdrawOutcome::Withdrawn { force, .. } | WithdrawOutcome::Rejected { force, .. } => {
+                    WithdrawOutcome::Withdrawn { force, .. }
+                    | WithdrawOutcome::Rejected { force, .. } => {
                         force.rejected_tokens.iter().map(|(i, _)| *i).collect()
                     }
                     _ => Vec::new(),
                 };
-                answers.forged.push((request.withdraw_no.clone(), at, rejected));
+                answers
+                    .forged
+                    .push((request.withdraw_no.clone(), at, rejected));
             }
             side.history.events.push(event.clone());
             answers.events.push(event);
@@ -768,21 +787,28 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
     }
     let issues = || {
         answers.events.iter().filter_map(|e| match e {
-            Event::Issue { request, outcome, .. } => Some((request, outcome)),
+            Event::Issue {
+                request, outcome, ..
+            } => Some((request, outcome)),
             _ => None,
         })
     };
     match name {
         "gray_release_gates" => {
-            let gate = scenario.tree.activity(5001).map(|a| a.withdraw_gate.clone()).unwrap_or_default();
+            let gate = scenario
+                .tree
+                .activity(5001)
+                .map(|a| a.withdraw_gate.clone())
+                .unwrap_or_default();
             for event in &answers.events {
                 match event {
-                    Event::Issue { request, outcome, .. }
-                        if request
-                            .order_no
-                            .parse::<OrderNo>()
-                            .is_ok_and(|o| o.scene_id == 502 && o.rain_id == 1)
-                            && outcome.label() != "no_child_open" =>
+                    Event::Issue {
+                        request, outcome, ..
+                    } if request
+                        .order_no
+                        .parse::<OrderNo>()
+                        .is_ok_and(|o| o.scene_id == 502 && o.rain_id == 1)
+                        && outcome.label() != "no_child_open" =>
                     {
                         failed.push(format!(
                             "{} before the first child opened was answered `{}`, not no_child_open",
@@ -790,7 +816,9 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
                             outcome.label()
                         ));
                     }
-                    Event::Withdraw { request, outcome, .. } => {
+                    Event::Withdraw {
+                        request, outcome, ..
+                    } => {
                         let admitted = gate.admits(request.act_id);
                         let refused = outcome.label() == "withdraw_not_open";
                         if admitted == refused {
@@ -811,13 +839,17 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
             for (request, outcome) in issues() {
                 if matches!(
                     outcome,
-                    IssueOutcome::Issued { .. } | IssueOutcome::Accepted { .. } | IssueOutcome::Queued { .. }
+                    IssueOutcome::Issued { .. }
+                        | IssueOutcome::Accepted { .. }
+                        | IssueOutcome::Queued { .. }
                 ) {
                     *firsts.entry(&request.order_no).or_default() += 1;
                 }
             }
             for (order, n) in firsts.iter().filter(|(_, n)| **n > 1) {
-                failed.push(format!("order {order} was answered as a first success {n} times"));
+                failed.push(format!(
+                    "order {order} was answered as a first success {n} times"
+                ));
             }
             let conflicts = issues().filter(|(_, o)| o.label() == "conflict").count();
             if conflicts < 25 {
@@ -845,7 +877,10 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
                 issues()
                     .filter(|(r, o)| {
                         r.award_id == award_id
-                            && matches!(o, IssueOutcome::Issued { .. } | IssueOutcome::Queued { .. })
+                            && matches!(
+                                o,
+                                IssueOutcome::Issued { .. } | IssueOutcome::Queued { .. }
+                            )
                     })
                     .count() as u64
             };
@@ -870,7 +905,7 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
                 ));
             }
             // Pipeline orders are queued first and consume later: the ledger tells.
-            
+
             let budget = issues()
                 .filter(|(r, o)| r.award_id == 5931 && matches!(o, IssueOutcome::Issued { .. }))
                 .count();
@@ -913,7 +948,11 @@ fn compare_states(target: &FinalState, reference: &FinalState) -> Vec<String> {
     let folded = |m: BTreeMap<(u64, u64), u64>| -> BTreeMap<(u64, u64), u64> {
         let mut out = BTreeMap::new();
         for ((child, user), v) in m {
-            let user = if race_children.contains(&child) { 0 } else { user };
+            let user = if race_children.contains(&child) {
+                0
+            } else {
+                user
+            };
             *out.entry((child, user)).or_default() += v;
         }
         out
@@ -921,7 +960,10 @@ fn compare_states(target: &FinalState, reference: &FinalState) -> Vec<String> {
     let (a, b) = (folded(balances(target)), folded(balances(reference)));
     let keys: BTreeSet<_> = a.keys().chain(b.keys()).collect();
     for key in keys {
-        let (x, y) = (a.get(key).copied().unwrap_or(0), b.get(key).copied().unwrap_or(0));
+        let (x, y) = (
+            a.get(key).copied().unwrap_or(0),
+            b.get(key).copied().unwrap_or(0),
+        );
         if x != y {
             out.push(format!(
                 "user {} in child {}: balance {x} cents on the target, {y} on the reference",
@@ -944,7 +986,9 @@ fn compare_states(target: &FinalState, reference: &FinalState) -> Vec<String> {
     };
     let (a, b) = (coupons(target), coupons(reference));
     if a != b {
-        out.push(format!("coupons credited per template: target {a:?}, reference {b:?}"));
+        out.push(format!(
+            "coupons credited per template: target {a:?}, reference {b:?}"
+        ));
     }
     let counters = |s: &FinalState| -> BTreeMap<String, i64> {
         let mut m = BTreeMap::new();
@@ -972,9 +1016,14 @@ fn compare_states(target: &FinalState, reference: &FinalState) -> Vec<String> {
     let (a, b) = (counters(target), counters(reference));
     let keys: BTreeSet<_> = a.keys().chain(b.keys()).collect();
     for key in keys {
-        let (x, y) = (a.get(key).copied().unwrap_or(0), b.get(key).copied().unwrap_or(0));
+        let (x, y) = (
+            a.get(key).copied().unwrap_or(0),
+            b.get(key).copied().unwrap_or(0),
+        );
         if x != y {
-            out.push(format!("counter {key}: {x} on the target, {y} on the reference"));
+            out.push(format!(
+                "counter {key}: {x} on the target, {y} on the reference"
+            ));
         }
     }
     out
@@ -990,7 +1039,12 @@ pub fn junit(report: &ConformReport) -> anyhow::Result<String> {
         } else {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
             let mut text = String::new();
-            for line in case.violations.iter().chain(&case.expectations).chain(&case.differences) {
+            for line in case
+                .violations
+                .iter()
+                .chain(&case.expectations)
+                .chain(&case.differences)
+            {
                 text.push_str(line);
                 text.push('\n');
             }
@@ -1044,7 +1098,11 @@ pub fn render(report: &ConformReport) -> String {
     }
     let _ = writeln!(out, "invariants over everything sent:");
     for (name, passed, n) in &report.invariants {
-        let _ = writeln!(out, "  {name:<20} {}  {n} violation(s)", if *passed { "pass" } else { "FAIL" });
+        let _ = writeln!(
+            out,
+            "  {name:<20} {}  {n} violation(s)",
+            if *passed { "pass" } else { "FAIL" }
+        );
     }
     let _ = writeln!(
         out,
@@ -1057,4 +1115,3 @@ pub fn render(report: &ConformReport) -> String {
     );
     out
 }
-

@@ -135,7 +135,8 @@ impl<M> Feed<M> {
                     let (take, late) = if now.saturating_duration_since(due_of(k))
                         > Duration::from_millis(LATE_MS)
                     {
-                        let due_now = (now.duration_since(*zero).as_nanos() / u128::from(interval)) as u64;
+                        let due_now =
+                            (now.duration_since(*zero).as_nanos() / u128::from(interval)) as u64;
                         (due_now.max(k), due_now.saturating_sub(k))
                     } else {
                         (k, 0)
@@ -227,7 +228,12 @@ impl Connection {
         }
     }
 
-    async fn post(&mut self, path: &str, body: &[u8], shadow: bool) -> Result<(u16, Bytes), String> {
+    async fn post(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        shadow: bool,
+    ) -> Result<(u16, Bytes), String> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         if self.stream.is_none() {
             let stream = tokio::net::TcpStream::connect(self.addr)
@@ -241,17 +247,22 @@ impl Connection {
         self.out.extend_from_slice(path.as_bytes());
         self.out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.out.extend_from_slice(self.host.as_bytes());
-        self.out.extend_from_slice(b"\r\nContent-Type: application/json\r\n");
+        self.out
+            .extend_from_slice(b"\r\nContent-Type: application/json\r\n");
         if shadow {
             self.out.extend_from_slice(b"X-Shadow: 1\r\n");
         }
         self.out.extend_from_slice(b"Content-Length: ");
-        self.out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         self.out.extend_from_slice(b"\r\n\r\n");
         self.out.extend_from_slice(body);
         let result = async {
             let stream = self.stream.as_mut().ok_or("no connection")?;
-            stream.write_all(&self.out).await.map_err(|e| format!("sending: {e}"))?;
+            stream
+                .write_all(&self.out)
+                .await
+                .map_err(|e| format!("sending: {e}"))?;
             self.input.clear();
             loop {
                 if let Some(answer) = parse_answer(&self.input)? {
@@ -271,7 +282,11 @@ impl Connection {
         }
         .await;
         match result {
-            Ok(Parsed { status, body, close }) => {
+            Ok(Parsed {
+                status,
+                body,
+                close,
+            }) => {
                 if close {
                     self.stream = None;
                 }
@@ -360,7 +375,8 @@ fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
         };
         let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "a bad chunk size")?;
         let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("a bad chunk size `{size_text}`"))?;
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("a bad chunk size `{size_text}`"))?;
         rest = &rest[line_end + 2..];
         if size == 0 {
             // No trailers (an empty line) or trailers ending with one.
@@ -443,8 +459,13 @@ where
 
 /// The socket address of an `http://host:port` target.
 pub async fn resolve(base: &str) -> anyhow::Result<SocketAddr> {
-    let url = reqwest::Url::parse(base).map_err(|e| anyhow::anyhow!("`{base}` is not a URL: {e}"))?;
-    let host = url.host_str().unwrap_or("127.0.0.1").trim_matches(['[', ']']).to_owned();
+    let url =
+        reqwest::Url::parse(base).map_err(|e| anyhow::anyhow!("`{base}` is not a URL: {e}"))?;
+    let host = url
+        .host_str()
+        .unwrap_or("127.0.0.1")
+        .trim_matches(['[', ']'])
+        .to_owned();
     let port = url.port_or_known_default().unwrap_or(80);
     tokio::net::lookup_host((host.as_str(), port))
         .await
@@ -478,7 +499,9 @@ where
                 .enable_all()
                 .build();
             let outcome = match runtime {
-                Ok(runtime) => Ok(runtime.block_on(drive(addr, path, shadow, connections, feed, state, each))),
+                Ok(runtime) => {
+                    Ok(runtime.block_on(drive(addr, path, shadow, connections, feed, state, each)))
+                }
                 Err(e) => Err(anyhow::anyhow!("starting the driver's runtime: {e}")),
             };
             let _ = done.send(outcome);
@@ -498,16 +521,33 @@ mod tests {
         let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
         assert_eq!(
             parse_answer(plain).expect("parses"),
-            Some(Parsed { status: 200, body: Bytes::from_static(b"hello"), close: false })
+            Some(Parsed {
+                status: 200,
+                body: Bytes::from_static(b"hello"),
+                close: false
+            })
         );
-        assert_eq!(parse_answer(&plain[..plain.len() - 1]).expect("partial"), None);
-        assert_eq!(parse_answer(b"HTTP/1.1 200 OK\r\ncontent-le").expect("partial"), None);
+        assert_eq!(
+            parse_answer(&plain[..plain.len() - 1]).expect("partial"),
+            None
+        );
+        assert_eq!(
+            parse_answer(b"HTTP/1.1 200 OK\r\ncontent-le").expect("partial"),
+            None
+        );
         let chunked = b"HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(
             parse_answer(chunked).expect("parses"),
-            Some(Parsed { status: 409, body: Bytes::from_static(b"abcde"), close: true })
+            Some(Parsed {
+                status: 409,
+                body: Bytes::from_static(b"abcde"),
+                close: true
+            })
         );
-        assert_eq!(parse_answer(&chunked[..chunked.len() - 3]).expect("partial"), None);
+        assert_eq!(
+            parse_answer(&chunked[..chunked.len() - 3]).expect("partial"),
+            None
+        );
         assert!(parse_answer(b"SMTP ready\r\n\r\n").is_err());
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
     }

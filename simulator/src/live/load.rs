@@ -110,8 +110,12 @@ fn decode_issue(status: u16, body: &[u8]) -> Result<reference::http::IssueAnswer
     if matches!(status, 200 | 409 | 422 | 429) {
         return serde_json::from_slice(body).map_err(|_| "error.not_protocol".to_owned());
     }
-    Err(serde_json::from_slice::<reference::http::ErrorBody>(body)
-        .map_or_else(|_| "error.not_protocol".to_owned(), |b| format!("error.{}", b.code)))
+    Err(
+        serde_json::from_slice::<reference::http::ErrorBody>(body).map_or_else(
+            |_| "error.not_protocol".to_owned(),
+            |b| format!("error.{}", b.code),
+        ),
+    )
 }
 
 /// What every sender and journey writes into.
@@ -161,7 +165,9 @@ impl Shared {
             .get_or_insert_with(histogram)
             .saturating_record(latency_us.max(1));
         match outcome {
-            IssueOutcome::Issued { .. } | IssueOutcome::Accepted { .. } | IssueOutcome::Queued { .. } => {
+            IssueOutcome::Issued { .. }
+            | IssueOutcome::Accepted { .. }
+            | IssueOutcome::Queued { .. } => {
                 row.awarded += 1;
             }
             other if other.label() == "duplicate" => {}
@@ -174,7 +180,9 @@ impl Shared {
         let Ok(answer) = serde_json::from_slice::<reference::http::IssueAnswer>(body) else {
             return;
         };
-        if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } = &answer.outcome {
+        if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } =
+            &answer.outcome
+        {
             let mut tokens = lock(&self.tokens);
             let copies = tokens.entry(token.act_id).or_default();
             if !copies.contains(&token.bytes) {
@@ -203,8 +211,11 @@ impl Shared {
                 (1, Some(token)) => match decode_unverified(token) {
                     Some(mut invented) => {
                         // New money: an order never issued, signed with a foreign key.
-                        invented.order_no.rain_id = invented.order_no.rain_id.wrapping_add(1_000_000);
-                        self.forger.sign(&invented).unwrap_or_else(|| b"not a token".to_vec())
+                        invented.order_no.rain_id =
+                            invented.order_no.rain_id.wrapping_add(1_000_000);
+                        self.forger
+                            .sign(&invented)
+                            .unwrap_or_else(|| b"not a token".to_vec())
                     }
                     None => b"not a token".to_vec(),
                 },
@@ -259,7 +270,10 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         "--rate-scale {} is out of range: give a share of users in (0, 1]",
         options.rate_scale
     );
-    anyhow::ensure!(options.in_flight_max > 0, "--in-flight-max must be at least 1");
+    anyhow::ensure!(
+        options.in_flight_max > 0,
+        "--in-flight-max must be at least 1"
+    );
     let run_options = RunOptions {
         sample_rate: Some(options.rate_scale),
         ..RunOptions::default()
@@ -267,30 +281,16 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
     let scenario = crate::run::effective_scenario(scenario, &run_options);
     let seed = options.seed.unwrap_or(scenario.seed);
     let target = Target::new(&options.target, &options.admin_token, true)?;
-    let health = target
-        .health()
-        .await
-        .with_context(|| format!("reaching the target {}", target.base()))?;
-    anyhow::ensure!(
-        health.shadow,
-        "the target {} serves no shadow stores; a live load only sends X-Shadow: 1 traffic",
-        target.base()
-    );
-    // Checkers compare the target's final state with this run's history: it
-    // must start empty.
-    let before = target.audit().await.context("reading the target's audit export")?;
-    anyhow::ensure!(
-        before.ledger.entries.is_empty(),
-        "the target's shadow ledger already holds {} entries; a load needs it empty \
-         (restart a memory-backed `redrain serve`, or `redrain cleanup --shadow`), because \
-         the checkers compare it with this run's history",
-        before.ledger.entries.len()
-    );
+    target.require_fresh_shadow("a live load").await?;
     // Put the wallet at the trace's start; a target already past it keeps its time.
     let offset_ms = match target.set_clock(scenario.start_ms).await {
         Ok(now) => now.saturating_sub(scenario.start_ms),
         Err(CallError::Refused { body, .. }) if body.code == "clock_backwards" => {
-            let now = target.health().await.map(|h| h.at_ms).unwrap_or(scenario.start_ms);
+            let now = target
+                .health()
+                .await
+                .map(|h| h.at_ms)
+                .unwrap_or(scenario.start_ms);
             now.saturating_sub(scenario.start_ms)
         }
         Err(e) => return Err(e).context("setting the target's clock"),
@@ -354,7 +354,12 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
     ));
     let stop_counter = Arc::new(AtomicBool::new(false));
     let counter = scenario.counter.is_some().then(|| {
-        tokio::spawn(poll_counter(target.clone(), shared.clone(), stop_counter.clone(), zero))
+        tokio::spawn(poll_counter(
+            target.clone(),
+            shared.clone(),
+            stop_counter.clone(),
+            zero,
+        ))
     });
     let bar = progress_line(options.progress, duration_ms / 1000);
     // Awards: the open-model driver on a thread of its own (one core), fed in
@@ -426,14 +431,10 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
             };
             scheduled += 1;
             let body = serde_json::to_vec(&AwardBody {
-                request,
+                request: request.clone(),
                 green: false,
             })
             .context("encoding an award")?;
-            let request = match serde_json::from_slice::<AwardBody>(&body) {
-                Ok(award) => award.request,
-                Err(e) => anyhow::bail!("an award does not round-trip through JSON: {e}"),
-            };
             feed.push(Slot {
                 due,
                 body: bytes::Bytes::from(body),
@@ -470,7 +471,9 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         }
         for (second, error) in awards.failed {
             tracing::debug!(%error, "an award got no answer");
-            *lock(&shared.errors).entry("error.transport".to_owned()).or_default() += 1;
+            *lock(&shared.errors)
+                .entry("error.transport".to_owned())
+                .or_default() += 1;
             *lock(&shared.seconds)
                 .entry(second)
                 .or_default()
@@ -623,7 +626,10 @@ fn series(seconds: &BTreeMap<u64, SecondCounts>) -> Vec<SecondSample> {
                 awarded: row.awarded,
                 rejected: row.rejected,
                 counter_shown: row.counter_shown,
-                latency_p99_us: row.latency.as_ref().map_or(0, |h| h.value_at_quantile(0.99)),
+                latency_p99_us: row
+                    .latency
+                    .as_ref()
+                    .map_or(0, |h| h.value_at_quantile(0.99)),
                 ..SecondSample::default()
             }
         })
@@ -636,8 +642,10 @@ fn progress_line(enabled: bool, seconds: u64) -> Option<indicatif::ProgressBar> 
     }
     let bar = indicatif::ProgressBar::new(seconds.max(1));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} s · {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} s · {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
 }
@@ -701,38 +709,14 @@ async fn run_journeys(
             }
         })
     });
-    let host = format!("{}/", base);
-    let attack = GooseAttack::initialize_with_config(goose::config::GooseConfiguration::default())
-        .map_err(|e| anyhow::anyhow!("starting goose: {e}"))?
-        .register_scenario(
-            goose::goose::Scenario::new("UserJourney")
-                .register_transaction(Transaction::new(journey).set_name("journey")),
-        )
-        .set_default(GooseDefault::Host, host.as_str())
-        .and_then(|a| a.set_default(GooseDefault::Users, users))
-        .and_then(|a| a.set_default(GooseDefault::IncreaseRate, users.to_string().as_str()))
-        .and_then(|a| a.set_default(GooseDefault::RunTime, (duration_ms / 1000 + 2) as usize))
-        .and_then(|a| a.set_default(GooseDefault::NoPrintMetrics, true))
-        .and_then(|a| a.set_default(GooseDefault::NoResetMetrics, true))
-        // No control ports (telnet 5116, WebSocket 5117): nothing listens but the target.
-        .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
-        .and_then(|a| a.set_default(GooseDefault::NoWebSocket, true))
-        .and_then(|a| a.set_default(GooseDefault::Quiet, 1usize))
-        .map_err(|e| anyhow::anyhow!("configuring goose: {e}"))?;
-    let metrics = attack
-        .execute()
-        .await
-        .map_err(|e| anyhow::anyhow!("the goose journeys failed: {e}"))?;
-    let (requests, failures) = metrics
-        .requests
-        .values()
-        .fold((0u64, 0u64), |(r, f), m| {
-            (
-                r + (m.success_count + m.fail_count) as u64,
-                f + m.fail_count as u64,
-            )
-        });
-    // Journeys goose's run time cut off still run here, so none is lost.
+    let (requests, failures) = super::run_goose(
+        Transaction::new(journey).set_name("journey"),
+        &format!("{base}/"),
+        users,
+        (duration_ms / 1000 + 2) as usize,
+    )
+    .await?;
+    // Journeys goose's run time cut off are counted, not silently lost.
     loop {
         let next = lock(&shared.journeys).pop_front();
         let Some(_journey) = next else { break };
@@ -746,12 +730,7 @@ async fn run_journeys(
 /// One journey: open the wallet page (and the next flow page when there is
 /// one); for a withdraw, enter the withdraw page and withdraw with the
 /// client's token copies.
-async fn run_journey(
-    user: &mut GooseUser,
-    shared: &Shared,
-    journey: Journey,
-    due: Instant,
-) {
+async fn run_journey(user: &mut GooseUser, shared: &Shared, journey: Journey, due: Instant) {
     let second = journey.due_ms / 1000;
     let (act_id, withdraw) = match journey.request {
         Request::View { act_id } => (act_id, None),
@@ -858,12 +837,19 @@ async fn goose_get<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("error.goose: {e}"))?;
     let response = goose.response.map_err(|_| "error.transport".to_owned())?;
     let status = response.status().as_u16();
-    let bytes = response.bytes().await.map_err(|_| "error.transport".to_owned())?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|_| "error.transport".to_owned())?;
     if status == 200 {
         serde_json::from_slice(&bytes).map_err(|_| "error.not_protocol".to_owned())
     } else {
-        Err(serde_json::from_slice::<reference::http::ErrorBody>(&bytes)
-            .map_or_else(|_| "error.not_protocol".to_owned(), |b| format!("error.{}", b.code)))
+        Err(
+            serde_json::from_slice::<reference::http::ErrorBody>(&bytes).map_or_else(
+                |_| "error.not_protocol".to_owned(),
+                |b| format!("error.{}", b.code),
+            ),
+        )
     }
 }
 
@@ -889,13 +875,20 @@ async fn goose_withdraw(
         .map_err(|e| format!("error.goose: {e}"))?;
     let response = goose.response.map_err(|_| "error.transport".to_owned())?;
     let status = response.status().as_u16();
-    let bytes = response.bytes().await.map_err(|_| "error.transport".to_owned())?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|_| "error.transport".to_owned())?;
     if matches!(status, 200 | 409 | 422 | 429) {
         let answer = serde_json::from_slice(&bytes).map_err(|_| "error.not_protocol".to_owned())?;
         let _ = user.set_success(&mut goose.request);
         Ok(answer)
     } else {
-        Err(serde_json::from_slice::<reference::http::ErrorBody>(&bytes)
-            .map_or_else(|_| "error.not_protocol".to_owned(), |b| format!("error.{}", b.code)))
+        Err(
+            serde_json::from_slice::<reference::http::ErrorBody>(&bytes).map_or_else(
+                |_| "error.not_protocol".to_owned(),
+                |b| format!("error.{}", b.code),
+            ),
+        )
     }
 }

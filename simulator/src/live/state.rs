@@ -13,7 +13,10 @@ use crate::history::{Event, FinalState, History, RealStores};
 /// stores, the counts of its real ones, and the order record of every coupon
 /// order an answer in `history` named.
 pub async fn read_final_state(target: &Target, history: &History) -> anyhow::Result<FinalState> {
-    let audit = target.audit().await.context("reading the target's audit export")?;
+    let audit = target
+        .audit()
+        .await
+        .context("reading the target's audit export")?;
     let mut token_keys = BTreeMap::new();
     for (id, hex_key) in &audit.token_keys {
         let bytes = hex::decode(hex_key)
