@@ -153,9 +153,10 @@ impl Side {
         let Some(pipeline) = &self.pipeline else {
             return Ok(0);
         };
-        let (activity, asset) = pipeline.depths();
+        // The durable queue first: an order popped from it is counted as held
+        // before the pop, so it cannot fall between the two reads.
         let handoff = self.wallet.kv().queue_len(&keys::orders_handoff()).await?;
-        Ok(activity + asset + handoff)
+        Ok(handoff + pipeline.outstanding())
     }
 }
 

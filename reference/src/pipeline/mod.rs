@@ -340,6 +340,27 @@ struct Queues {
     asset: VecDeque<Job>,
     /// Keys on either queue, so a re-queue does not double them.
     queued: BTreeSet<String>,
+    /// Orders taken off a queue (local or the durable hand-off) and not yet
+    /// settled: a drain that only looked at the queues would call a batch
+    /// whose ledger write is in flight done.
+    in_hand: u64,
+}
+
+/// Orders held out of the queues while a layer works on them; released when
+/// dropped, on every path out (errors and crashes included).
+struct InHand<'a> {
+    queues: &'a Mutex<Queues>,
+    n: u64,
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        queues.in_hand = queues.in_hand.saturating_sub(self.n);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -419,6 +440,7 @@ impl CouponPipeline {
                 activity: VecDeque::new(),
                 asset: VecDeque::new(),
                 queued: BTreeSet::new(),
+                in_hand: 0,
             }),
             stock_cache: Mutex::new(BTreeMap::new()),
             timers: Mutex::new(Timers::default()),
@@ -653,6 +675,25 @@ impl CouponPipeline {
     pub fn depths(&self) -> (u64, u64) {
         let queues = self.queues.lock().expect("pipeline lock poisoned");
         (queues.activity.len() as u64, queues.asset.len() as u64)
+    }
+
+    /// Orders this instance still has to settle: both queues plus those a
+    /// layer holds right now, read in one snapshot. Zero, after the durable
+    /// hand-off queue was seen empty, means every order it took is final or
+    /// left open for the compensation scan.
+    pub fn outstanding(&self) -> u64 {
+        let queues = self.queues.lock().expect("pipeline lock poisoned");
+        queues.activity.len() as u64 + queues.asset.len() as u64 + queues.in_hand
+    }
+
+    /// Count `n` orders as held; call with the queue lock held, in the same
+    /// critical section that takes them off a queue.
+    fn hold<'a>(&'a self, queues: &mut Queues, n: u64) -> InHand<'a> {
+        queues.in_hand += n;
+        InHand {
+            queues: &self.queues,
+            n,
+        }
     }
 
     /// Move the record from the job's state to `state`; on success the job carries it.
@@ -1113,6 +1154,12 @@ impl CouponPipeline {
         if max == 0 {
             return Ok(0);
         }
+        // Held before the pop: an order is never off the durable queue and
+        // not yet counted here.
+        let _held = {
+            let mut queues = self.queues.lock().expect("pipeline lock poisoned");
+            self.hold(&mut queues, max as u64)
+        };
         let items = self
             .wallet
             .kv()
@@ -1167,8 +1214,9 @@ impl CouponPipeline {
                 }
                 let job = queues.activity.pop_front().expect("not empty");
                 queues.queued.remove(&job.key);
-                job
+                (job, self.hold(&mut queues, 1))
             };
+            let (job, _held) = job;
             if let Some(job) = self.process_user(job).await? {
                 self.enqueue(job);
             }
@@ -1177,7 +1225,7 @@ impl CouponPipeline {
 
     async fn consume_asset(&self) -> Result<(), Stop> {
         loop {
-            let taken: Vec<Job> = {
+            let (taken, _held): (Vec<Job>, _) = {
                 let mut queues = self.queues.lock().expect("pipeline lock poisoned");
                 let mut taken = Vec::new();
                 while taken.len() < self.config.merge_max.max(1)
@@ -1188,7 +1236,8 @@ impl CouponPipeline {
                     queues.queued.remove(&job.key);
                     taken.push(job);
                 }
-                taken
+                let held = self.hold(&mut queues, taken.len() as u64);
+                (taken, held)
             };
             if taken.is_empty() {
                 return Ok(());

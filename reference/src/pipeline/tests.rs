@@ -486,3 +486,93 @@ fn a_ledger_conflict_fails_the_order_and_releases_its_reservations() {
     assert_eq!(f.counter(&keys::user_batch(1, "b3", 4)), 0, "released");
     assert_eq!(f.credited().len(), 1);
 }
+
+/// A memory ledger whose batch credits wait at a gate, so a test can look at
+/// the pipeline while a ledger write is in flight.
+#[derive(Debug)]
+struct GatedLedger {
+    inner: MemoryLedger,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Ledger for GatedLedger {
+    async fn credit_batch(
+        &self,
+        credits: &[crate::ledger::Credit],
+    ) -> Result<Vec<crate::ledger::CreditOutcome>, crate::ledger::LedgerError> {
+        self.entered.notify_one();
+        self.gate.acquire().await.expect("open").forget();
+        self.inner.credit_batch(credits).await
+    }
+    async fn lookup_credit(
+        &self,
+        child_id: ChildId,
+        order_no: &OrderNo,
+    ) -> Result<Option<crate::ledger::Entry>, crate::ledger::LedgerError> {
+        self.inner.lookup_credit(child_id, order_no).await
+    }
+    async fn withdraw(
+        &self,
+        withdrawal: &crate::ledger::Withdrawal,
+    ) -> Result<crate::ledger::WithdrawOutcome, crate::ledger::LedgerError> {
+        self.inner.withdraw(withdrawal).await
+    }
+    async fn account(
+        &self,
+        key: crate::ledger::AccountKey,
+    ) -> Result<crate::ledger::AccountState, crate::ledger::LedgerError> {
+        self.inner.account(key).await
+    }
+    async fn history(
+        &self,
+        key: crate::ledger::AccountKey,
+        cursor: Option<crate::ledger::Cursor>,
+        limit: usize,
+    ) -> Result<crate::ledger::HistoryPage, crate::ledger::LedgerError> {
+        self.inner.history(key, cursor, limit).await
+    }
+    async fn snapshot(&self) -> Result<crate::ledger::LedgerSnapshot, crate::ledger::LedgerError> {
+        self.inner.snapshot().await
+    }
+}
+
+#[test]
+fn orders_in_a_layer_count_as_outstanding_until_their_ledger_write_returns() {
+    let f = fixture();
+    let ledger = Arc::new(GatedLedger {
+        inner: MemoryLedger::new(),
+        entered: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let wallet = Wallet::new(
+        Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree")),
+        ledger.clone(),
+        f.kv.clone(),
+        f.clock.clone(),
+    );
+    let p = CouponPipeline::new(wallet, PipelineConfig::default());
+    let requests: Vec<IssueRequest> = (1..=3).map(|u| request(u, 1, 23)).collect();
+    for r in &requests {
+        f.issue(&p, r, false);
+    }
+    assert_eq!((p.depths(), p.outstanding()), ((3, 0), 3));
+    f.clock.advance(100);
+    let now = f.clock.now_ms();
+    let (tick, seen) = f.runtime.block_on(async {
+        tokio::join!(p.tick(now), async {
+            ledger.entered.notified().await;
+            // Both queues are empty now; the batch is in the ledger call.
+            let seen = (p.depths(), p.outstanding());
+            ledger.gate.add_permits(1);
+            seen
+        })
+    });
+    assert_eq!(seen, ((0, 0), 3), "a batch in flight is outstanding");
+    assert_eq!(tick.expect("tick").asset_processed, 3);
+    assert_eq!(p.outstanding(), 0, "released once the records are final");
+    for r in &requests {
+        assert!(matches!(f.state(r), OrderState::Issued { .. }));
+    }
+}

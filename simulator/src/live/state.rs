@@ -13,18 +13,6 @@ use crate::history::{Event, FinalState, History, RealStores};
 /// stores, the counts of its real ones, and the order record of every coupon
 /// order an answer in `history` named.
 pub async fn read_final_state(target: &Target, history: &History) -> anyhow::Result<FinalState> {
-    let audit = target
-        .audit()
-        .await
-        .context("reading the target's audit export")?;
-    let mut token_keys = BTreeMap::new();
-    for (id, hex_key) in &audit.token_keys {
-        let bytes = hex::decode(hex_key)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .with_context(|| format!("the audit export's token key {id} is not 32 bytes of hex"))?;
-        token_keys.insert(*id, bytes);
-    }
     let mut named = BTreeSet::new();
     for event in &history.events {
         if let Event::Issue {
@@ -53,6 +41,20 @@ pub async fn read_final_state(target: &Target, history: &History) -> anyhow::Res
                 .or_default()
                 .insert(entry.order_no, entry.record);
         }
+    }
+    // After the order records: a wallet writes the ledger before it marks an
+    // order issued, so every order read as issued is in this later snapshot.
+    let audit = target
+        .audit()
+        .await
+        .context("reading the target's audit export")?;
+    let mut token_keys = BTreeMap::new();
+    for (id, hex_key) in &audit.token_keys {
+        let bytes = hex::decode(hex_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .with_context(|| format!("the audit export's token key {id} is not 32 bytes of hex"))?;
+        token_keys.insert(*id, bytes);
     }
     Ok(FinalState {
         ledger: audit.ledger,
