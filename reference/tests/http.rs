@@ -371,6 +371,10 @@ async fn admin_routes_switch_reissue_announce_and_drain() {
         metrics.contains("redrain_requests_total{route=\"reissue\",outcome=\"duplicate\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("redrain_pipeline_outstanding{side=\"real\"} 0"),
+        "drained, nothing outstanding: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

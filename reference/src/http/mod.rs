@@ -648,6 +648,8 @@ async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
             let (activity, asset) = pipeline.depths();
             gauges.push(("redrain_pipeline_activity_queue", name, activity));
             gauges.push(("redrain_pipeline_asset_queue", name, asset));
+            // Queued, in a layer's hands, or left open by a failed ledger batch.
+            gauges.push(("redrain_pipeline_outstanding", name, pipeline.outstanding()));
         }
     }
     (

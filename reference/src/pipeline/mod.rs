@@ -344,6 +344,9 @@ struct Queues {
     /// settled: a drain that only looked at the queues would call a batch
     /// whose ledger write is in flight done.
     in_hand: u64,
+    /// Orders whose ledger batch failed: open, on no queue, waiting for the
+    /// compensation scan. Outstanding too, so a drain does not call them done.
+    stranded: BTreeSet<String>,
 }
 
 /// Orders held out of the queues while a layer works on them; released when
@@ -441,6 +444,7 @@ impl CouponPipeline {
                 asset: VecDeque::new(),
                 queued: BTreeSet::new(),
                 in_hand: 0,
+                stranded: BTreeSet::new(),
             }),
             stock_cache: Mutex::new(BTreeMap::new()),
             timers: Mutex::new(Timers::default()),
@@ -661,6 +665,7 @@ impl CouponPipeline {
 
     fn enqueue(&self, job: Job) -> bool {
         let mut queues = self.queues.lock().expect("pipeline lock poisoned");
+        queues.stranded.remove(&job.key);
         if !queues.queued.insert(job.key.clone()) {
             return false;
         }
@@ -677,13 +682,17 @@ impl CouponPipeline {
         (queues.activity.len() as u64, queues.asset.len() as u64)
     }
 
-    /// Orders this instance still has to settle: both queues plus those a
-    /// layer holds right now, read in one snapshot. Zero, after the durable
+    /// Orders this instance still has to settle: both queues, those a layer
+    /// holds right now and those a failed ledger batch left for the
+    /// compensation scan, read in one snapshot. Zero, after the durable
     /// hand-off queue was seen empty, means every order it took is final or
     /// left open for the compensation scan.
     pub fn outstanding(&self) -> u64 {
         let queues = self.queues.lock().expect("pipeline lock poisoned");
-        queues.activity.len() as u64 + queues.asset.len() as u64 + queues.in_hand
+        queues.activity.len() as u64
+            + queues.asset.len() as u64
+            + queues.in_hand
+            + queues.stranded.len() as u64
     }
 
     /// Count `n` orders as held; call with the queue lock held, in the same
@@ -973,7 +982,12 @@ impl CouponPipeline {
             let outcomes = match self.wallet.ledger().credit_batch(&credits).await {
                 Ok(outcomes) => outcomes,
                 Err(_) => {
+                    // The orders stay open (`stock_reserved`) for the scan.
                     self.bump(|f| f.credit_errors += 1);
+                    let mut queues = self.queues.lock().expect("pipeline lock poisoned");
+                    queues
+                        .stranded
+                        .extend(chunk.iter().map(|job| job.key.clone()));
                     continue;
                 }
             };
@@ -1016,6 +1030,11 @@ impl CouponPipeline {
                         self.fail(&mut job, &reason, Vec::new(), held).await?;
                     }
                 }
+            }
+            // Settled (issued or failed) by this batch, or moved by someone else.
+            let mut queues = self.queues.lock().expect("pipeline lock poisoned");
+            for job in chunk {
+                queues.stranded.remove(&job.key);
             }
         }
         Ok(())
@@ -1136,6 +1155,11 @@ impl CouponPipeline {
         };
         let record = OrderRecord::decode(&key, &bytes)?;
         if record.state.is_final() {
+            self.queues
+                .lock()
+                .expect("pipeline lock poisoned")
+                .stranded
+                .remove(&key);
             self.wallet
                 .kv()
                 .inflight_remove(&keys::orders_open(record.child_id), key.as_bytes())

@@ -494,6 +494,19 @@ struct GatedLedger {
     inner: MemoryLedger,
     entered: tokio::sync::Notify,
     gate: tokio::sync::Semaphore,
+    /// Batch credits to fail, as a database that went away would.
+    fail: std::sync::atomic::AtomicU32,
+}
+
+impl GatedLedger {
+    fn new(open: usize) -> Self {
+        Self {
+            inner: MemoryLedger::new(),
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(open),
+            fail: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -504,6 +517,13 @@ impl Ledger for GatedLedger {
     ) -> Result<Vec<crate::ledger::CreditOutcome>, crate::ledger::LedgerError> {
         self.entered.notify_one();
         self.gate.acquire().await.expect("open").forget();
+        let failing = self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(crate::ledger::LedgerError::Misuse("planted".to_owned()));
+        }
         self.inner.credit_batch(credits).await
     }
     async fn lookup_credit(
@@ -541,11 +561,7 @@ impl Ledger for GatedLedger {
 #[test]
 fn orders_in_a_layer_count_as_outstanding_until_their_ledger_write_returns() {
     let f = fixture();
-    let ledger = Arc::new(GatedLedger {
-        inner: MemoryLedger::new(),
-        entered: tokio::sync::Notify::new(),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    let ledger = Arc::new(GatedLedger::new(0));
     let wallet = Wallet::new(
         Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree")),
         ledger.clone(),
@@ -572,6 +588,46 @@ fn orders_in_a_layer_count_as_outstanding_until_their_ledger_write_returns() {
     assert_eq!(seen, ((0, 0), 3), "a batch in flight is outstanding");
     assert_eq!(tick.expect("tick").asset_processed, 3);
     assert_eq!(p.outstanding(), 0, "released once the records are final");
+    for r in &requests {
+        assert!(matches!(f.state(r), OrderState::Issued { .. }));
+    }
+}
+
+#[test]
+fn orders_a_failed_ledger_batch_left_open_stay_outstanding_until_compensated() {
+    let f = fixture();
+    let ledger = Arc::new(GatedLedger::new(1_000));
+    ledger.fail.store(1, Ordering::SeqCst);
+    let wallet = Wallet::new(
+        Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree")),
+        ledger.clone(),
+        f.kv.clone(),
+        f.clock.clone(),
+    );
+    let config = PipelineConfig {
+        compensation_timeout_ms: 10_000,
+        compensation_interval_ms: 1_000,
+        ..PipelineConfig::default()
+    };
+    let p = CouponPipeline::new(wallet, config);
+    let requests: Vec<IssueRequest> = (1..=3).map(|u| request(u, 1, 23)).collect();
+    for r in &requests {
+        f.issue(&p, r, false);
+    }
+    f.clock.advance(100);
+    f.tick(&p);
+    assert_eq!(p.figures().credit_errors, 1);
+    assert_eq!(
+        (p.depths(), p.outstanding()),
+        ((0, 0), 3),
+        "on no queue, not settled"
+    );
+    for r in &requests {
+        assert_eq!(f.state(r), OrderState::StockReserved);
+    }
+    f.clock.advance(10_000);
+    f.tick(&p);
+    assert_eq!(p.outstanding(), 0, "the scan credited them");
     for r in &requests {
         assert!(matches!(f.state(r), OrderState::Issued { .. }));
     }
