@@ -12,17 +12,17 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, PgExecutor, Postgres, Transaction};
 
 use super::sql::{
     ACCOUNT_COLUMNS, ACQUIRE_TIMEOUT, AccountRow, BatchPlan, CONNECT_TIMEOUT, CreditKey, EntryRow,
     EntryValues, POOL_CONNECTIONS_MAX, Tables, TxError, bad_url, by_credit_key, entries,
-    entry_columns, history_before, history_page, store, to_i64, to_u64, with_retries,
+    entry_columns, history_before, history_page, server_ledger, store, to_i64, to_u64,
+    with_retries,
 };
 use super::{
-    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage, Ledger,
+    AccountKey, AccountState, Credit, CreditOutcome, Cursor, Entry, EntryKind, HistoryPage,
     LedgerCleanup, LedgerError, LedgerOptions, LedgerSnapshot, WithdrawOutcome, Withdrawal,
     check_batch, check_limit,
 };
@@ -406,90 +406,7 @@ impl PostgresLedger {
     }
 }
 
-#[async_trait]
-impl Ledger for PostgresLedger {
-    async fn credit_batch(&self, credits: &[Credit]) -> Result<Vec<CreditOutcome>, LedgerError> {
-        check_batch(credits)?;
-        if credits.is_empty() {
-            return Ok(Vec::new());
-        }
-        let plan = BatchPlan::new(credits)?;
-        with_retries(retryable, || self.credit_once(&plan)).await
-    }
-
-    async fn lookup_credit(
-        &self,
-        child_id: ChildId,
-        order_no: &OrderNo,
-    ) -> Result<Option<Entry>, LedgerError> {
-        let key = order_no.to_string();
-        with_retries(retryable, || {
-            self.find(&self.pool, child_id, "credit", &key)
-        })
-        .await
-    }
-
-    async fn withdraw(&self, withdrawal: &Withdrawal) -> Result<WithdrawOutcome, LedgerError> {
-        let kind = EntryKind::Withdrawal {
-            withdraw_no: withdrawal.withdraw_no.clone(),
-            amount_cents: withdrawal.amount_cents,
-        };
-        let values = EntryValues::new(withdrawal.account, withdrawal.at_ms, &kind)?;
-        with_retries(retryable, || self.withdraw_once(withdrawal, &values)).await
-    }
-
-    async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
-        let row: Option<AccountRow> = sqlx::query_as(sql(&self.sql.read_account))
-            .bind(to_i64(key.child_id, "child_id")?)
-            .bind(to_i64(key.act_id, "act_id")?)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store)?;
-        row.map_or(Ok(AccountState::empty(key)), AccountRow::into_state)
-    }
-
-    async fn history(
-        &self,
-        key: AccountKey,
-        cursor: Option<Cursor>,
-        limit: usize,
-    ) -> Result<HistoryPage, LedgerError> {
-        check_limit(limit)?;
-        let before = history_before(cursor);
-        // One row more than the page tells whether a next page exists.
-        let rows: Vec<EntryRow> = sqlx::query_as(sql(&self.sql.history))
-            .bind(to_i64(key.child_id, "child_id")?)
-            .bind(to_i64(key.act_id, "act_id")?)
-            .bind(before)
-            .bind(to_i64(limit as u64 + 1, "limit")?)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store)?;
-        history_page(rows, limit)
-    }
-
-    async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
-        // One snapshot, so entries and accounts are of one moment.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(store)?;
-        let rows: Vec<EntryRow> = sqlx::query_as(sql(&self.sql.all_entries))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store)?;
-        let accounts: Vec<AccountRow> = sqlx::query_as(sql(&self.sql.all_accounts))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store)?;
-        tx.commit().await.map_err(store)?;
-        Ok(LedgerSnapshot {
-            entries: entries(rows)?,
-            accounts: accounts
-                .into_iter()
-                .map(AccountRow::into_state)
-                .collect::<Result<_, _>>()?,
-        })
-    }
-}
+server_ledger!(
+    PostgresLedger,
+    snapshot_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+);

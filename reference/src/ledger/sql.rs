@@ -469,6 +469,105 @@ pub(super) const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// Connections per server ledger.
 pub(super) const POOL_CONNECTIONS_MAX: u32 = 8;
 
+/// The `Ledger` impl the server ledgers share: everything but the transactions
+/// (`credit_once`, `withdraw_once`, `find`), the statement that opens a
+/// snapshot's read view, and the error classes `retryable` retries. Expects
+/// `retryable`, `sql` and the `Statements` field `sql` where it is invoked.
+macro_rules! server_ledger {
+    ($ledger:ty, snapshot_begin = $snapshot_begin:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::ledger::Ledger for $ledger {
+            async fn credit_batch(
+                &self,
+                credits: &[Credit],
+            ) -> Result<Vec<CreditOutcome>, LedgerError> {
+                check_batch(credits)?;
+                if credits.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let plan = BatchPlan::new(credits)?;
+                with_retries(retryable, || self.credit_once(&plan)).await
+            }
+
+            async fn lookup_credit(
+                &self,
+                child_id: ChildId,
+                order_no: &OrderNo,
+            ) -> Result<Option<Entry>, LedgerError> {
+                let key = order_no.to_string();
+                with_retries(retryable, || {
+                    self.find(&self.pool, child_id, "credit", &key)
+                })
+                .await
+            }
+
+            async fn withdraw(
+                &self,
+                withdrawal: &Withdrawal,
+            ) -> Result<WithdrawOutcome, LedgerError> {
+                let kind = EntryKind::Withdrawal {
+                    withdraw_no: withdrawal.withdraw_no.clone(),
+                    amount_cents: withdrawal.amount_cents,
+                };
+                let values = EntryValues::new(withdrawal.account, withdrawal.at_ms, &kind)?;
+                with_retries(retryable, || self.withdraw_once(withdrawal, &values)).await
+            }
+
+            async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
+                let row: Option<AccountRow> = sqlx::query_as(sql(&self.sql.read_account))
+                    .bind(to_i64(key.child_id, "child_id")?)
+                    .bind(to_i64(key.act_id, "act_id")?)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(store)?;
+                row.map_or(Ok(AccountState::empty(key)), AccountRow::into_state)
+            }
+
+            async fn history(
+                &self,
+                key: AccountKey,
+                cursor: Option<Cursor>,
+                limit: usize,
+            ) -> Result<HistoryPage, LedgerError> {
+                check_limit(limit)?;
+                let before = history_before(cursor);
+                // One row more than the page tells whether a next page exists.
+                let rows: Vec<EntryRow> = sqlx::query_as(sql(&self.sql.history))
+                    .bind(to_i64(key.child_id, "child_id")?)
+                    .bind(to_i64(key.act_id, "act_id")?)
+                    .bind(before)
+                    .bind(to_i64(limit as u64 + 1, "limit")?)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(store)?;
+                history_page(rows, limit)
+            }
+
+            async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
+                // One read view, so entries and accounts are of one moment.
+                let mut tx = self.pool.begin_with($snapshot_begin).await.map_err(store)?;
+                let rows: Vec<EntryRow> = sqlx::query_as(sql(&self.sql.all_entries))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(store)?;
+                let accounts: Vec<AccountRow> = sqlx::query_as(sql(&self.sql.all_accounts))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(store)?;
+                tx.commit().await.map_err(store)?;
+                Ok(LedgerSnapshot {
+                    entries: entries(rows)?,
+                    accounts: accounts
+                        .into_iter()
+                        .map(AccountRow::into_state)
+                        .collect::<Result<_, _>>()?,
+                })
+            }
+        }
+    };
+}
+pub(super) use server_ledger;
+
 #[cfg(test)]
 mod tests {
     use super::*;
