@@ -142,11 +142,23 @@ impl Side {
         let kv = self.wallet.kv();
         let mut backlog = BTreeMap::new();
         for child_id in self.child_ids() {
-            let n = kv.queue_len(&keys::pending(child_id)).await?
-                + kv.inflight_len(&keys::inflight(child_id)).await?;
-            backlog.insert(child_id, n);
+            // Pending, inflight, pending again: a claim moves a token pending →
+            // inflight at once, a recovery inflight → pending by push then
+            // remove, so a token moving either way is seen by one of the reads.
+            let pending = kv.queue_len(&keys::pending(child_id)).await?;
+            let inflight = kv.inflight_len(&keys::inflight(child_id)).await?;
+            let again = kv.queue_len(&keys::pending(child_id)).await?;
+            backlog.insert(child_id, pending.max(again) + inflight);
         }
         Ok(backlog)
+    }
+
+    /// Background work left: tokens to credit, coupon orders to settle, and
+    /// whether the credit worker waits to retry. Drained when all are nought.
+    async fn work_left(&self) -> Result<(u64, u64, bool), WalletError> {
+        let tokens = self.token_backlog().await?.values().sum();
+        let orders = self.orders_queued().await?;
+        Ok((tokens, orders, self.worker_retry.load(Ordering::SeqCst)))
     }
 
     async fn orders_queued(&self) -> Result<u64, WalletError> {
@@ -1036,14 +1048,7 @@ async fn post_drain(
     let max = Duration::from_millis(body.max_ms.min(600_000));
     let tick = Duration::from_millis(state.config.tick_interval_ms.max(1));
     loop {
-        let tokens: u64 = side
-            .token_backlog()
-            .await
-            .map_err(ApiError::store)?
-            .values()
-            .sum();
-        let orders = side.orders_queued().await.map_err(ApiError::store)?;
-        let retry = side.worker_retry.load(Ordering::SeqCst);
+        let (tokens, orders, retry) = side.work_left().await.map_err(ApiError::store)?;
         let drained = tokens == 0 && orders == 0 && !retry;
         if drained || started.elapsed() >= max {
             // Let the hot counter flush what it holds.
@@ -1179,16 +1184,21 @@ impl Server {
         };
         for side in std::iter::once(&self.state.real).chain(self.state.shadow.as_ref()) {
             loop {
-                let tokens: u64 = side
-                    .token_backlog()
-                    .await
-                    .map(|b| b.values().sum())
-                    .unwrap_or(0);
-                let orders = side.orders_queued().await.unwrap_or(0);
-                if (tokens == 0 && orders == 0) || started.elapsed() >= max {
+                // A store that cannot be read is not drained: wait on it, and
+                // report it undrained if it stays so.
+                let (tokens, orders, done) = match side.work_left().await {
+                    Ok((tokens, orders, retry)) => {
+                        (tokens, orders, tokens == 0 && orders == 0 && !retry)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "drain on shutdown: background work unreadable");
+                        (0, 0, false)
+                    }
+                };
+                if done || started.elapsed() >= max {
                     left.token_backlog += tokens;
                     left.orders_queued += orders;
-                    left.drained &= tokens == 0 && orders == 0;
+                    left.drained &= done;
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(

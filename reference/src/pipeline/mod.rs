@@ -695,6 +695,47 @@ impl CouponPipeline {
             + queues.stranded.len() as u64
     }
 
+    /// Orders a store error left off every queue, still open: outstanding
+    /// until the compensation scan re-queues them or they are found final.
+    fn strand(&self, keys: impl IntoIterator<Item = String>) {
+        self.queues
+            .lock()
+            .expect("pipeline lock poisoned")
+            .stranded
+            .extend(keys);
+    }
+
+    /// Drop stranded orders that are final (or gone): an error can strand a
+    /// whole batch of which some were already settled, and the scan only
+    /// looks at open orders. Unreadable ones stay.
+    async fn settle_stranded(&self) {
+        let keys: Vec<String> = {
+            let queues = self.queues.lock().expect("pipeline lock poisoned");
+            queues
+                .stranded
+                .iter()
+                .take(LIST_RANGE_MAX)
+                .cloned()
+                .collect()
+        };
+        for key in keys {
+            let settled = match self.wallet.kv().bytes(&key).await {
+                Ok(None) => true,
+                Ok(Some(bytes)) => {
+                    OrderRecord::decode(&key, &bytes).is_ok_and(|r| r.state.is_final())
+                }
+                Err(_) => false,
+            };
+            if settled {
+                self.queues
+                    .lock()
+                    .expect("pipeline lock poisoned")
+                    .stranded
+                    .remove(&key);
+            }
+        }
+    }
+
     /// Count `n` orders as held; call with the queue lock held, in the same
     /// critical section that takes them off a queue.
     fn hold<'a>(&'a self, queues: &mut Queues, n: u64) -> InHand<'a> {
@@ -984,10 +1025,7 @@ impl CouponPipeline {
                 Err(_) => {
                     // The orders stay open (`stock_reserved`) for the scan.
                     self.bump(|f| f.credit_errors += 1);
-                    let mut queues = self.queues.lock().expect("pipeline lock poisoned");
-                    queues
-                        .stranded
-                        .extend(chunk.iter().map(|job| job.key.clone()));
+                    self.strand(chunk.iter().map(|job| job.key.clone()));
                     continue;
                 }
             };
@@ -1105,6 +1143,7 @@ impl CouponPipeline {
         if refresh {
             self.refresh_stock().await?;
         }
+        self.settle_stranded().await;
         report.picked_up = self.pick_up().await?;
         if scan {
             report.compensated = self.compensate(now_ms).await?;
@@ -1190,9 +1229,19 @@ impl CouponPipeline {
             .queue_pop(&keys::orders_handoff(), max)
             .await?;
         let mut picked = 0;
-        for key in items {
-            if self.requeue(&key, None).await? {
-                picked += 1;
+        for (i, key) in items.iter().enumerate() {
+            match self.requeue(key, None).await {
+                Ok(true) => picked += 1,
+                Ok(false) => {}
+                Err(stop) => {
+                    // Off the durable queue, still open: the scan's.
+                    self.strand(
+                        items[i..]
+                            .iter()
+                            .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    );
+                    return Err(stop);
+                }
             }
         }
         self.bump(|f| f.picked_up += picked);
@@ -1241,8 +1290,16 @@ impl CouponPipeline {
                 (job, self.hold(&mut queues, 1))
             };
             let (job, _held) = job;
-            if let Some(job) = self.process_user(job).await? {
-                self.enqueue(job);
+            let key = job.key.clone();
+            match self.process_user(job).await {
+                Ok(Some(job)) => {
+                    self.enqueue(job);
+                }
+                Ok(None) => {}
+                Err(stop) => {
+                    self.strand([key]);
+                    return Err(stop);
+                }
             }
         }
     }
@@ -1266,7 +1323,12 @@ impl CouponPipeline {
             if taken.is_empty() {
                 return Ok(());
             }
-            self.process_asset(taken).await?;
+            let keys: Vec<String> = taken.iter().map(|job| job.key.clone()).collect();
+            if let Err(stop) = self.process_asset(taken).await {
+                // Some may be final already; `settle_stranded` drops those.
+                self.strand(keys);
+                return Err(stop);
+            }
         }
     }
 

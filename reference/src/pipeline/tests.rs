@@ -558,21 +558,36 @@ impl Ledger for GatedLedger {
     }
 }
 
+impl Fixture {
+    /// A pipeline over the fixture's KV and clock and `ledger` (quick
+    /// compensation: 10 s timeout, scans every second), with three orders
+    /// of template 703 accepted.
+    fn gated(&self, ledger: &Arc<GatedLedger>) -> (CouponPipeline, Vec<IssueRequest>) {
+        let wallet = Wallet::new(
+            Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree")),
+            ledger.clone(),
+            self.kv.clone(),
+            self.clock.clone(),
+        );
+        let config = PipelineConfig {
+            compensation_timeout_ms: 10_000,
+            compensation_interval_ms: 1_000,
+            ..PipelineConfig::default()
+        };
+        let p = CouponPipeline::new(wallet, config);
+        let requests: Vec<IssueRequest> = (1..=3).map(|u| request(u, 1, 23)).collect();
+        for r in &requests {
+            self.issue(&p, r, false);
+        }
+        (p, requests)
+    }
+}
+
 #[test]
 fn orders_in_a_layer_count_as_outstanding_until_their_ledger_write_returns() {
     let f = fixture();
     let ledger = Arc::new(GatedLedger::new(0));
-    let wallet = Wallet::new(
-        Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree")),
-        ledger.clone(),
-        f.kv.clone(),
-        f.clock.clone(),
-    );
-    let p = CouponPipeline::new(wallet, PipelineConfig::default());
-    let requests: Vec<IssueRequest> = (1..=3).map(|u| request(u, 1, 23)).collect();
-    for r in &requests {
-        f.issue(&p, r, false);
-    }
+    let (p, requests) = f.gated(&ledger);
     assert_eq!((p.depths(), p.outstanding()), ((3, 0), 3));
     f.clock.advance(100);
     let now = f.clock.now_ms();
@@ -598,22 +613,7 @@ fn orders_a_failed_ledger_batch_left_open_stay_outstanding_until_compensated() {
     let f = fixture();
     let ledger = Arc::new(GatedLedger::new(1_000));
     ledger.fail.store(1, Ordering::SeqCst);
-    let wallet = Wallet::new(
-        Arc::new(ActivityTree::from_toml_str(TREE, "test.toml").expect("tree")),
-        ledger.clone(),
-        f.kv.clone(),
-        f.clock.clone(),
-    );
-    let config = PipelineConfig {
-        compensation_timeout_ms: 10_000,
-        compensation_interval_ms: 1_000,
-        ..PipelineConfig::default()
-    };
-    let p = CouponPipeline::new(wallet, config);
-    let requests: Vec<IssueRequest> = (1..=3).map(|u| request(u, 1, 23)).collect();
-    for r in &requests {
-        f.issue(&p, r, false);
-    }
+    let (p, requests) = f.gated(&ledger);
     f.clock.advance(100);
     f.tick(&p);
     assert_eq!(p.figures().credit_errors, 1);
@@ -628,6 +628,46 @@ fn orders_a_failed_ledger_batch_left_open_stay_outstanding_until_compensated() {
     f.clock.advance(10_000);
     f.tick(&p);
     assert_eq!(p.outstanding(), 0, "the scan credited them");
+    for r in &requests {
+        assert!(matches!(f.state(r), OrderState::Issued { .. }));
+    }
+}
+
+#[test]
+fn orders_a_store_error_drops_mid_batch_stay_outstanding_until_compensated() {
+    let f = fixture();
+    let ledger = Arc::new(GatedLedger::new(0));
+    let (p, requests) = f.gated(&ledger);
+    f.clock.advance(100);
+    let now = f.clock.now_ms();
+    let tick = f.runtime.block_on(async {
+        let (tick, ()) = tokio::join!(p.tick(now), async {
+            ledger.entered.notified().await;
+            // The KV goes away while the batch is in the ledger: the credit
+            // lands, marking the orders issued does not.
+            f.kv.set_faults(KvFaults {
+                down: true,
+                ..KvFaults::default()
+            });
+            ledger.gate.add_permits(1_000);
+        });
+        tick
+    });
+    assert!(tick.is_err(), "the store error surfaces");
+    f.kv.set_faults(KvFaults::default());
+    let credits = || {
+        f.runtime
+            .block_on(ledger.inner.snapshot())
+            .expect("snapshot")
+            .entries
+            .len()
+    };
+    assert_eq!(credits(), 3, "the batch landed");
+    assert_eq!((p.depths(), p.outstanding()), ((0, 0), 3));
+    f.clock.advance(10_000);
+    f.tick(&p);
+    assert_eq!(p.outstanding(), 0, "the scan settled them");
+    assert_eq!(credits(), 3, "credited once each");
     for r in &requests {
         assert!(matches!(f.state(r), OrderState::Issued { .. }));
     }

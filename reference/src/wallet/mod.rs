@@ -759,9 +759,29 @@ impl Wallet {
                 Ok(IssueOutcome::Conflict { first })
             }
             Err(e) => {
-                // Failed issue after a successful consume: best-effort rollback.
-                self.undo(reservations).await;
-                Err(e.into())
+                // The error does not say whether the batch committed (a
+                // connection lost at COMMIT does not). Ask: releasing what a
+                // posted credit consumed would let the budget or stock be
+                // spent twice, so only a credit surely not posted is undone.
+                match self
+                    .ledger
+                    .lookup_credit(valid.child.id, &valid.order_no)
+                    .await
+                {
+                    Ok(Some(first)) if first.matches_credit(&credit) => {
+                        Ok(IssueOutcome::Issued { entry: first })
+                    }
+                    Ok(Some(first)) => {
+                        self.undo(reservations).await;
+                        Ok(IssueOutcome::Conflict { first })
+                    }
+                    Ok(None) => {
+                        self.undo(reservations).await;
+                        Err(e.into())
+                    }
+                    // Unknown: keep the reservations, under-issue rather than over.
+                    Err(_) => Err(e.into()),
+                }
             }
         }
     }

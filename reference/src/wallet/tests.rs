@@ -397,6 +397,52 @@ mod failures {
         }
     }
 
+    /// A ledger that posts every credit and then loses the answer (a
+    /// connection dropped at COMMIT); with `blind`, its lookups fail too
+    /// once it has posted one.
+    #[derive(Debug)]
+    struct AnswerLosingLedger {
+        inner: MemoryLedger,
+        blind: bool,
+        posted: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl Ledger for AnswerLosingLedger {
+        async fn credit_batch(&self, c: &[Credit]) -> Result<Vec<CreditOutcome>, LedgerError> {
+            self.inner.credit_batch(c).await?;
+            self.posted.store(true, std::sync::atomic::Ordering::SeqCst);
+            Err(LedgerError::Store("connection lost at commit".into()))
+        }
+        async fn lookup_credit(
+            &self,
+            child_id: u64,
+            order_no: &OrderNo,
+        ) -> Result<Option<Entry>, LedgerError> {
+            if self.blind && self.posted.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(LedgerError::Store("connection refused".into()));
+            }
+            self.inner.lookup_credit(child_id, order_no).await
+        }
+        async fn withdraw(&self, w: &Withdrawal) -> Result<LedgerWithdrawOutcome, LedgerError> {
+            self.inner.withdraw(w).await
+        }
+        async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
+            self.inner.account(key).await
+        }
+        async fn history(
+            &self,
+            key: AccountKey,
+            c: Option<Cursor>,
+            l: usize,
+        ) -> Result<HistoryPage, LedgerError> {
+            self.inner.history(key, c, l).await
+        }
+        async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
+            self.inner.snapshot().await
+        }
+    }
+
     fn wallet(
         ledger: Arc<dyn Ledger>,
         kv: impl FnOnce(Arc<ManualClock>) -> Arc<dyn Kv>,
@@ -409,6 +455,18 @@ mod failures {
             .build()
             .expect("runtime");
         (Wallet::new(tree, ledger, kv(clock.clone()), clock), runtime)
+    }
+
+    /// A coupon award (award 21) and a cash award of 300 cents, both for user 7.
+    fn coupon_and_cash() -> [IssueRequest; 2] {
+        let request = |order_no: &str, award_id, amount_cents| IssueRequest {
+            app_id: 1,
+            activity_id: 2027,
+            order_no: order_no.into(),
+            award_id,
+            amount_cents,
+        };
+        [request("7_2_1_2_1", 21, 0), request("7_1_1_1_1", 11, 300)]
     }
 
     fn counters(wallet: &Wallet, runtime: &tokio::runtime::Runtime) -> Vec<(String, i64)> {
@@ -466,20 +524,7 @@ mod failures {
         let (wallet, runtime) = wallet(Arc::new(DownLedger(MemoryLedger::new())), |clock| {
             Arc::new(MemoryKv::new(clock))
         });
-        let coupon = IssueRequest {
-            app_id: 1,
-            activity_id: 2027,
-            order_no: "7_2_1_2_1".into(),
-            award_id: 21,
-            amount_cents: 0,
-        };
-        let cash = IssueRequest {
-            app_id: 1,
-            activity_id: 2027,
-            order_no: "7_1_1_1_1".into(),
-            award_id: 11,
-            amount_cents: 300,
-        };
+        let [coupon, cash] = coupon_and_cash();
         assert!(matches!(
             runtime.block_on(wallet.issue(&coupon)),
             Err(WalletError::Ledger(_))
@@ -501,5 +546,70 @@ mod failures {
             Hold::Held { holders: 1 },
             "the group hold was released"
         );
+    }
+
+    type Issued = Vec<Result<IssueOutcome, WalletError>>;
+
+    /// A coupon and a cash award, each on a wallet of its own over an
+    /// answer-losing ledger; the outcomes and all counters after.
+    fn issue_both(blind: bool) -> (Issued, Vec<(String, i64)>) {
+        let [coupon, cash] = coupon_and_cash();
+        let mut outcomes = Vec::new();
+        let mut all = Vec::new();
+        for request in [coupon, cash] {
+            let ledger = AnswerLosingLedger {
+                inner: MemoryLedger::new(),
+                blind,
+                posted: false.into(),
+            };
+            let (wallet, runtime) =
+                wallet(Arc::new(ledger), |clock| Arc::new(MemoryKv::new(clock)));
+            outcomes.push(runtime.block_on(wallet.issue(&request)));
+            all.extend(counters(&wallet, &runtime));
+        }
+        (outcomes, all)
+    }
+
+    #[test]
+    fn a_credit_posted_before_its_answer_was_lost_keeps_its_reservations() {
+        let (outcomes, counters) = issue_both(false);
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Ok(IssueOutcome::Issued { .. })),
+                "the lookup finds it posted: {outcome:?}"
+            );
+        }
+        let counted: Vec<_> = counters.iter().filter(|(_, n)| *n != 0).collect();
+        assert!(
+            counted
+                .iter()
+                .any(|(k, n)| k.starts_with("budget:") && *n == 300),
+            "the budget keeps the posted 300 cents: {counters:?}"
+        );
+        assert!(
+            counted
+                .iter()
+                .any(|(k, n)| k.starts_with("stock:") && *n == 1),
+            "the stock keeps the posted coupon: {counters:?}"
+        );
+    }
+
+    #[test]
+    fn a_credit_whose_outcome_stays_unknown_keeps_its_reservations() {
+        let (outcomes, counters) = issue_both(true);
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Err(WalletError::Ledger(_))),
+                "{outcome:?}"
+            );
+        }
+        for (prefix, n) in [("budget:", 300), ("stock:", 1)] {
+            assert!(
+                counters
+                    .iter()
+                    .any(|(k, v)| k.starts_with(prefix) && *v == n),
+                "{prefix} kept, under-issue rather than over: {counters:?}"
+            );
+        }
     }
 }
