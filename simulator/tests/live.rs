@@ -2,8 +2,12 @@
 //! out over HTTP, the target drains, its audit export is checked, and the
 //! record carries the live figures; `redrain bench http` runs end to end.
 
+#[allow(dead_code)]
+mod broken;
+
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use simulator::live::load::{LoadOptions, load};
 use simulator::scenario::Scenario;
@@ -12,14 +16,18 @@ use simulator::serve::{Local, ServeOptions, build};
 const TOKEN: &str = "live-test-admin-token";
 
 async fn serve(scenario: &Scenario, rate_scale: f64) -> Local {
+    serve_on(scenario, rate_scale, "memory", "").await
+}
+
+async fn serve_on(scenario: &Scenario, rate_scale: f64, kv: &str, kv_prefix: &str) -> Local {
     let options = ServeOptions {
         listen: "127.0.0.1:0".parse().expect("address"),
         admin_token: TOKEN.to_owned(),
         stores: simulator::scenario::StoreUrls {
             ledger: "memory".to_owned(),
-            kv: "memory".to_owned(),
+            kv: kv.to_owned(),
         },
-        kv_prefix: String::new(),
+        kv_prefix: kv_prefix.to_owned(),
         rate_scale,
         seed: None,
     };
@@ -185,4 +193,75 @@ fn the_http_benchmark_runs_beside_wrk_and_goose() {
             .as_bool()
             .unwrap_or(false)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_target_whose_kv_remembers_an_earlier_load_is_refused() {
+    let Some(redis) = reference::testenv::service_url("REDRAIN_REDIS_URL", "live kv freshness")
+    else {
+        return;
+    };
+    let scenario = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
+    let prefix = format!("{}:", reference::testenv::unique_name("live_fresh"));
+    let first = serve_on(&scenario, 0.25, &redis, &prefix).await;
+    load(&scenario, &options(first.url.clone(), 0.25, 1))
+        .await
+        .expect("the first load runs");
+    first.stop().await.expect("a graceful stop");
+    // The memory ledger starts empty again; the Redis namespace does not.
+    let second = serve_on(&scenario, 0.25, &redis, &prefix).await;
+    let refused = load(&scenario, &options(second.url.clone(), 0.25, 1))
+        .await
+        .expect_err("refused");
+    assert!(
+        refused.to_string().contains("shadow KV is not fresh"),
+        "{refused}"
+    );
+    second.stop().await.expect("a graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awards_whose_answer_was_lost_are_sent_again_and_their_credits_named() {
+    use reference::http::{Server, ShiftedClock};
+    use reference::kv::{Kv, MemoryKv};
+    use reference::ledger::{Ledger, MemoryLedger};
+    use reference::{Clock, Wallet};
+    let unscaled = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
+    let mut scenario = unscaled.clone();
+    scenario.sample_rate = 0.25;
+    scenario.tree = scenario.tree.scaled(0.25);
+    let clock = Arc::new(ShiftedClock::starting_at(scenario.start_ms));
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let real_kv: Arc<dyn Kv> = Arc::new(MemoryKv::new(dyn_clock.clone()));
+    let shadow_kv: Arc<dyn Kv> = Arc::new(MemoryKv::new(dyn_clock.clone()));
+    let real_ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    let mut wallet = Wallet::new(
+        Arc::new(scenario.tree.clone()),
+        real_ledger,
+        real_kv,
+        dyn_clock,
+    )
+    .with_shadow_stores(Arc::new(broken::AnswerLosingLedger::new(7)), shadow_kv);
+    if let Some(source) = &scenario.token_keys {
+        wallet = wallet.with_keys(Arc::new(source.load(scenario.seed).expect("keys")));
+    }
+    let config = simulator::serve::server_config(&scenario, TOKEN.to_owned());
+    let server = Local::start(Server::new(wallet, clock, config))
+        .await
+        .expect("the server starts");
+    let output = load(&unscaled, &options(server.url.clone(), 0.25, 4))
+        .await
+        .expect("the load runs");
+    let record = &output.record;
+    let live = record.live.as_ref().expect("live figures");
+    let resent = live.errors.get("live.resent").copied().unwrap_or(0);
+    assert!(resent > 0, "some answers were lost: {:?}", live.errors);
+    assert!(
+        !live.errors.contains_key("live.outcome_unknown"),
+        "{:?}",
+        live.errors
+    );
+    // Without the second send their entries would be named by no answer (I4),
+    // and the budget they consumed released (I2).
+    assert!(record.passed(), "{}", reports::render_summary(record));
 }

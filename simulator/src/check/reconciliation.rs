@@ -1,8 +1,8 @@
 //! I4: everything the activity side was told is issued is credited, exactly as
-//! told, and nothing is credited that was never issued. Sync answers name their
-//! ledger entry; accepted tokens must be credited (same child, user, order and
-//! amount) once the worker has drained, and the token backlog must be 0 then:
-//! issued = credited + pending, with pending = 0 once quiet. Coupon-pipeline
+//! told, and nothing is credited that was never issued. Sync answers (first
+//! ones and duplicates) name their ledger entry; accepted tokens must be
+//! credited (same child, user, order and amount) once the worker has drained,
+//! and the token backlog must be 0 then: issued = credited + pending, with pending = 0 once quiet. Coupon-pipeline
 //! orders answered `queued` must end issued (credited once, to their user, with
 //! their award) or failed (nothing credited), never in a middle state.
 //! Mid-run ([`FinalState::quiet`] false) the same holds except that tokens may
@@ -23,18 +23,21 @@ use crate::history::{Event, FinalState, History};
 pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
     let by_pipeline = check_orders(tree, history, state, &mut found);
-    // What the callers were told was posted. Kept as a list, not by seq: a
-    // ledger that drops a posting may hand its seq to the next one, and a map
-    // would let the second answer hide the first.
+    // What the callers were told was posted: first answers, and duplicates,
+    // which name the first posting (the only answer a client gets when the
+    // first was lost). Kept as a list, not by seq: a ledger that drops a
+    // posting may hand its seq to the next one, and a map would let the
+    // second answer hide the first.
     let mut told: Vec<&Entry> = Vec::new();
     for event in &history.events {
         let entry = match event {
             Event::Issue {
-                outcome: IssueOutcome::Issued { entry },
+                outcome: IssueOutcome::Issued { entry } | IssueOutcome::Duplicate { entry },
                 ..
             } => entry,
             Event::Withdraw {
-                outcome: WithdrawOutcome::Withdrawn { entry, .. },
+                outcome:
+                    WithdrawOutcome::Withdrawn { entry, .. } | WithdrawOutcome::Duplicate { entry },
                 ..
             } => entry,
             _ => continue,

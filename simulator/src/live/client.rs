@@ -281,6 +281,26 @@ impl Target {
              the checkers compare it with this run's history",
             before.ledger.entries.len()
         );
+        // A ledger in memory forgets on restart; a KV on Redis does not, and
+        // its old stock and limit counts would decide this run's answers.
+        let used: Vec<&str> = before
+            .counters
+            .iter()
+            .filter(|(_, v)| **v != 0)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let backlog: u64 = before.token_backlog.values().sum();
+        anyhow::ensure!(
+            used.is_empty() && backlog == 0,
+            "the target's shadow KV is not fresh: {} counter(s) already counted ({}){}; {purpose}              needs it empty (serve under a new --kv-prefix, or `redrain cleanup --shadow`)",
+            used.len(),
+            used.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+            if backlog > 0 {
+                format!(" and {backlog} token(s) wait to be credited")
+            } else {
+                String::new()
+            }
+        );
         Ok(())
     }
 

@@ -127,6 +127,12 @@ impl<M> Feed<M> {
             } => {
                 let interval = (*interval_ns).max(1);
                 let due_of = |k: u64| *zero + Duration::from_nanos(k.saturating_mul(interval));
+                // Sends due before `end`: the ones that exist, so the only ones
+                // that can be skipped.
+                let count = end
+                    .saturating_duration_since(*zero)
+                    .as_nanos()
+                    .div_ceil(u128::from(interval)) as u64;
                 let k = loop {
                     let k = next.load(Ordering::Relaxed);
                     let now = Instant::now();
@@ -136,7 +142,8 @@ impl<M> Feed<M> {
                         > Duration::from_millis(LATE_MS)
                     {
                         let due_now =
-                            (now.duration_since(*zero).as_nanos() / u128::from(interval)) as u64;
+                            ((now.duration_since(*zero).as_nanos() / u128::from(interval)) as u64)
+                                .min(count);
                         (due_now.max(k), due_now.saturating_sub(k))
                     } else {
                         (k, 0)
@@ -216,6 +223,10 @@ struct Connection {
 const HEAD_MAX: usize = 64 * 1024;
 /// Largest answer body read.
 const BODY_MAX: usize = 16 * 1024 * 1024;
+/// Longest a send waits for its answer (connect included) before it counts as
+/// failed: a target that never answers must not hold a connection, and so the
+/// whole load, for ever.
+const ANSWER_WAIT_MAX: Duration = Duration::from_secs(30);
 
 impl Connection {
     fn new(addr: SocketAddr) -> Self {
@@ -431,7 +442,16 @@ where
                 }
                 let now_busy = busy.0.fetch_add(1, Ordering::Relaxed) + 1;
                 busy.1.fetch_max(now_busy, Ordering::Relaxed);
-                let sent = connection.post(path, &slot.body, shadow).await;
+                let sent = tokio::time::timeout(
+                    ANSWER_WAIT_MAX,
+                    connection.post(path, &slot.body, shadow),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    // Whatever comes later on this socket is not ours.
+                    connection.stream = None;
+                    Err(format!("no answer within {} s", ANSWER_WAIT_MAX.as_secs()))
+                });
                 busy.0.fetch_sub(1, Ordering::Relaxed);
                 let answer = match sent {
                     Ok((status, body)) => Answer::Answered {
@@ -550,5 +570,33 @@ mod tests {
         );
         assert!(parse_answer(b"SMTP ready\r\n\r\n").is_err());
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_fixed_feed_taken_after_its_end_skips_only_the_sends_that_exist() {
+        // 100 sends due in the first 100 ms, all of them past by now.
+        let zero = Instant::now() - Duration::from_secs(5);
+        let feed: Feed<()> = Feed::Fixed {
+            zero,
+            interval_ns: 1_000_000,
+            end: zero + Duration::from_millis(100),
+            next: AtomicU64::new(40),
+            skipped: AtomicU64::new(0),
+            make: Box::new(|_| (Bytes::new(), ())),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert!(runtime.block_on(feed.next()).is_none(), "past its end");
+        let Feed::Fixed { skipped, .. } = &feed else {
+            unreachable!()
+        };
+        assert_eq!(
+            skipped.load(Ordering::Relaxed),
+            60,
+            "sends 40..100, not 40..5000"
+        );
+        assert!(runtime.block_on(feed.next()).is_none());
+        assert_eq!(skipped.load(Ordering::Relaxed), 60, "counted once");
     }
 }

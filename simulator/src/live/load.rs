@@ -102,7 +102,56 @@ struct IssueMeta {
 struct SentAwards {
     answers: Vec<(IssueMeta, u16, bytes::Bytes, u64)>,
     dropped: Vec<u64>,
-    failed: Vec<(u64, String)>,
+    failed: Vec<(IssueMeta, String)>,
+}
+
+/// Attempts at an award whose first send has an unknown outcome (no answer,
+/// or a 5xx: the write may have committed), with the same order number.
+const UNKNOWN_RETRIES_MAX: u32 = 3;
+
+/// Send again, as a wallet client must, every award whose outcome is unknown,
+/// with the same order number, until the target decides it: the answer (a
+/// duplicate when the first write committed) goes into the history, so the
+/// checkers know every entry the target holds. Returns how many stay unknown.
+async fn settle_unknown(
+    target: &Target,
+    shared: &Shared,
+    unknown: Vec<reference::wallet::IssueRequest>,
+) -> u64 {
+    let mut left = 0;
+    for request in unknown {
+        let body = AwardBody {
+            request,
+            green: false,
+        };
+        let mut decided = None;
+        for attempt in 0..UNKNOWN_RETRIES_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            match target.issue(&body).await {
+                Ok(answer) => {
+                    decided = Some(answer);
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "an unknown award, sent again"),
+            }
+        }
+        let Some(answer) = decided else {
+            left += 1;
+            continue;
+        };
+        *lock(&shared.errors)
+            .entry("live.resent".to_owned())
+            .or_default() += 1;
+        shared.keep_token_copy_of(&answer.outcome);
+        lock(&shared.events).push(Event::Issue {
+            at_ms: answer.at_ms,
+            request: body.request,
+            outcome: answer.outcome,
+        });
+    }
+    left
 }
 
 /// An award's answer: the outcome, or a label for what came instead.
@@ -177,12 +226,13 @@ impl Shared {
 
     /// Keep the client's copy of the token an answer carries.
     fn keep_token_copy(&self, body: &[u8]) {
-        let Ok(answer) = serde_json::from_slice::<reference::http::IssueAnswer>(body) else {
-            return;
-        };
-        if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } =
-            &answer.outcome
-        {
+        if let Ok(answer) = serde_json::from_slice::<reference::http::IssueAnswer>(body) {
+            self.keep_token_copy_of(&answer.outcome);
+        }
+    }
+
+    fn keep_token_copy_of(&self, outcome: &IssueOutcome) {
+        if let IssueOutcome::Accepted { token } | IssueOutcome::DuplicateToken { token } = outcome {
             let mut tokens = lock(&self.tokens);
             let copies = tokens.entry(token.act_id).or_default();
             if !copies.contains(&token.bytes) {
@@ -391,7 +441,7 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
                     sent.answers.push((meta, status, body, latency_us));
                 }
                 Answer::Dropped => sent.dropped.push(meta.second),
-                Answer::Failed { error } => sent.failed.push((meta.second, error)),
+                Answer::Failed { error } => sent.failed.push((meta, error)),
             },
         ))
     };
@@ -458,6 +508,7 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         bar.finish_and_clear();
     }
     let (mut sent, mut dropped) = (0u64, 0u64);
+    let mut unknown = Vec::new();
     for awards in sent_awards {
         dropped += awards.dropped.len() as u64;
         sent += (awards.answers.len() + awards.failed.len()) as u64;
@@ -469,7 +520,9 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
                 .entry("live.dropped".to_owned())
                 .or_default() += 1;
         }
-        for (second, error) in awards.failed {
+        for (meta, error) in awards.failed {
+            let second = meta.second;
+            unknown.push(meta.request);
             tracing::debug!(%error, "an award got no answer");
             *lock(&shared.errors)
                 .entry("error.transport".to_owned())
@@ -492,6 +545,9 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
                     });
                 }
                 Err(label) => {
+                    if status >= 500 {
+                        unknown.push(meta.request);
+                    }
                     lock(&shared.issue_latency).saturating_record(latency_us.max(1));
                     *lock(&shared.errors).entry(label.clone()).or_default() += 1;
                     *lock(&shared.seconds)
@@ -503,6 +559,18 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
                 }
             }
         }
+    }
+    let unknown_left = settle_unknown(&target, &shared, unknown).await;
+    if unknown_left > 0 {
+        // The checkers may then find entries no answer named: say why first.
+        *lock(&shared.errors)
+            .entry("live.outcome_unknown".to_owned())
+            .or_default() += unknown_left;
+        tracing::warn!(
+            awards = unknown_left,
+            "awards whose outcome stayed unknown after {UNKNOWN_RETRIES_MAX} sends; \
+             their entries, if any, are named by no answer"
+        );
     }
     let drain_started = std::time::Instant::now();
     let drain = target

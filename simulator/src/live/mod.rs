@@ -139,9 +139,9 @@ pub(crate) async fn run_goose(
         .and_then(|a| a.set_default(GooseDefault::RunTime, run_time_s))
         .and_then(|a| a.set_default(GooseDefault::NoPrintMetrics, true))
         .and_then(|a| a.set_default(GooseDefault::NoResetMetrics, true))
-        // No control ports (telnet 5116, WebSocket 5117): nothing listens but the target.
+        // No telnet control port (5116); goose 0.19 opens no WebSocket one
+        // unless asked, and warns when told not to.
         .and_then(|a| a.set_default(GooseDefault::NoTelnet, true))
-        .and_then(|a| a.set_default(GooseDefault::NoWebSocket, true))
         .and_then(|a| a.set_default(GooseDefault::Quiet, 1usize))
         .map_err(|e| anyhow::anyhow!("configuring goose: {e}"))?
         .execute()

@@ -422,3 +422,66 @@ impl Kv for LimitlessKv {
         self.inner.unlock(key, owner).await
     }
 }
+
+/// A memory ledger that posts every `every`-th credit batch and then loses
+/// its answer (a connection dropped at COMMIT), and fails the lookup that
+/// follows, so the wallet cannot tell either: the client sees a 5xx for a
+/// credit that is in the ledger.
+#[derive(Debug)]
+pub struct AnswerLosingLedger {
+    inner: reference::ledger::MemoryLedger,
+    every: u64,
+    batches: std::sync::atomic::AtomicU64,
+    blind: std::sync::atomic::AtomicBool,
+}
+
+impl AnswerLosingLedger {
+    pub fn new(every: u64) -> Self {
+        Self {
+            inner: reference::ledger::MemoryLedger::new(),
+            every: every.max(1),
+            batches: 0.into(),
+            blind: false.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Ledger for AnswerLosingLedger {
+    async fn credit_batch(&self, credits: &[Credit]) -> Result<Vec<CreditOutcome>, LedgerError> {
+        use std::sync::atomic::Ordering;
+        let outcomes = self.inner.credit_batch(credits).await?;
+        if (self.batches.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(self.every) {
+            self.blind.store(true, Ordering::SeqCst);
+            return Err(LedgerError::Store("connection lost at commit".into()));
+        }
+        Ok(outcomes)
+    }
+    async fn lookup_credit(
+        &self,
+        child_id: u64,
+        order_no: &OrderNo,
+    ) -> Result<Option<Entry>, LedgerError> {
+        if self.blind.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(LedgerError::Store("connection refused".into()));
+        }
+        self.inner.lookup_credit(child_id, order_no).await
+    }
+    async fn withdraw(&self, withdrawal: &Withdrawal) -> Result<WithdrawOutcome, LedgerError> {
+        self.inner.withdraw(withdrawal).await
+    }
+    async fn account(&self, key: AccountKey) -> Result<AccountState, LedgerError> {
+        self.inner.account(key).await
+    }
+    async fn history(
+        &self,
+        key: AccountKey,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<HistoryPage, LedgerError> {
+        self.inner.history(key, cursor, limit).await
+    }
+    async fn snapshot(&self) -> Result<LedgerSnapshot, LedgerError> {
+        self.inner.snapshot().await
+    }
+}
