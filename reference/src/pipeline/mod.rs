@@ -344,8 +344,9 @@ struct Queues {
     /// settled: a drain that only looked at the queues would call a batch
     /// whose ledger write is in flight done.
     in_hand: u64,
-    /// Orders whose ledger batch failed: open, on no queue, waiting for the
-    /// compensation scan. Outstanding too, so a drain does not call them done.
+    /// Orders a store error left on no queue (a failed ledger batch, a lost
+    /// record update): open, waiting for the compensation scan. Outstanding
+    /// too, so a drain does not call them done.
     stranded: BTreeSet<String>,
 }
 
@@ -1143,9 +1144,10 @@ impl CouponPipeline {
         if refresh {
             self.refresh_stock().await?;
         }
-        self.settle_stranded().await;
         report.picked_up = self.pick_up().await?;
         if scan {
+            // With the scan, not every tick: one read per stranded order.
+            self.settle_stranded().await;
             report.compensated = self.compensate(now_ms).await?;
         }
         self.consume_activity().await?;
