@@ -7,18 +7,13 @@
 //! except the progress bar and the benchmark timers.
 
 pub mod bench;
-pub mod bench_kv;
-pub mod bench_sim;
-pub mod capacity;
 pub mod check;
+pub mod engine;
 pub mod history;
 pub mod live;
-pub mod meter;
 pub mod plan;
-pub mod report_files;
-pub mod run;
+pub mod record;
 pub mod scenario;
-pub mod serve;
-pub mod strategy;
+pub mod stores;
 pub mod suite;
 pub mod trace;

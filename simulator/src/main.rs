@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use simulator::report_files::{dir_and_stem, write_atomically};
-use simulator::run::{RunOptions, run_scenario};
+use simulator::record::files::{dir_and_stem, write_atomically};
+use simulator::engine::{RunOptions, run_scenario};
 use simulator::scenario::Scenario;
 
 #[derive(Parser, Debug)]
@@ -489,10 +489,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 )
                 .try_init();
             let scenario = Scenario::load(&scenario)?;
-            let options = simulator::serve::ServeOptions {
+            let options = simulator::live::serve::ServeOptions {
                 listen,
                 admin_token: admin.read()?,
-                stores: simulator::run::store_urls(
+                stores: simulator::engine::store_urls(
                     &scenario,
                     &RunOptions {
                         ledger_url: ledger,
@@ -504,8 +504,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 rate_scale,
                 seed,
             };
-            let built = simulator::serve::build(&scenario, &options).await?;
-            let left = simulator::serve::serve(built, listen).await?;
+            let built = simulator::live::serve::build(&scenario, &options).await?;
+            let left = simulator::live::serve::serve(built, listen).await?;
             Ok(if left.drained {
                 ExitCode::SUCCESS
             } else {
@@ -535,7 +535,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", simulator::live::conform::render(&report));
             let junit = simulator::live::conform::junit(&report)?;
             let json = serde_json::to_string_pretty(&report).context("serialising the verdict")?;
-            simulator::report_files::write_all_or_nothing(
+            simulator::record::files::write_all_or_nothing(
                 &out,
                 &[
                     (out.join("junit.xml"), junit.into_bytes()),
@@ -613,7 +613,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let output = if check_determinism {
                 let (output, difference) =
-                    simulator::run::check_determinism(&scenario, &options).await?;
+                    simulator::engine::check_determinism(&scenario, &options).await?;
                 if let Some(difference) = difference {
                     print!("{}", reports::render_summary(&output.record));
                     println!(
@@ -648,8 +648,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 progress: std::env::var_os("CI").is_none(),
                 ..RunOptions::default()
             };
-            let table = simulator::strategy::compare_strategies(&scenario, &options).await?;
-            print!("{}", simulator::strategy::render_strategy_table(&table));
+            let table = simulator::plan::strategy::compare_strategies(&scenario, &options).await?;
+            print!("{}", simulator::plan::strategy::render_strategy_table(&table));
             if let Some(path) = json {
                 let (dir, stem) = dir_and_stem(&path);
                 let records = [
@@ -665,7 +665,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ),
                     (
                         dir.join(format!("{stem}.md")),
-                        simulator::strategy::render_strategy_markdown(&table).into_bytes(),
+                        simulator::plan::strategy::render_strategy_markdown(&table).into_bytes(),
                     ),
                 ];
                 for (name, record) in &records {
@@ -676,9 +676,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                             .into_bytes(),
                     ));
                 }
-                simulator::report_files::write_all_or_nothing(&dir, &files)?;
+                simulator::record::files::write_all_or_nothing(&dir, &files)?;
                 for (name, record) in &records {
-                    simulator::report_files::write_report(record, &dir, name)?;
+                    simulator::record::files::write_report(record, &dir, name)?;
                 }
                 println!(
                     "\nwrote {} and {stem}.md, {stem}-sync.*, {stem}-queued.* beside it",
@@ -716,7 +716,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(path) = json {
                 let (dir, stem) = dir_and_stem(&path);
                 let evidence = format!("{stem}-evidence");
-                simulator::report_files::write_all_or_nothing(
+                simulator::record::files::write_all_or_nothing(
                     &dir,
                     &[
                         (
@@ -734,7 +734,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     ],
                 )?;
                 let files =
-                    simulator::report_files::write_report(&report.evidence, &dir, &evidence)?;
+                    simulator::record::files::write_report(&report.evidence, &dir, &evidence)?;
                 println!(
                     "\nwrote {} and the evidence run {}",
                     path.display(),
@@ -748,7 +748,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Report { record, out } => {
-            let loaded = simulator::report_files::read_record(&record)?;
+            let loaded = simulator::record::files::read_record(&record)?;
             let files = match out {
                 Some(dir) => {
                     let stem = record
@@ -756,9 +756,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                         .and_then(|s| s.to_str())
                         .unwrap_or("run")
                         .to_owned();
-                    simulator::report_files::write_report(&loaded, &dir, &stem)?
+                    simulator::record::files::write_report(&loaded, &dir, &stem)?
                 }
-                None => simulator::report_files::write_report_beside(&loaded, &record)?,
+                None => simulator::record::files::write_report_beside(&loaded, &record)?,
             };
             println!(
                 "report: {} ({} charts, SVG and PNG) · {}",
@@ -775,13 +775,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             fail_if,
         } => {
             let thresholds = parse_thresholds(&fail_if)?;
-            let a = simulator::report_files::read_record(&a)?;
-            let b = simulator::report_files::read_record(&b)?;
+            let a = simulator::record::files::read_record(&a)?;
+            let b = simulator::record::files::read_record(&b)?;
             let comparison = reports::compare::compare(&a, &b);
             print!("{}", reports::compare::render_comparison_text(&comparison));
             if let Some(path) = html {
                 let (dir, _) = dir_and_stem(&path);
-                simulator::report_files::write_all_or_nothing(
+                simulator::record::files::write_all_or_nothing(
                     &dir,
                     &[(
                         path.clone(),
@@ -814,7 +814,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let (effective, seed, shard) = picked(&loaded, &pick)?;
             let header = simulator::trace::TraceHeader::of(&effective, seed, shard);
             let (dir, _) = dir_and_stem(&out);
-            let mut file = simulator::report_files::output_file_in(&dir)
+            let mut file = simulator::record::files::output_file_in(&dir)
                 .with_context(|| format!("writing {}", out.display()))?;
             let (ops, hash) = simulator::trace::export(
                 &header,
@@ -902,8 +902,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?
             };
-            let rows = simulator::bench_sim::bench_sim(&cases).await?;
-            print!("{}", simulator::bench_sim::render_sim(&rows));
+            let rows = simulator::bench::sim::bench_sim(&cases).await?;
+            print!("{}", simulator::bench::sim::render_sim(&rows));
             // A speed figure of a run that broke an invariant is no figure.
             Ok(if rows.iter().all(|r| r.passed) {
                 ExitCode::SUCCESS
@@ -1007,8 +1007,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let url = kv
                 .or_else(|| std::env::var(reference::testenv::REDIS).ok())
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
-            let rows = simulator::bench_kv::bench_kv(&url, requests).await?;
-            print!("{}", simulator::bench_kv::render_kv(&url, &rows));
+            let rows = simulator::bench::kv::bench_kv(&url, requests).await?;
+            print!("{}", simulator::bench::kv::render_kv(&url, &rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -1027,15 +1027,15 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 "no scenario file {}",
                 scenario.display()
             );
-            let options = simulator::live::bench_http::HttpBenchOptions {
+            let options = simulator::bench::http::HttpBenchOptions {
                 seconds,
                 connections,
                 redrain: std::env::current_exe().context("finding the redrain binary")?,
                 scenario,
                 dir: std::env::temp_dir(),
             };
-            let bench = simulator::live::bench_http::bench_http(&options).await?;
-            print!("{}", simulator::live::bench_http::render(&bench));
+            let bench = simulator::bench::http::bench_http(&options).await?;
+            print!("{}", simulator::bench::http::render(&bench));
             if let Some(path) = json {
                 let text =
                     serde_json::to_string_pretty(&bench).context("serialising the figures")?;
@@ -1069,7 +1069,7 @@ fn finish_run(
         write_atomically(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         if !verdict.no_report {
-            let files = simulator::report_files::write_report_beside(record, &path)?;
+            let files = simulator::record::files::write_report_beside(record, &path)?;
             println!(
                 "\nreport: {} ({} charts, SVG and PNG) · {}",
                 files.html.display(),
@@ -1173,6 +1173,6 @@ fn picked(
         requests: pick.requests,
         ..RunOptions::default()
     };
-    let effective = simulator::run::effective_scenario(scenario, &options);
+    let effective = simulator::engine::effective_scenario(scenario, &options);
     Ok((effective, pick.seed.unwrap_or(scenario.seed), pick.shard))
 }

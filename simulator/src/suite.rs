@@ -31,7 +31,7 @@ use serde_json::Value;
 use toml::Spanned;
 
 use crate::check::Invariant;
-use crate::run::{RunOptions, reproduce_command, run_scenario};
+use crate::engine::{RunOptions, reproduce_command, run_scenario};
 use crate::scenario::{REQUESTS_MAX, Scenario};
 
 /// Most runs one suite may expand to (cases × seeds × sample rates).
@@ -998,7 +998,7 @@ fn failure_text(run: &RunVerdict, done: &Finished) -> String {
     text
 }
 
-pub use crate::report_files::write_atomically;
+pub use crate::record::files::write_atomically;
 
 impl SuiteReport {
     /// 0 every run passed; 1 a violation, a failed threshold or an expected

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use reference::testenv::{self, MYSQL, POSTGRES, REDIS, REDIS_CLUSTER, ScratchDatabase};
-use simulator::run::{RunOptions, run_scenario};
+use simulator::engine::{RunOptions, run_scenario};
 use simulator::scenario::Scenario;
 
 const REQUESTS: u64 = 3000;

@@ -94,13 +94,13 @@ fn the_kv_benchmark_runs_on_redis() {
         .build()
         .expect("runtime");
     let rows = runtime
-        .block_on(simulator::bench_kv::bench_kv(&url, 1000))
+        .block_on(simulator::bench::kv::bench_kv(&url, 1000))
         .expect("kv bench");
     // The bench errors unless the counter shows exactly the units granted.
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].calls, 1000);
     assert_eq!(rows[1].calls, 10);
-    let table = simulator::bench_kv::render_kv(&url, &rows);
+    let table = simulator::bench::kv::render_kv(&url, &rows);
     assert!(table.contains("merged consume (100 per call)"), "{table}");
 }
 
@@ -113,7 +113,7 @@ fn bench_sim_runs_a_profile_and_reports_speed_and_profile() {
     let rain =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/red-packet-rain.toml");
     let rows = runtime
-        .block_on(simulator::bench_sim::bench_sim(&[(rain, Some(0.00002))]))
+        .block_on(simulator::bench::sim::bench_sim(&[(rain, Some(0.00002))]))
         .expect("bench sim");
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
@@ -134,7 +134,7 @@ fn bench_sim_runs_a_profile_and_reports_speed_and_profile() {
     ] {
         assert!(parts.contains(&part), "{part} in the profile: {parts:?}");
     }
-    let table = simulator::bench_sim::render_sim(&rows);
+    let table = simulator::bench::sim::render_sim(&rows);
     assert!(
         table.contains("red-packet-rain") && table.contains("100% vs real"),
         "{table}"

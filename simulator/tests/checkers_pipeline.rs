@@ -14,7 +14,7 @@ use reference::wallet::IssueOutcome;
 use reference::{ActivityTree, ManualClock, keys};
 use simulator::check::{Invariant, check, check_all};
 use simulator::history::{Event, FinalState, History};
-use simulator::run::{RunOptions, Stores, run_on};
+use simulator::engine::{RunOptions, Stores, run_on};
 use simulator::scenario::Scenario;
 
 /// The rain's coupon scene (`crediting = "pipeline"`, stock-controlled).
@@ -88,7 +88,7 @@ fn clean_run() -> Clean {
                 .with_orders(kv.as_ref() as &dyn Kv, &output.history),
         )
         .expect("order records read");
-    let tree = simulator::run::effective_scenario(&scenario, &options()).tree;
+    let tree = simulator::engine::effective_scenario(&scenario, &options()).tree;
     let clean = Clean {
         tree,
         history: output.history,

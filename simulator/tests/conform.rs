@@ -13,7 +13,7 @@ use reference::ledger::{Ledger, MemoryLedger};
 use reference::{Clock, Wallet};
 use simulator::live::conform::{ConformOptions, ConformReport, conform};
 use simulator::scenario::Scenario;
-use simulator::serve::Local;
+use simulator::live::serve::Local;
 
 const TOKEN: &str = "conform-test-admin-token";
 
@@ -74,7 +74,7 @@ async fn start(shadow: Shadow) -> Local {
     let wallet = Wallet::new(Arc::new(scenario.tree.clone()), ledger, kv, dyn_clock)
         .with_shadow_stores(shadow_ledger, shadow_kv)
         .with_keys(Arc::new(keys));
-    let config = simulator::serve::server_config(&scenario, TOKEN.to_owned());
+    let config = simulator::live::serve::server_config(&scenario, TOKEN.to_owned());
     Local::start(Server::new(wallet, clock, config))
         .await
         .expect("the server starts")

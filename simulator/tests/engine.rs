@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use simulator::run::{RunOptions, effective_scenario, record_difference, run_scenario};
+use simulator::engine::{RunOptions, effective_scenario, record_difference, run_scenario};
 use simulator::scenario::Scenario;
 use simulator::trace::{Shard, Trace, TraceHeader, export};
 
@@ -214,7 +214,7 @@ fn sync_crediting_needs_1152_db_instances_for_the_rain() {
             .expect("run")
     };
     let small = run(152);
-    let rate = |output: &simulator::run::RunOutput| {
+    let rate = |output: &simulator::engine::RunOutput| {
         let plateau: Vec<u64> = output.record.series[1..9]
             .iter()
             .map(|s| s.awarded)

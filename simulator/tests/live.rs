@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use simulator::live::load::{LoadOptions, load};
 use simulator::scenario::Scenario;
-use simulator::serve::{Local, ServeOptions, build};
+use simulator::live::serve::{Local, ServeOptions, build};
 
 const TOKEN: &str = "live-test-admin-token";
 
@@ -245,7 +245,7 @@ async fn awards_whose_answer_was_lost_are_sent_again_and_their_credits_named() {
     if let Some(source) = &scenario.token_keys {
         wallet = wallet.with_keys(Arc::new(source.load(scenario.seed).expect("keys")));
     }
-    let config = simulator::serve::server_config(&scenario, TOKEN.to_owned());
+    let config = simulator::live::serve::server_config(&scenario, TOKEN.to_owned());
     let server = Local::start(Server::new(wallet, clock, config))
         .await
         .expect("the server starts");

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use simulator::run::{RunOptions, run_scenario};
+use simulator::engine::{RunOptions, run_scenario};
 use simulator::scenario::Scenario;
 
 fn scenarios_dir() -> PathBuf {

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use simulator::run::RunOptions;
+use simulator::engine::RunOptions;
 use simulator::scenario::Scenario;
-use simulator::strategy::{
+use simulator::plan::strategy::{
     Strategy, StrategyRow, compare_strategies, render_strategy_markdown, render_strategy_table,
 };
 

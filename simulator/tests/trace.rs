@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use simulator::run::{RunOptions, effective_scenario};
+use simulator::engine::{RunOptions, effective_scenario};
 use simulator::scenario::Scenario;
 use simulator::trace::{Op, Request, Shard, Trace, TraceHasher, TraceHeader, TraceReader, export};
 

@@ -26,7 +26,7 @@ use super::load::event_time;
 use super::state::read_final_state;
 use crate::check::{self, Violation};
 use crate::history::{Event, FinalState, History};
-use crate::run::forger_keys;
+use crate::engine::forger_keys;
 use crate::scenario::Scenario;
 use crate::trace::{Request, Trace};
 
@@ -317,8 +317,8 @@ fn invariant_verdicts(violations: &[Violation]) -> Vec<(String, bool, u64)> {
 async fn start_reference(
     scenario: &Scenario,
     admin_token: &str,
-) -> anyhow::Result<crate::serve::Local> {
-    let options = crate::serve::ServeOptions {
+) -> anyhow::Result<crate::live::serve::Local> {
+    let options = crate::live::serve::ServeOptions {
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         admin_token: admin_token.to_owned(),
         stores: crate::scenario::StoreUrls {
@@ -329,8 +329,8 @@ async fn start_reference(
         rate_scale: 1.0,
         seed: None,
     };
-    let built = crate::serve::build(scenario, &options).await?;
-    crate::serve::Local::start(built.server).await
+    let built = crate::live::serve::build(scenario, &options).await?;
+    crate::live::serve::Local::start(built.server).await
 }
 
 fn order(act_id: ActId, scene_id: u32, rain_id: u32, award_type: AwardType, stage: u32) -> String {

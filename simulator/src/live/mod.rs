@@ -2,11 +2,11 @@
 //! driver (`redrain load`), conformance (`redrain conform`) and the HTTP
 //! benchmark (`redrain bench http`).
 
-pub mod bench_http;
 pub mod client;
 pub mod conform;
 pub mod driver;
 pub mod load;
+pub mod serve;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use reports::{
 
 use crate::check::Violation;
 use crate::history::{Event, FinalState, History};
-use crate::run::{Finished, RunOptions};
+use crate::engine::{Finished, RunOptions};
 use crate::scenario::Scenario;
 use crate::trace::TraceHasher;
 
@@ -101,7 +101,7 @@ pub(crate) fn live_record(run: LiveRun<'_>) -> RunRecord {
         .live
         .as_ref()
         .map_or_else(|| "target".to_owned(), |l| l.target.clone());
-    let mut record = crate::run::record(
+    let mut record = crate::engine::record(
         run.scenario,
         run.seed,
         &RunOptions::default(),

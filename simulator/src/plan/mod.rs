@@ -34,6 +34,8 @@
 //!
 //! This module never reads a clock and does no I/O besides the engine's runs.
 
+pub mod strategy;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
@@ -41,10 +43,10 @@ use anyhow::Context as _;
 use reports::RunRecord;
 use serde::Serialize;
 
-use crate::capacity::{DbModel, INSTANCES_MAX, counter_plan2_ops};
-use crate::run::{RunOptions, run_scenario};
+use crate::scenario::capacity::{DbModel, INSTANCES_MAX, counter_plan2_ops};
+use crate::engine::{RunOptions, run_scenario};
 use crate::scenario::{CounterKind, Scenario};
-use crate::strategy::REFUSED_CAPACITY_PREFIX;
+use crate::plan::strategy::REFUSED_CAPACITY_PREFIX;
 
 /// Most engine runs one plan makes, the evidence runs included.
 pub const PLAN_RUNS_MAX: usize = 64;
@@ -601,7 +603,7 @@ impl Knob {
             {
                 Some("no plan-2 hot counter")
             }
-            Knob::PipelineRatePerS if !crate::run::has_pipeline_scenes(&scenario.tree) => {
+            Knob::PipelineRatePerS if !crate::engine::has_pipeline_scenes(&scenario.tree) => {
                 Some("no coupon pipeline scene")
             }
             _ => None,
@@ -843,7 +845,7 @@ pub async fn plan(
     let Some((evidence, misses)) = last else {
         anyhow::bail!("no evidence run");
     };
-    let evidence = crate::strategy::reproduced_by(
+    let evidence = crate::plan::strategy::reproduced_by(
         evidence,
         "plan",
         scenario,
@@ -915,7 +917,7 @@ fn chosen(scenario: &Scenario) -> Chosen {
         counter_interval_ms: counter.map(|c| c.interval_ms),
         counter_kv_ops_per_s: counter
             .map(|c| counter_plan2_ops(u64::from(c.readers), u64::from(c.writers), c.interval_ms)),
-        pipeline_rate_per_s: crate::run::has_pipeline_scenes(&scenario.tree)
+        pipeline_rate_per_s: crate::engine::has_pipeline_scenes(&scenario.tree)
             .then(|| Knob::PipelineRatePerS.get(scenario)),
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::run::{RunOptions, build_id, run_scenario};
+use crate::engine::{RunOptions, build_id, run_scenario};
 use crate::scenario::Scenario;
 
 /// One scenario measured.

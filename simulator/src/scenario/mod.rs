@@ -4,6 +4,8 @@
 //!
 //! Unknown keys and impossible values get an error naming the file, line and key.
 
+pub mod capacity;
+
 use std::path::{Path, PathBuf};
 
 use reference::config::{
@@ -16,7 +18,7 @@ use reference::token::KeyRing;
 use reference::worker::{CrashPoint, WorkerConfig};
 use reference::{ActivityTree, Millis};
 
-use crate::capacity::CapacityFile;
+use crate::scenario::capacity::CapacityFile;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::value::Datetime;

@@ -30,8 +30,8 @@ use reference::wallet::{IssueOutcome, IssueRequest};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::client::Target;
-use super::driver::{self, Answer, Feed};
+use crate::live::client::Target;
+use crate::live::driver::{self, Answer, Feed};
 
 /// How to measure.
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ impl ServerProcess {
             .arg("serve")
             .arg(&options.scenario)
             .args(["--listen", "127.0.0.1:0", "--ledger", ledger, "--kv", kv])
-            .args(["--kv-prefix", &crate::run::unique_namespace("bench-http")])
+            .args(["--kv-prefix", &crate::engine::unique_namespace("bench-http")])
             .env("REDRAIN_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -536,7 +536,7 @@ async fn run_goose(options: &HttpBenchOptions, url: &str) -> anyhow::Result<Clie
     });
     let (cpu_before, _) = cpu_seconds();
     let started = std::time::Instant::now();
-    let (requests, errors) = super::run_goose(
+    let (requests, errors) = crate::live::run_goose(
         Transaction::new(send),
         &format!("{url}/"),
         options.connections,

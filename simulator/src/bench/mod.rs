@@ -20,6 +20,10 @@
 //! `redrain bench counter`: the hot counter's KV cost, plan 1 (split keys) beside
 //! plan 2 (local aggregation), for the same virtual traffic.
 
+pub mod http;
+pub mod kv;
+pub mod sim;
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +40,8 @@ use reference::testenv::{self, ScratchDatabase};
 use reference::token::{KeyRing, TokenFacts};
 use reference::wallet::{IssueOutcome, IssueRequest, Wallet};
 use reference::worker::{CreditWorker, WorkerConfig};
-use reference::{ActivityTree, Clock, ManualClock, keys, kv, ledger};
+use reference::kv as store_kv;
+use reference::{ActivityTree, Clock, ManualClock, keys, ledger};
 
 const BENCH_TREE: &str = r#"
 [[activity]]
@@ -120,7 +125,7 @@ async fn bench_wallet(url: &str, credits: u64) -> anyhow::Result<(u64, f64)> {
     let wallet = Wallet::new(
         tree,
         ledger::open(url).await?,
-        kv::open("memory", clock.clone(), &kv::KvOptions::default()).await?,
+        store_kv::open("memory", clock.clone(), &store_kv::KvOptions::default()).await?,
         clock,
     );
     let started = Instant::now();
@@ -448,7 +453,7 @@ async fn bench_token_path(url: &str, tokens: u64) -> anyhow::Result<[(u64, f64);
     let wallet = Wallet::new(
         tree,
         ledger::open(url).await?,
-        kv::open("memory", clock.clone(), &kv::KvOptions::default()).await?,
+        store_kv::open("memory", clock.clone(), &store_kv::KvOptions::default()).await?,
         clock.clone(),
     )
     .with_keys(Arc::new(KeyRing::dev(1)));
@@ -676,7 +681,7 @@ fn coupon_wallet(tree: &Arc<ActivityTree>) -> anyhow::Result<(Wallet, Arc<Manual
     let wallet = Wallet::new(
         tree.clone(),
         Arc::new(ledger::MemoryLedger::new()),
-        Arc::new(kv::MemoryKv::new(clock.clone())),
+        Arc::new(store_kv::MemoryKv::new(clock.clone())),
         clock.clone(),
     );
     Ok((wallet, clock))

@@ -27,8 +27,8 @@ use reference::config::Crediting;
 use reports::RunRecord;
 use serde::Serialize;
 
-use crate::capacity::{DbModel, SEED_DB};
-use crate::run::{RunOptions, RunOutput, run_scenario};
+use crate::scenario::capacity::{DbModel, SEED_DB};
+use crate::engine::{RunOptions, RunOutput, run_scenario};
 use crate::scenario::Scenario;
 
 /// Prefix of the outcomes of requests the capacity model turned away.
@@ -213,7 +213,7 @@ pub fn reproduced_by(
         command.push_str(&format!(" --requests {requests}"));
     }
     command.push_str(extra);
-    record.reproduce = format!("{command}   # {}", crate::run::build_id());
+    record.reproduce = format!("{command}   # {}", crate::engine::build_id());
     record
 }
 

@@ -33,10 +33,10 @@ use reports::{
     TraceInfo, Verdict, ViewSummary, Wall,
 };
 
-use crate::capacity::Capacity;
+use crate::scenario::capacity::Capacity;
 use crate::check::{self, Invariant, Violation};
 use crate::history::{Event, FinalState, History, RealStores};
-use crate::meter::{MeteredKv, MeteredLedger};
+use crate::stores::meter::{MeteredKv, MeteredLedger};
 use crate::scenario::{CounterKind, CounterPlan, FaultKind, Scenario, StoreUrls};
 use crate::trace::{Op, Request, Shard, Trace, TraceHasher, TraceReader};
 

@@ -1,0 +1,3 @@
+//! RunRecord files.
+
+pub mod files;
