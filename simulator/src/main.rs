@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use simulator::engine::run_scenario;
 use simulator::record::files::{dir_and_stem, write_atomically};
-use simulator::engine::{RunOptions, run_scenario};
 use simulator::scenario::Scenario;
+use simulator::scenario::options::RunOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -492,7 +493,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let options = simulator::live::serve::ServeOptions {
                 listen,
                 admin_token: admin.read()?,
-                stores: simulator::engine::store_urls(
+                stores: simulator::stores::store_urls(
                     &scenario,
                     &RunOptions {
                         ledger_url: ledger,
@@ -649,7 +650,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ..RunOptions::default()
             };
             let table = simulator::plan::strategy::compare_strategies(&scenario, &options).await?;
-            print!("{}", simulator::plan::strategy::render_strategy_table(&table));
+            print!(
+                "{}",
+                simulator::plan::strategy::render_strategy_table(&table)
+            );
             if let Some(path) = json {
                 let (dir, stem) = dir_and_stem(&path);
                 let records = [
@@ -1173,6 +1177,6 @@ fn picked(
         requests: pick.requests,
         ..RunOptions::default()
     };
-    let effective = simulator::engine::effective_scenario(scenario, &options);
+    let effective = simulator::scenario::options::effective_scenario(scenario, &options);
     Ok((effective, pick.seed.unwrap_or(scenario.seed), pick.shard))
 }

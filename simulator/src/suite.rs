@@ -31,7 +31,9 @@ use serde_json::Value;
 use toml::Spanned;
 
 use crate::check::Invariant;
-use crate::engine::{RunOptions, reproduce_command, run_scenario};
+use crate::engine::run_scenario;
+use crate::record::reproduce_command;
+use crate::scenario::options::RunOptions;
 use crate::scenario::{REQUESTS_MAX, Scenario};
 
 /// Most runs one suite may expand to (cases × seeds × sample rates).

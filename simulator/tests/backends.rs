@@ -7,8 +7,9 @@
 use std::path::Path;
 
 use reference::testenv::{self, MYSQL, POSTGRES, REDIS, REDIS_CLUSTER, ScratchDatabase};
-use simulator::engine::{RunOptions, run_scenario};
+use simulator::engine::run_scenario;
 use simulator::scenario::Scenario;
+use simulator::scenario::options::RunOptions;
 
 const REQUESTS: u64 = 3000;
 

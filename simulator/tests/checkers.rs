@@ -13,9 +13,11 @@ use reference::ledger::{Award, Entry, EntryKind};
 use reference::wallet::IssueOutcome;
 use reference::{ManualClock, keys};
 use simulator::check::{CHECK_THREADS_MAX, Invariant, Violation, check, check_all_on};
+use simulator::engine::{run_on, run_scenario};
 use simulator::history::{Event, FinalState, History};
-use simulator::engine::{RunOptions, Stores, run_on, run_scenario};
 use simulator::scenario::Scenario;
+use simulator::scenario::options::RunOptions;
+use simulator::stores::Stores;
 
 const FORMAL_CHILD: u64 = 202703;
 const TEST_CHILD: u64 = 202701;
@@ -733,7 +735,7 @@ fn a_wallet_that_trusts_a_foreign_key_breaks_i7() {
     let scenario = smoke();
     let clock = Arc::new(ManualClock::new(scenario.start_ms));
     let mut wallet_keys = reference::token::KeyRing::dev(scenario.seed);
-    let forger = simulator::engine::forger_keys(scenario.seed);
+    let forger = simulator::trace::client::forger_keys(scenario.seed);
     wallet_keys.trust(1, forger.verifying_keys()[&1]);
     let stores = Stores {
         ledger: Arc::new(reference::ledger::MemoryLedger::new()),
@@ -906,7 +908,7 @@ fn shadow_traffic_that_lands_in_the_real_stores_breaks_i6() {
         kv: kv.clone(),
         clock: clock.clone(),
         wallet_keys: None,
-        shadow: Some(simulator::engine::ShadowStores { ledger, kv }),
+        shadow: Some(simulator::stores::ShadowStores { ledger, kv }),
     };
     let violations = runtime()
         .block_on(run_on(&scenario, &RunOptions::default(), leaky))
@@ -933,7 +935,7 @@ fn shadow_traffic_that_lands_in_the_real_stores_breaks_i6() {
         kv: Arc::new(reference::kv::MemoryKv::new(clock.clone())),
         clock: clock.clone(),
         wallet_keys: None,
-        shadow: Some(simulator::engine::ShadowStores {
+        shadow: Some(simulator::stores::ShadowStores {
             ledger: Arc::new(reference::ledger::MemoryLedger::new()),
             kv: Arc::new(reference::kv::MemoryKv::new(clock)),
         }),

@@ -13,9 +13,11 @@ use reference::pipeline::{OrderRecord, OrderState, QueuedOrder};
 use reference::wallet::IssueOutcome;
 use reference::{ActivityTree, ManualClock, keys};
 use simulator::check::{Invariant, check, check_all};
+use simulator::engine::run_on;
 use simulator::history::{Event, FinalState, History};
-use simulator::engine::{RunOptions, Stores, run_on};
 use simulator::scenario::Scenario;
+use simulator::scenario::options::RunOptions;
+use simulator::stores::Stores;
 
 /// The rain's coupon scene (`crediting = "pipeline"`, stock-controlled).
 const COUPON_SCENE: u32 = 302;
@@ -88,7 +90,7 @@ fn clean_run() -> Clean {
                 .with_orders(kv.as_ref() as &dyn Kv, &output.history),
         )
         .expect("order records read");
-    let tree = simulator::engine::effective_scenario(&scenario, &options()).tree;
+    let tree = simulator::scenario::options::effective_scenario(&scenario, &options()).tree;
     let clean = Clean {
         tree,
         history: output.history,

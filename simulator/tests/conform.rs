@@ -12,8 +12,8 @@ use reference::kv::{Kv, MemoryKv};
 use reference::ledger::{Ledger, MemoryLedger};
 use reference::{Clock, Wallet};
 use simulator::live::conform::{ConformOptions, ConformReport, conform};
-use simulator::scenario::Scenario;
 use simulator::live::serve::Local;
+use simulator::scenario::Scenario;
 
 const TOKEN: &str = "conform-test-admin-token";
 

@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use simulator::engine::{RunOptions, effective_scenario, record_difference, run_scenario};
+use simulator::engine::run_scenario;
+use simulator::record::hash::record_difference;
 use simulator::scenario::Scenario;
+use simulator::scenario::options::{RunOptions, effective_scenario};
 use simulator::trace::{Shard, Trace, TraceHeader, export};
 
 fn scenarios_dir() -> PathBuf {

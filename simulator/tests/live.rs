@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use simulator::live::load::{LoadOptions, load};
-use simulator::scenario::Scenario;
 use simulator::live::serve::{Local, ServeOptions, build};
+use simulator::scenario::Scenario;
 
 const TOKEN: &str = "live-test-admin-token";
 

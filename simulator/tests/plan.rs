@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use simulator::engine::run_scenario;
 use simulator::plan::{Knob, Measured, Slo, parse_slo, plan, render_plan};
-use simulator::engine::{RunOptions, run_scenario};
 use simulator::scenario::Scenario;
+use simulator::scenario::options::RunOptions;
 
 fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")

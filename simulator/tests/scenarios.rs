@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use simulator::engine::{RunOptions, run_scenario};
+use simulator::engine::run_scenario;
 use simulator::scenario::Scenario;
+use simulator::scenario::options::RunOptions;
 
 fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use simulator::engine::RunOptions;
-use simulator::scenario::Scenario;
 use simulator::plan::strategy::{
     Strategy, StrategyRow, compare_strategies, render_strategy_markdown, render_strategy_table,
 };
+use simulator::scenario::Scenario;
+use simulator::scenario::options::RunOptions;
 
 fn scenarios_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")

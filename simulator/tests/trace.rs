@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use simulator::engine::{RunOptions, effective_scenario};
 use simulator::scenario::Scenario;
+use simulator::scenario::options::{RunOptions, effective_scenario};
 use simulator::trace::{Op, Request, Shard, Trace, TraceHasher, TraceHeader, TraceReader, export};
 
 fn scenarios_dir() -> PathBuf {

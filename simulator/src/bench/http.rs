@@ -135,7 +135,10 @@ impl ServerProcess {
             .arg("serve")
             .arg(&options.scenario)
             .args(["--listen", "127.0.0.1:0", "--ledger", ledger, "--kv", kv])
-            .args(["--kv-prefix", &crate::engine::unique_namespace("bench-http")])
+            .args([
+                "--kv-prefix",
+                &crate::stores::unique_namespace("bench-http"),
+            ])
             .env("REDRAIN_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

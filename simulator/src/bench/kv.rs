@@ -46,7 +46,7 @@ pub async fn bench_kv(url: &str, requests: u64) -> anyhow::Result<Vec<KvRow>> {
 
 async fn run_path(url: &str, path: &str, requests: u64, merge: u64) -> anyhow::Result<KvRow> {
     let options = KvOptions {
-        prefix: crate::engine::unique_namespace(&format!("bench-{path}")),
+        prefix: crate::stores::unique_namespace(&format!("bench-{path}")),
         ..KvOptions::default()
     };
     let redis = RedisKv::connect(url, &options)

@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use reference::counter::{LocalCounter, LocalCounterConfig, SplitCounter};
+use reference::kv as store_kv;
 use reference::kv::MemoryKv;
 use reference::ledger::{AccountKey, Award, Credit, CreditOutcome, EntryKind, Ledger};
 use reference::order_no::{AwardType, OrderNo};
@@ -40,7 +41,6 @@ use reference::testenv::{self, ScratchDatabase};
 use reference::token::{KeyRing, TokenFacts};
 use reference::wallet::{IssueOutcome, IssueRequest, Wallet};
 use reference::worker::{CreditWorker, WorkerConfig};
-use reference::kv as store_kv;
 use reference::{ActivityTree, Clock, ManualClock, keys, ledger};
 
 const BENCH_TREE: &str = r#"

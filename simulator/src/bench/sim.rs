@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::engine::{RunOptions, build_id, run_scenario};
+use crate::engine::run_scenario;
+use crate::record::build_id;
 use crate::scenario::Scenario;
+use crate::scenario::options::RunOptions;
 
 /// One scenario measured.
 #[derive(Debug, Clone, Serialize)]

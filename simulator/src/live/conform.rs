@@ -26,8 +26,8 @@ use super::load::event_time;
 use super::state::read_final_state;
 use crate::check::{self, Violation};
 use crate::history::{Event, FinalState, History};
-use crate::engine::forger_keys;
 use crate::scenario::Scenario;
+use crate::trace::client::forger_keys;
 use crate::trace::{Request, Trace};
 
 /// The cases, in the order they run (their time slots rise).

@@ -17,8 +17,9 @@ use reports::{
 
 use crate::check::Violation;
 use crate::history::{Event, FinalState, History};
-use crate::engine::{Finished, RunOptions};
+use crate::record::Finished;
 use crate::scenario::Scenario;
+use crate::scenario::options::RunOptions;
 use crate::trace::TraceHasher;
 
 /// What a live run hands to [`live_record`].
@@ -101,7 +102,7 @@ pub(crate) fn live_record(run: LiveRun<'_>) -> RunRecord {
         .live
         .as_ref()
         .map_or_else(|| "target".to_owned(), |l| l.target.clone());
-    let mut record = crate::engine::record(
+    let mut record = crate::record::record(
         run.scenario,
         run.seed,
         &RunOptions::default(),

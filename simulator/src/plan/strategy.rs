@@ -27,9 +27,10 @@ use reference::config::Crediting;
 use reports::RunRecord;
 use serde::Serialize;
 
-use crate::scenario::capacity::{DbModel, SEED_DB};
-use crate::engine::{RunOptions, RunOutput, run_scenario};
+use crate::engine::{RunOutput, run_scenario};
 use crate::scenario::Scenario;
+use crate::scenario::capacity::{DbModel, SEED_DB};
+use crate::scenario::options::RunOptions;
 
 /// Prefix of the outcomes of requests the capacity model turned away.
 pub const REFUSED_CAPACITY_PREFIX: &str = "refused.capacity.";
@@ -213,7 +214,7 @@ pub fn reproduced_by(
         command.push_str(&format!(" --requests {requests}"));
     }
     command.push_str(extra);
-    record.reproduce = format!("{command}   # {}", crate::engine::build_id());
+    record.reproduce = format!("{command}   # {}", crate::record::build_id());
     record
 }
 
