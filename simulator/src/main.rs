@@ -983,8 +983,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(tokens > 0, "--tokens must be greater than 0");
             let dir =
                 tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
-            let rows = simulator::bench::bench_tokens(tokens, dir.path()).await?;
-            print!("{}", simulator::bench::render_tokens(&rows));
+            let rows = simulator::bench::tokens::bench_tokens(tokens, dir.path()).await?;
+            print!("{}", simulator::bench::tokens::render_tokens(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -993,16 +993,16 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(credits > 0, "--credits must be greater than 0");
             let dir =
                 tempfile::tempdir().context("creating a temporary directory for SQLite files")?;
-            let rows = simulator::bench::bench_ledger(credits, dir.path()).await?;
-            print!("{}", simulator::bench::render(&rows));
+            let rows = simulator::bench::ledger::bench_ledger(credits, dir.path()).await?;
+            print!("{}", simulator::bench::ledger::render(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             what: BenchWhat::Coupons { orders },
         } => {
             anyhow::ensure!(orders > 0, "--orders must be greater than 0");
-            let rows = simulator::bench::bench_coupons(orders).await?;
-            print!("{}", simulator::bench::render_coupons(&rows));
+            let rows = simulator::bench::coupons::bench_coupons(orders).await?;
+            print!("{}", simulator::bench::coupons::render_coupons(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -1052,8 +1052,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             what: BenchWhat::Counter { writes },
         } => {
             anyhow::ensure!(writes > 0, "--writes must be greater than 0");
-            let bench = simulator::bench::bench_counter(writes).await?;
-            print!("{}", simulator::bench::render_counter(&bench));
+            let bench = simulator::bench::counter::bench_counter(writes).await?;
+            print!("{}", simulator::bench::counter::render_counter(&bench));
             Ok(ExitCode::SUCCESS)
         }
     }

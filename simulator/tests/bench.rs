@@ -1,10 +1,10 @@
 //! The benchmarks run end to end at a tiny size, so they cannot rot. Their figures
 //! are printed by `redrain bench …`, never asserted here.
 
-use simulator::bench::{
-    bench_counter, bench_coupons, bench_ledger, bench_tokens, render, render_counter,
-    render_coupons, render_tokens,
-};
+use simulator::bench::counter::{bench_counter, render_counter};
+use simulator::bench::coupons::{bench_coupons, render_coupons};
+use simulator::bench::ledger::{bench_ledger, render};
+use simulator::bench::tokens::{bench_tokens, render_tokens};
 
 #[test]
 fn the_benchmarks_run_and_print_every_path() {

@@ -33,7 +33,7 @@ use crate::check::{self, Violation};
 use crate::history::{Event, FinalState, History};
 use crate::scenario::Scenario;
 use crate::scenario::options::RunOptions;
-use crate::trace::client::forger_keys;
+use crate::trace::client::{CLIENT_RNG_NAME, forger_keys};
 use crate::trace::{Op, Request, Trace, TraceHasher};
 
 /// Longest latency the histograms tell apart: a minute (longer counts as a minute).
@@ -42,8 +42,6 @@ const LATENCY_MAX_US: u64 = 60_000_000;
 const PAGE_LIMIT: usize = 20;
 /// Ops per batch from the trace thread.
 const BATCH_OPS: usize = 2048;
-/// Seed domain of the client RNG (forgeries), as in simulated runs.
-const CLIENT_RNG_NAME: u64 = 0x636c_6965_6e74;
 /// How often the hot counter is polled when the scenario has one.
 const COUNTER_POLL_MS: u64 = 100;
 
@@ -620,7 +618,7 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
     };
     let series = series(&lock(&shared.seconds));
     let forged = shared.forged.load(Ordering::Relaxed);
-    let record = super::live_record(super::LiveRun {
+    let record = crate::record::live::live_record(crate::record::live::LiveRun {
         scenario: &scenario,
         seed,
         history: &history,

@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod hash;
+pub mod live;
 
 use std::collections::BTreeMap;
 
