@@ -34,10 +34,11 @@ use crate::switches::{Switch, Switches};
 use crate::token::{KeyRing, STATUS_SUCCESS, TokenError, TokenFacts};
 use crate::{ActId, ActivityId, ChildId};
 
+pub mod orders;
 pub(crate) mod token_mode;
 mod view;
 
-pub use crate::pipeline::QueuedOrder;
+pub use orders::{OrderRecord, OrderState, QueuedOrder};
 pub use token_mode::IssuedToken;
 pub use view::{FLOW_ENTRIES_MAX, FlowCursor, FlowItem, FlowKind, WalletView};
 
@@ -703,8 +704,7 @@ impl Wallet {
         // directly): an order the pipeline recorded keeps its first answer, and the
         // pipeline finishes it. Passive like the token read above.
         if valid.scene.crediting == Crediting::Pipeline
-            && let Some(outcome) =
-                crate::pipeline::earlier_order(self, valid.child.id, request).await
+            && let Some(outcome) = orders::earlier_order(self, valid.child.id, request).await
         {
             return Ok(outcome);
         }
