@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use crate::compare::{KEY_FIGURES, format_value, key_figures};
+use crate::figures::{KEY_FIGURES, format_value, key_figures};
 use crate::{RunRecord, charts};
 
 /// Text for HTML element content and double-quoted attributes.

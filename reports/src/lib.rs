@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod charts;
 pub mod compare;
+pub mod figures;
 pub mod html;
 pub mod markdown;
 
@@ -26,10 +27,10 @@ pub use charts::{
     CHART_HEIGHT_PX, CHART_IDS, CHART_WIDTH_PX, Chart, chart_index, chart_png, chart_svg, charts,
 };
 pub use compare::{
-    Comparison, KEY_FIGURES, KeyFigure, MetricDelta, Op, Target, Threshold, ThresholdError,
-    ThresholdOutcome, compare, key_figure, key_figures, parse_threshold, render_comparison_html,
-    render_comparison_text,
+    Comparison, MetricDelta, Op, Target, Threshold, ThresholdError, ThresholdOutcome, compare,
+    parse_threshold, render_comparison_html, render_comparison_text,
 };
+pub use figures::{KEY_FIGURES, KeyFigure, key_figure, key_figures};
 pub use html::render_html;
 pub use markdown::render_markdown;
 

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::compare::{KEY_FIGURES, format_value, key_figures};
+use crate::figures::{KEY_FIGURES, format_value, key_figures};
 use crate::{RunRecord, charts};
 
 /// Text in a Markdown table cell or paragraph: inline markup and `|` escaped.

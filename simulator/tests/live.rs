@@ -79,7 +79,7 @@ async fn a_live_load_of_smoke_checks_every_invariant_on_the_target() {
     assert_eq!(issued, live.sent);
     assert!(!output.state.ledger.entries.is_empty());
     assert_eq!(output.state.real_stores.map(|r| r.entries), Some(0));
-    let figures = reports::compare::key_figures(record);
+    let figures = reports::figures::key_figures(record);
     assert!(figures.contains_key("issue_latency_us_p99") && figures.contains_key("dropped_sends"));
     assert!(reports::render_summary(record).contains("redrain load · smoke"));
     // A second load finds the target's shadow ledger in use and says so.
