@@ -34,9 +34,12 @@ capture() {
     CI=true "$bin" $args --json "$dir/$name.json" --no-report >"$dir/$name.txt" || [ $? -eq 1 ]
     echo "captured $name: history $(jq -r .history_hash "$dir/$name.json")"
   done
-  # A trace exported and replayed.
-  CI=true "$bin" trace export scenarios/smoke.toml --requests 5000 --out "$dir/smoke.trace.jsonl" >/dev/null
-  CI=true "$bin" trace replay scenarios/smoke.toml "$dir/smoke.trace.jsonl" \
+  # A trace exported and replayed, from one path whatever DIR is (the record
+  # names the trace it replayed).
+  local trace=target/redrain-records/smoke.trace.jsonl
+  mkdir -p "$(dirname "$trace")"
+  CI=true "$bin" trace export scenarios/smoke.toml --requests 5000 --out "$trace" >/dev/null
+  CI=true "$bin" trace replay scenarios/smoke.toml "$trace" \
     --json "$dir/smoke-replay.json" --no-report >"$dir/smoke-replay.txt" || [ $? -eq 1 ]
   echo "captured smoke-replay: history $(jq -r .history_hash "$dir/smoke-replay.json")"
 }

@@ -1,7 +1,9 @@
 //! Service URLs for tests that need real servers (`../shared/DESIGN.md`, "Services
 //! for tests"): a test asks for `REDRAIN_REDIS_URL`, `REDRAIN_REDIS_CLUSTER_URL`,
-//! `REDRAIN_MYSQL_URL` or `REDRAIN_POSTGRES_URL`. Unset, the test prints that it
-//! skipped; with `REDRAIN_REQUIRE_SERVICES=1` (as `.ci/run` sets) a skip is a failure.
+//! `REDRAIN_MYSQL_URL` or `REDRAIN_POSTGRES_URL`. Unset, the test prints a
+//! `SKIPPED` line past the harness's output capture (and the build script warns of
+//! every unset variable at the top of `cargo test`); with
+//! `REDRAIN_REQUIRE_SERVICES=1` (as `.ci/run` sets) a skip is a failure.
 
 /// The Redis URL variable.
 pub const REDIS: &str = "REDRAIN_REDIS_URL";
@@ -29,7 +31,13 @@ pub fn service_url(var: &str, test: &str) -> Option<String> {
                 !services_required(),
                 "{test}: {var} is not set and REDRAIN_REQUIRE_SERVICES=1"
             );
-            eprintln!("{test}: skipped, {var} is not set");
+            // Straight to the process's stderr, past the test harness's capture,
+            // so a skip shows in `cargo test`'s output and not only in a failure's.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED {test}: {var} is not set (REDRAIN_REQUIRE_SERVICES=1 makes this a failure)"
+            );
             None
         }
     }

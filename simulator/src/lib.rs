@@ -11,6 +11,7 @@ pub mod check;
 pub mod engine;
 pub mod history;
 pub mod live;
+pub mod options;
 pub mod plan;
 pub mod record;
 pub mod scenario;

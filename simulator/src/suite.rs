@@ -32,8 +32,8 @@ use toml::Spanned;
 
 use crate::check::Invariant;
 use crate::engine::run_scenario;
+use crate::options::RunOptions;
 use crate::record::reproduce_command;
-use crate::scenario::options::RunOptions;
 use crate::scenario::{REQUESTS_MAX, Scenario};
 
 /// Most runs one suite may expand to (cases × seeds × sample rates).

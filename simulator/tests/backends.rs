@@ -4,12 +4,14 @@
 //! environment (`reference::testenv`); each run gets its own database and key
 //! namespace.
 
-use std::path::Path;
+mod common;
+
+use common::{runtime, scenarios_dir};
 
 use reference::testenv::{self, MYSQL, POSTGRES, REDIS, REDIS_CLUSTER, ScratchDatabase};
 use simulator::engine::run_scenario;
+use simulator::options::RunOptions;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
 
 const REQUESTS: u64 = 3000;
 
@@ -18,9 +20,7 @@ fn run(ledger: &str, kv: &str) -> reports::RunRecord {
 }
 
 fn run_tagged(ledger: &str, kv: &str, shadow: bool) -> reports::RunRecord {
-    let mut scenario =
-        Scenario::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml"))
-            .expect("smoke");
+    let mut scenario = Scenario::load(&scenarios_dir().join("smoke.toml")).expect("smoke");
     scenario.shadow = shadow;
     let options = RunOptions {
         requests: Some(REQUESTS),
@@ -28,10 +28,7 @@ fn run_tagged(ledger: &str, kv: &str, shadow: bool) -> reports::RunRecord {
         kv_url: Some(kv.to_owned()),
         ..RunOptions::default()
     };
-    let output = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    let output = runtime()
         .block_on(run_scenario(&scenario, &options))
         .unwrap_or_else(|e| panic!("run on {ledger} + {kv}: {e:#}"));
     assert!(
@@ -43,19 +40,13 @@ fn run_tagged(ledger: &str, kv: &str, shadow: bool) -> reports::RunRecord {
 }
 
 fn scratch(server: &str, tag: &str) -> ScratchDatabase {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    runtime()
         .block_on(ScratchDatabase::create(server, tag))
         .expect("scratch database")
 }
 
 fn drop_scratch(db: ScratchDatabase) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    runtime()
         .block_on(db.drop_now())
         .expect("drop scratch database");
 }

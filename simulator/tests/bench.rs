@@ -1,6 +1,10 @@
 //! The benchmarks run end to end at a tiny size, so they cannot rot. Their figures
 //! are printed by `redrain bench …`, never asserted here.
 
+mod common;
+
+use common::{runtime, scenarios_dir};
+
 use simulator::bench::counter::{bench_counter, render_counter};
 use simulator::bench::coupons::{bench_coupons, render_coupons};
 use simulator::bench::ledger::{bench_ledger, render};
@@ -8,10 +12,7 @@ use simulator::bench::tokens::{bench_tokens, render_tokens};
 
 #[test]
 fn the_benchmarks_run_and_print_every_path() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = runtime
         .block_on(bench_ledger(50, dir.path()))
@@ -45,10 +46,7 @@ fn the_benchmarks_run_and_print_every_path() {
 
 #[test]
 fn the_coupon_and_counter_benchmarks_run_and_print_every_path() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let coupons = runtime.block_on(bench_coupons(200)).expect("coupon bench");
     assert_eq!(coupons.len(), 3);
     // The bench itself errors unless every order was issued; this is the contract.
@@ -89,10 +87,7 @@ fn the_kv_benchmark_runs_on_redis() {
     ) else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let rows = runtime
         .block_on(simulator::bench::kv::bench_kv(&url, 1000))
         .expect("kv bench");
@@ -106,12 +101,8 @@ fn the_kv_benchmark_runs_on_redis() {
 
 #[test]
 fn bench_sim_runs_a_profile_and_reports_speed_and_profile() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let rain =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/red-packet-rain.toml");
+    let runtime = runtime();
+    let rain = scenarios_dir().join("red-packet-rain.toml");
     let rows = runtime
         .block_on(simulator::bench::sim::bench_sim(&[(rain, Some(0.00002))]))
         .expect("bench sim");

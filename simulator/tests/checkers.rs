@@ -2,11 +2,12 @@
 //! of planting: (1) edit the history or final state of a clean run, one defect at
 //! a time; (2) run the workload through a deliberately broken ledger or KV.
 
-#[allow(dead_code)] // each test binary uses a subset of the broken stores
-mod broken;
+mod common;
 
+use common::{broken, load, runtime};
+
+#[allow(dead_code)] // each test binary uses a subset of the broken stores
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use reference::ledger::{Award, Entry, EntryKind};
@@ -15,28 +16,20 @@ use reference::{ManualClock, keys};
 use simulator::check::{CHECK_THREADS_MAX, Invariant, Violation, check, check_all_on};
 use simulator::engine::{run_on, run_scenario};
 use simulator::history::{Event, FinalState, History};
+use simulator::options::RunOptions;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
 use simulator::stores::Stores;
 
 const FORMAL_CHILD: u64 = 202703;
 const TEST_CHILD: u64 = 202701;
 
 fn smoke() -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml");
-    let mut scenario = Scenario::load(&path).expect("smoke scenario loads");
+    let mut scenario = load("smoke.toml");
     scenario.phases[0].count = Some(6000);
     // Fewer requests over the same minute: slow the worker so a backlog still
     // builds and views and withdraws meet pending tokens.
     scenario.crediting.worker.credit_tps = 10;
     scenario
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
 }
 
 struct Clean {

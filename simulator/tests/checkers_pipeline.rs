@@ -4,7 +4,10 @@
 //! of, a replay answered with another order, a conflicting replay credited,
 //! stock credited that the counter never gave — is caught and named.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{runtime, scenarios_dir};
+
 use std::sync::Arc;
 
 use reference::kv::{Kv, MemoryKv};
@@ -15,16 +18,12 @@ use reference::{ActivityTree, ManualClock, keys};
 use simulator::check::{Invariant, check, check_all};
 use simulator::engine::run_on;
 use simulator::history::{Event, FinalState, History};
+use simulator::options::RunOptions;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
 use simulator::stores::Stores;
 
 /// The rain's coupon scene (`crediting = "pipeline"`, stock-controlled).
 const COUPON_SCENE: u32 = 302;
-
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
 
 /// Two rounds of rain (token cash and pipeline coupons) on a sample, with the
 /// coupon stock cut so the pipeline's merged consumes run out and orders fail
@@ -50,13 +49,6 @@ fn options() -> RunOptions {
         requests: Some(8_000),
         ..RunOptions::default()
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
 }
 
 struct Clean {
@@ -90,7 +82,7 @@ fn clean_run() -> Clean {
                 .with_orders(kv.as_ref() as &dyn Kv, &output.history),
         )
         .expect("order records read");
-    let tree = simulator::scenario::options::effective_scenario(&scenario, &options()).tree;
+    let tree = simulator::options::effective_scenario(&scenario, &options()).tree;
     let clean = Clean {
         tree,
         history: output.history,

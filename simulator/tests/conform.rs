@@ -1,9 +1,11 @@
 //! `redrain conform` against the reference server and against deliberately
 //! broken wallet servers: it passes the first and catches every planted bug.
 
-#[allow(dead_code)]
-mod broken;
+mod common;
 
+use common::{ADMIN_TOKEN, broken, load};
+
+#[allow(dead_code)]
 use std::sync::Arc;
 
 use broken::{Bug, KvBug, LimitlessKv, NaiveLedger};
@@ -15,11 +17,8 @@ use simulator::live::conform::{ConformOptions, ConformReport, conform};
 use simulator::live::serve::Local;
 use simulator::scenario::Scenario;
 
-const TOKEN: &str = "conform-test-admin-token";
-
 fn scenario() -> Scenario {
-    Scenario::load(std::path::Path::new("../scenarios/conform/conform.toml"))
-        .expect("the conform scenario loads")
+    load("conform/conform.toml")
 }
 
 /// What the shadow side of a server is built on.
@@ -74,7 +73,7 @@ async fn start(shadow: Shadow) -> Local {
     let wallet = Wallet::new(Arc::new(scenario.tree.clone()), ledger, kv, dyn_clock)
         .with_shadow_stores(shadow_ledger, shadow_kv)
         .with_keys(Arc::new(keys));
-    let config = simulator::live::serve::server_config(&scenario, TOKEN.to_owned());
+    let config = simulator::live::serve::server_config(&scenario, ADMIN_TOKEN.to_owned());
     Local::start(Server::new(wallet, clock, config))
         .await
         .expect("the server starts")
@@ -86,7 +85,7 @@ async fn run(shadow: Shadow, reference: bool) -> ConformReport {
         &scenario(),
         &ConformOptions {
             target: server.url.clone(),
-            admin_token: TOKEN.to_owned(),
+            admin_token: ADMIN_TOKEN.to_owned(),
             reference,
             only: None,
             drain_ms_max: 30_000,

@@ -3,28 +3,17 @@
 //! reproduced on the model — sync crediting's DB instances, plain async
 //! crediting's minutes of delay, and the token scheme hiding them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{load, redrain_at_root, runtime, scenarios_dir};
+
+use std::path::Path;
 
 use simulator::engine::run_scenario;
+use simulator::options::{RunOptions, effective_scenario};
 use simulator::record::hash::record_difference;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::{RunOptions, effective_scenario};
 use simulator::trace::{Shard, Trace, TraceHeader, export};
-
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
-
-fn load(name: &str) -> Scenario {
-    Scenario::load(&scenarios_dir().join(name)).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
 
 fn options(sample: f64, requests: Option<u64>) -> RunOptions {
     RunOptions {
@@ -244,20 +233,6 @@ fn sync_crediting_needs_1152_db_instances_for_the_rain() {
     assert!(small.violations.is_empty() && big.violations.is_empty());
 }
 
-fn redrain(args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_redrain"))
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env("CI", "true")
-        .output()
-        .expect("redrain runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn cli_exports_hashes_and_replays_a_trace_and_checks_determinism() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -272,7 +247,7 @@ fn cli_exports_hashes_and_replays_a_trace_and_checks_determinism() {
         file,
     ];
     export.extend(pick);
-    let (code, out, err) = redrain(&export);
+    let (code, out, err) = redrain_at_root(&export);
     assert_eq!(code, 0, "{err}");
     let hash = out
         .split("trace ")
@@ -282,13 +257,14 @@ fn cli_exports_hashes_and_replays_a_trace_and_checks_determinism() {
         .to_owned();
     let mut hash_args = vec!["trace", "hash", "scenarios/red-packet-rain.toml"];
     hash_args.extend(pick);
-    let (code, out, _) = redrain(&hash_args);
+    let (code, out, _) = redrain_at_root(&hash_args);
     assert_eq!(code, 0);
     assert!(
         out.contains(&format!("3000 requests · trace {hash}")),
         "{out}"
     );
-    let (code, out, err) = redrain(&["trace", "replay", "scenarios/red-packet-rain.toml", file]);
+    let (code, out, err) =
+        redrain_at_root(&["trace", "replay", "scenarios/red-packet-rain.toml", file]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("trace {}", &hash[..16])), "{out}");
     assert!(out.contains(&format!("from {file}")), "{out}");
@@ -298,18 +274,18 @@ fn cli_exports_hashes_and_replays_a_trace_and_checks_determinism() {
         "--check-determinism",
     ];
     run.extend(pick);
-    let (code, out, err) = redrain(&run);
+    let (code, out, err) = redrain_at_root(&run);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("byte-identical"), "{out}");
     assert!(out.contains(&format!("trace {}", &hash[..16])), "{out}");
     // A trace of another scenario is refused before any traffic.
-    let (code, _, err) = redrain(&["trace", "replay", "scenarios/fireworks.toml", file]);
+    let (code, _, err) = redrain_at_root(&["trace", "replay", "scenarios/fireworks.toml", file]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("is a trace of scenario `red-packet-rain`"),
         "{err}"
     );
-    let (code, _, err) = redrain(&["run", "scenarios/smoke.toml", "--shard", "4/4"]);
+    let (code, _, err) = redrain_at_root(&["run", "scenarios/smoke.toml", "--shard", "4/4"]);
     assert_eq!(code, 2);
     assert!(err.contains("is not a shard"), "{err}");
 }

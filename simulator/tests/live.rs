@@ -2,18 +2,16 @@
 //! out over HTTP, the target drains, its audit export is checked, and the
 //! record carries the live figures; `redrain bench http` runs end to end.
 
-#[allow(dead_code)]
-mod broken;
+mod common;
 
-use std::path::Path;
+use common::{ADMIN_TOKEN, broken, load as load_scenario, runtime};
+
 use std::process::Command;
 use std::sync::Arc;
 
 use simulator::live::load::{LoadOptions, load};
 use simulator::live::serve::{Local, ServeOptions, build};
 use simulator::scenario::Scenario;
-
-const TOKEN: &str = "live-test-admin-token";
 
 async fn serve(scenario: &Scenario, rate_scale: f64) -> Local {
     serve_on(scenario, rate_scale, "memory", "").await
@@ -22,7 +20,7 @@ async fn serve(scenario: &Scenario, rate_scale: f64) -> Local {
 async fn serve_on(scenario: &Scenario, rate_scale: f64, kv: &str, kv_prefix: &str) -> Local {
     let options = ServeOptions {
         listen: "127.0.0.1:0".parse().expect("address"),
-        admin_token: TOKEN.to_owned(),
+        admin_token: ADMIN_TOKEN.to_owned(),
         stores: simulator::scenario::StoreUrls {
             ledger: "memory".to_owned(),
             kv: kv.to_owned(),
@@ -38,7 +36,7 @@ async fn serve_on(scenario: &Scenario, rate_scale: f64, kv: &str, kv_prefix: &st
 fn options(target: String, rate_scale: f64, seconds: u64) -> LoadOptions {
     LoadOptions {
         target,
-        admin_token: TOKEN.to_owned(),
+        admin_token: ADMIN_TOKEN.to_owned(),
         rate_scale,
         duration_s_max: Some(seconds),
         in_flight_max: 256,
@@ -51,7 +49,7 @@ fn options(target: String, rate_scale: f64, seconds: u64) -> LoadOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_load_of_smoke_checks_every_invariant_on_the_target() {
-    let scenario = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
+    let scenario = load_scenario("smoke.toml");
     let server = serve(&scenario, 0.25).await;
     let output = load(&scenario, &options(server.url.clone(), 0.25, 8))
         .await
@@ -102,7 +100,7 @@ async fn a_live_load_of_smoke_checks_every_invariant_on_the_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_target_shows_in_drops_and_latency_not_in_a_slower_schedule() {
-    let scenario = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
+    let scenario = load_scenario("smoke.toml");
     let server = serve(&scenario, 1.0).await;
     // One connection for ~330 awards/s: the schedule keeps its pace, the
     // sends that find the connection busy are dropped and counted.
@@ -121,11 +119,8 @@ async fn an_overloaded_target_shows_in_drops_and_latency_not_in_a_slower_schedul
 
 #[test]
 fn loads_refuse_non_loopback_targets_and_bad_rates() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let scenario = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
+    let runtime = runtime();
+    let scenario = load_scenario("smoke.toml");
     for (target, scale, says) in [
         ("http://example.com:80", 0.1, "only go to 127.0.0.1"),
         ("https://127.0.0.1:1", 0.1, "only http://"),
@@ -201,7 +196,7 @@ async fn a_restarted_target_whose_kv_remembers_an_earlier_load_is_refused() {
     else {
         return;
     };
-    let scenario = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
+    let scenario = load_scenario("smoke.toml");
     let prefix = format!("{}:", reference::testenv::unique_name("live_fresh"));
     let first = serve_on(&scenario, 0.25, &redis, &prefix).await;
     load(&scenario, &options(first.url.clone(), 0.25, 1))
@@ -226,7 +221,7 @@ async fn awards_whose_answer_was_lost_are_sent_again_and_their_credits_named() {
     use reference::kv::{Kv, MemoryKv};
     use reference::ledger::{Ledger, MemoryLedger};
     use reference::{Clock, Wallet};
-    let unscaled = Scenario::load(Path::new("../scenarios/smoke.toml")).expect("smoke loads");
+    let unscaled = load_scenario("smoke.toml");
     let mut scenario = unscaled.clone();
     scenario.sample_rate = 0.25;
     scenario.tree = scenario.tree.scaled(0.25);
@@ -245,7 +240,7 @@ async fn awards_whose_answer_was_lost_are_sent_again_and_their_credits_named() {
     if let Some(source) = &scenario.token_keys {
         wallet = wallet.with_keys(Arc::new(source.load(scenario.seed).expect("keys")));
     }
-    let config = simulator::live::serve::server_config(&scenario, TOKEN.to_owned());
+    let config = simulator::live::serve::server_config(&scenario, ADMIN_TOKEN.to_owned());
     let server = Local::start(Server::new(wallet, clock, config))
         .await
         .expect("the server starts");

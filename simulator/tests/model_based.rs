@@ -36,6 +36,10 @@
 //!
 //! `PROPTEST_CASES` sets the number of cases per backend (256 when unset).
 
+mod common;
+
+use common::runtime;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -2028,10 +2032,7 @@ fn start_worker(wallet: &Wallet) -> CreditWorker {
 
 impl Sut {
     fn new(ledger_url: &str, start_ms: u64) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a current-thread runtime builds");
+        let runtime = runtime();
         let clock = Arc::new(ManualClock::new(start_ms));
         let ledger = runtime
             .block_on(reference::ledger::open(ledger_url))

@@ -45,6 +45,10 @@
 //! `PROPTEST_CASES` sets the number of cases (64 when unset, 1024 with
 //! `REDRAIN_LONG=1`); `PROPTEST_RNG_SEED` picks the seed.
 
+mod common;
+
+use common::runtime;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -465,10 +469,7 @@ impl fmt::Debug for Sut {
 
 impl Sut {
     fn new(mixed: bool) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a current-thread runtime builds");
+        let runtime = runtime();
         let clock = Arc::new(ManualClock::new(START_MS));
         let kv = Arc::new(MemoryKv::new(clock.clone()));
         let ledger = Arc::new(MemoryLedger::new());

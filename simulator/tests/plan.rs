@@ -2,23 +2,16 @@
 //! DB instances for 300k TPS), the cheapest credit TPS that drains the rain's
 //! backlog in time, and the `--slo` language with its error messages.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{runtime, scenarios_dir};
+
+use std::path::Path;
 
 use simulator::engine::run_scenario;
+use simulator::options::RunOptions;
 use simulator::plan::{Knob, Measured, Slo, parse_slo, plan, render_plan};
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
-
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
 
 fn check(input: &str, expected: Result<Slo, &str>) {
     let got = parse_slo(input).map_err(|e| e.to_string());

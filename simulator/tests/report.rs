@@ -4,25 +4,12 @@
 //! the HTML report is rendered in headless Chromium and looked at (a page
 //! with charts is not blank, its charts are all drawn).
 
+mod common;
+
+use common::{redrain, scenarios_dir};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
-
-fn redrain(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_redrain"))
-        .args(args)
-        .env("CI", "true")
-        .output()
-        .expect("run redrain");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf8 path")

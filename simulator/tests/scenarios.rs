@@ -2,23 +2,15 @@
 //! at a small sample; runs are deterministic; bad files and bad flags get clear
 //! errors and the right exit codes from the `redrain` binary.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{redrain, runtime, scenarios_dir, workspace_dir};
+
+use std::path::PathBuf;
 
 use simulator::engine::run_scenario;
+use simulator::options::RunOptions;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
-
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
 
 /// The sample every phased profile runs whole at in the tests (thousands of
 /// requests each; the quick suite in CI runs them at larger samples).
@@ -227,19 +219,6 @@ fn bad_scenarios_name_file_line_and_key() {
     );
 }
 
-fn redrain(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_redrain"))
-        .args(args)
-        .env("CI", "true")
-        .output()
-        .expect("run redrain");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn cli_runs_writes_the_record_and_exits_by_verdict() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -285,9 +264,7 @@ fn cli_runs_writes_the_record_and_exits_by_verdict() {
 
 #[test]
 fn the_readme_sample_is_the_real_smoke_output() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .expect("README");
+    let readme = std::fs::read_to_string(workspace_dir().join("README.md")).expect("README");
     let scenario = Scenario::load(&scenarios_dir().join("smoke.toml")).expect("smoke");
     let record = runtime()
         .block_on(run_scenario(&scenario, &RunOptions::default()))

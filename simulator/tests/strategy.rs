@@ -2,24 +2,15 @@
 //! crediting needs over a thousand DB instances at the 1.8M peak, plain async
 //! crediting lags for minutes, and the token scheme hides the lag.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{runtime, scenarios_dir};
+
+use simulator::options::RunOptions;
 use simulator::plan::strategy::{
     Strategy, StrategyRow, compare_strategies, render_strategy_markdown, render_strategy_table,
 };
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
-
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
 
 #[test]
 fn rain_table_shows_sync_cost_async_lag_and_the_token_scheme_hiding_it() {

@@ -3,6 +3,10 @@
 //! fail it; bad input is caught, with file, line and key, before any run; the
 //! verdict is in case order whatever the parallelism. Runs stay at ≤ 2000 requests.
 
+mod common;
+
+use common::{scenarios_dir, workspace_dir};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,10 +15,7 @@ use simulator::suite::{RunVerdict, Suite, SuiteOptions, SuiteReport, SuiteVerdic
 const REQUESTS: u64 = 2000;
 
 fn smoke_path() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../scenarios/smoke.toml")
-        .display()
-        .to_string()
+    scenarios_dir().join("smoke.toml").display().to_string()
 }
 
 /// A suite over smoke with `seeds`, plus `extra` lines in its case.
@@ -218,7 +219,7 @@ fn a_run_stopped_by_an_operating_error_is_an_error_and_the_others_go_on() {
     // Smoke on a SQLite file in a directory that does not exist: the ledger
     // cannot be opened, so the run stops before any traffic.
     let dir = tempfile::tempdir().expect("tempdir");
-    let activities = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/activities");
+    let activities = scenarios_dir().join("activities");
     let broken = read(Path::new(&smoke_path()))
         .replace("name = \"smoke\"", "name = \"unopenable\"")
         .replace(
@@ -427,7 +428,7 @@ fn a_combination_two_cases_repeat_gets_the_case_number() {
 
 #[test]
 fn the_quick_suite_plans_every_profile() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/quick.toml");
+    let path = workspace_dir().join("ci/quick.toml");
     let suite = Suite::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(suite.name, "quick");
     let smoke: Vec<_> = suite

@@ -2,20 +2,15 @@
 //! exactly, sampling that keeps whole users, rate curves that send what they
 //! integrate to, follow-ups in time order, and export/replay that round-trips.
 
+mod common;
+
+use common::load;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
+use simulator::options::{RunOptions, effective_scenario};
 use simulator::scenario::Scenario;
-use simulator::scenario::options::{RunOptions, effective_scenario};
 use simulator::trace::{Op, Request, Shard, Trace, TraceHasher, TraceHeader, TraceReader, export};
-
-fn scenarios_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
-}
-
-fn load(name: &str) -> Scenario {
-    Scenario::load(&scenarios_dir().join(name)).unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// `name` at `sample`, its trace capped at `limit` requests.
 fn small(name: &str, sample: f64, limit: u64) -> Scenario {

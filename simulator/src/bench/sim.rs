@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::engine::run_scenario;
+use crate::options::RunOptions;
 use crate::record::build_id;
 use crate::scenario::Scenario;
-use crate::scenario::options::RunOptions;
 
 /// One scenario measured.
 #[derive(Debug, Clone, Serialize)]

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use simulator::engine::run_scenario;
+use simulator::options::RunOptions;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
 
 use super::common::{RunVerdict, check_sample, finish_run, parse_thresholds, prepare_output};
 

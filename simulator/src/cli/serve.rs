@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use simulator::options::RunOptions;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
 
 use super::common::AdminToken;
 

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use simulator::options::RunOptions;
 use simulator::record::files::dir_and_stem;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
 
 use super::common::{check_sample, prepare_output};
 

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use simulator::engine::run_scenario;
+use simulator::options::RunOptions;
 use simulator::record::files::dir_and_stem;
 use simulator::scenario::Scenario;
-use simulator::scenario::options::RunOptions;
 
 use super::common::{RunVerdict, check_sample, finish_run, parse_thresholds, prepare_output};
 
@@ -179,6 +179,6 @@ fn picked(
         requests: pick.requests,
         ..RunOptions::default()
     };
-    let effective = simulator::scenario::options::effective_scenario(scenario, &options);
+    let effective = simulator::options::effective_scenario(scenario, &options);
     Ok((effective, pick.seed.unwrap_or(scenario.seed), pick.shard))
 }

@@ -9,8 +9,8 @@ use reference::worker::{CreditWorker, TickReport};
 
 use super::Engine;
 use crate::history::Event;
+use crate::options::{scaled_pipeline, scaled_worker};
 use crate::scenario::FaultKind;
-use crate::scenario::options::{scaled_pipeline, scaled_worker};
 
 impl Engine<'_> {
     pub(super) async fn apply_faults(&mut self, now_ms: u64) {

@@ -34,9 +34,9 @@ use reference::worker::CreditWorker;
 use reports::{CreditingSummary, SecondSample, ViewSummary};
 
 use crate::history::History;
+use crate::options::{has_pipeline_scenes, scaled_pipeline, scaled_worker};
 use crate::scenario::Scenario;
 use crate::scenario::capacity::Capacity;
-use crate::scenario::options::{has_pipeline_scenes, scaled_pipeline, scaled_worker};
 use crate::stores::meter::{MeteredKv, MeteredLedger};
 use crate::trace::client::{CLIENT_RNG_NAME, forger_keys};
 use crate::trace::thread::TraceThread;

@@ -15,10 +15,10 @@ use super::midway::Midway;
 use super::{Engine, Meters};
 use crate::check::{self, Violation};
 use crate::history::{FinalState, History, RealStores};
+use crate::options::{RunOptions, effective_scenario};
 use crate::record::hash::record_difference;
 use crate::record::record;
 use crate::scenario::Scenario;
-use crate::scenario::options::{RunOptions, effective_scenario};
 use crate::stores::meter::{MeteredKv, MeteredLedger};
 use crate::stores::{
     ShadowStores, Snapshot, Stores, open_empty_ledger, open_kv, store_urls, unique_namespace,

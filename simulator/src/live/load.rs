@@ -31,8 +31,8 @@ use super::driver::{Answer, Feed, Slot};
 use super::state::read_final_state;
 use crate::check::{self, Violation};
 use crate::history::{Event, FinalState, History};
+use crate::options::RunOptions;
 use crate::scenario::Scenario;
-use crate::scenario::options::RunOptions;
 use crate::trace::client::{CLIENT_RNG_NAME, forger_keys};
 use crate::trace::{Op, Request, Trace, TraceHasher};
 
@@ -327,7 +327,7 @@ pub async fn load(scenario: &Scenario, options: &LoadOptions) -> anyhow::Result<
         sample_rate: Some(options.rate_scale),
         ..RunOptions::default()
     };
-    let scenario = crate::scenario::options::effective_scenario(scenario, &run_options);
+    let scenario = crate::options::effective_scenario(scenario, &run_options);
     let seed = options.seed.unwrap_or(scenario.seed);
     let target = Target::new(&options.target, &options.admin_token, true)?;
     target.require_fresh_shadow("a live load").await?;

@@ -10,7 +10,7 @@ use reference::kv::{self, Kv, KvOptions};
 use reference::ledger::{self, LedgerOptions};
 use reference::{Clock, Wallet};
 
-use crate::scenario::options::has_pipeline_scenes;
+use crate::options::has_pipeline_scenes;
 use crate::scenario::{Scenario, StoreUrls};
 
 /// How to serve.
@@ -111,9 +111,9 @@ pub async fn build(scenario: &Scenario, options: &ServeOptions) -> anyhow::Resul
 /// as a simulated run of the same share would have them.
 pub fn server_config(scenario: &Scenario, admin_token: String) -> ServerConfig {
     let mut config = ServerConfig::new(admin_token);
-    config.worker = crate::scenario::options::scaled_worker(scenario);
-    config.pipeline = has_pipeline_scenes(&scenario.tree)
-        .then(|| crate::scenario::options::scaled_pipeline(scenario));
+    config.worker = crate::options::scaled_worker(scenario);
+    config.pipeline =
+        has_pipeline_scenes(&scenario.tree).then(|| crate::options::scaled_pipeline(scenario));
     config.tick_interval_ms = scenario.crediting.tick_interval_ms.max(1);
     config.drain_ms_max = scenario.crediting.drain_ms_max.min(120_000);
     if let Some(counter) = &scenario.counter {

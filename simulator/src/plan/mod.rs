@@ -44,9 +44,9 @@ use reports::RunRecord;
 use serde::Serialize;
 
 use crate::engine::run_scenario;
+use crate::options::RunOptions;
 use crate::plan::strategy::REFUSED_CAPACITY_PREFIX;
 use crate::scenario::capacity::{DbModel, INSTANCES_MAX, counter_plan2_ops};
-use crate::scenario::options::RunOptions;
 use crate::scenario::{CounterKind, Scenario};
 
 /// Most engine runs one plan makes, the evidence runs included.
@@ -604,9 +604,7 @@ impl Knob {
             {
                 Some("no plan-2 hot counter")
             }
-            Knob::PipelineRatePerS
-                if !crate::scenario::options::has_pipeline_scenes(&scenario.tree) =>
-            {
+            Knob::PipelineRatePerS if !crate::options::has_pipeline_scenes(&scenario.tree) => {
                 Some("no coupon pipeline scene")
             }
             _ => None,
@@ -920,7 +918,7 @@ fn chosen(scenario: &Scenario) -> Chosen {
         counter_interval_ms: counter.map(|c| c.interval_ms),
         counter_kv_ops_per_s: counter
             .map(|c| counter_plan2_ops(u64::from(c.readers), u64::from(c.writers), c.interval_ms)),
-        pipeline_rate_per_s: crate::scenario::options::has_pipeline_scenes(&scenario.tree)
+        pipeline_rate_per_s: crate::options::has_pipeline_scenes(&scenario.tree)
             .then(|| Knob::PipelineRatePerS.get(scenario)),
     }
 }

@@ -28,9 +28,9 @@ use reports::RunRecord;
 use serde::Serialize;
 
 use crate::engine::{RunOutput, run_scenario};
+use crate::options::RunOptions;
 use crate::scenario::Scenario;
 use crate::scenario::capacity::{DbModel, SEED_DB};
-use crate::scenario::options::RunOptions;
 
 /// Prefix of the outcomes of requests the capacity model turned away.
 pub const REFUSED_CAPACITY_PREFIX: &str = "refused.capacity.";

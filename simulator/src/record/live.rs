@@ -9,9 +9,9 @@ use reports::{
 
 use crate::check::Violation;
 use crate::history::{Event, FinalState, History};
+use crate::options::RunOptions;
 use crate::record::Finished;
 use crate::scenario::Scenario;
-use crate::scenario::options::RunOptions;
 use crate::trace::TraceHasher;
 
 /// What a live run hands to [`live_record`].

@@ -17,9 +17,9 @@ use reports::{
 
 use crate::check::{Invariant, Violation};
 use crate::history::{Event, FinalState, History};
+use crate::options::RunOptions;
 use crate::record::hash::history_hash;
 use crate::scenario::Scenario;
-use crate::scenario::options::RunOptions;
 use crate::stores::store_urls;
 
 /// Examples of violations kept per invariant in the record.

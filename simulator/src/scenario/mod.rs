@@ -5,7 +5,6 @@
 //! Unknown keys and impossible values get an error naming the file, line and key.
 
 pub mod capacity;
-pub mod options;
 
 use std::path::{Path, PathBuf};
 

@@ -14,7 +14,7 @@ use reference::token::KeyRing;
 use reference::{ManualClock, kv, ledger};
 
 use crate::history::{FinalState, History};
-use crate::scenario::options::RunOptions;
+use crate::options::RunOptions;
 use crate::scenario::{Scenario, StoreUrls};
 
 /// Stores to run on, for tests that plant broken ones.
