@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use reference::ledger::{Award, Entry, EntryKind};
-use reference::wallet::IssueOutcome;
+use reference::wallet::{IssueOutcome, WithdrawOutcome};
 use reference::{ManualClock, keys};
 use simulator::check::{CHECK_THREADS_MAX, Invariant, Violation, check, check_all_on};
 use simulator::engine::{run_on, run_scenario};
@@ -147,6 +147,135 @@ fn i1_catches_a_double_posting_and_a_replay_with_another_answer() {
         Invariant::I1Idempotency,
         "order",
         "a replay must return the first outcome",
+    );
+}
+
+#[test]
+fn i1_catches_a_replay_answered_against_its_payload() {
+    let clean = clean_run();
+    // A replay with another amount answered `duplicate`.
+    let mut history = clean.history.clone();
+    let order_no = history
+        .events
+        .iter_mut()
+        .find_map(|e| match e {
+            Event::Issue {
+                request,
+                outcome: IssueOutcome::Duplicate { entry },
+                ..
+            } if matches!(
+                &entry.kind,
+                EntryKind::Credit {
+                    award: Award::Cash { .. },
+                    ..
+                }
+            ) =>
+            {
+                request.amount_cents += 1;
+                Some(request.order_no.clone())
+            }
+            _ => None,
+        })
+        .expect("the clean run has cash duplicates");
+    expect_caught(
+        &clean,
+        &history,
+        &clean.state,
+        Invariant::I1Idempotency,
+        &format!("order {order_no}"),
+        "another payload was answered `duplicate`",
+    );
+    // A withdrawal replayed with another amount answered `duplicate`, and one
+    // replayed with the same amount answered `conflict`.
+    let (at_ms, request, entry) = clean
+        .history
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Withdraw {
+                at_ms,
+                request,
+                outcome: WithdrawOutcome::Withdrawn { entry, .. },
+            } => Some((*at_ms, request.clone(), entry.clone())),
+            _ => None,
+        })
+        .expect("the clean run has withdrawals");
+    for (amount, outcome, detail) in [
+        (
+            request.amount_cents + 1,
+            WithdrawOutcome::Duplicate {
+                entry: entry.clone(),
+            },
+            "another payload was answered `duplicate`",
+        ),
+        (
+            request.amount_cents,
+            WithdrawOutcome::Conflict {
+                first: entry.clone(),
+            },
+            "the first payload was answered `conflict`",
+        ),
+    ] {
+        let mut history = clean.history.clone();
+        let mut replay = request.clone();
+        replay.amount_cents = amount;
+        history.events.push(Event::Withdraw {
+            at_ms: at_ms + 1,
+            request: replay,
+            outcome,
+        });
+        let found = check(
+            Invariant::I1Idempotency,
+            &clean.scenario.tree,
+            &history,
+            &clean.state,
+        );
+        assert!(
+            found.iter().any(|v| v
+                .culprit
+                .contains(&format!("withdraw {}", request.withdraw_no))
+                && v.detail.contains(detail)),
+            "I1 missed `{detail}` on withdraw {}: {found:#?}",
+            request.withdraw_no
+        );
+    }
+}
+
+#[test]
+fn i2_catches_a_cash_award_over_its_own_cap() {
+    let clean = clean_run();
+    let mut history = clean.history.clone();
+    let tree = &clean.scenario.tree;
+    let order_no = history
+        .events
+        .iter_mut()
+        .find_map(|e| match e {
+            Event::Issue {
+                request,
+                outcome: IssueOutcome::Issued { entry },
+                ..
+            } => {
+                let (activity, _) = tree.child(entry.account.child_id)?;
+                let cap = activity.cash_cap_cents(request.award_id)?;
+                match &mut entry.kind {
+                    EntryKind::Credit {
+                        award: Award::Cash { amount_cents },
+                        ..
+                    } => *amount_cents = cap + 1,
+                    _ => return None,
+                }
+                Some(request.order_no.clone())
+            }
+            _ => None,
+        })
+        .expect("the clean run issues sync cash");
+    expect_caught(
+        &clean,
+        &history,
+        &clean.state,
+        Invariant::I2NoOverIssue,
+        &format!("order {order_no}"),
+        "over that award's cap",
     );
 }
 
@@ -533,7 +662,7 @@ fn i7_catches_a_wallet_that_accepts_a_forged_token() {
         &clean.state,
         Invariant::I7TokenIntegrity,
         "client token",
-        "accepted a token that fails verification",
+        "did not list this client token as refused",
     );
 }
 

@@ -33,6 +33,29 @@ enum Shadow {
     DippingBalance,
     /// Shadow traffic written to the real stores.
     WritesToRealKeys,
+    /// Replays judged by order number alone: a changed withdrawal or credit
+    /// replay is answered `duplicate`.
+    ReplayIgnoresPayload,
+    /// Cash capped at the activity's per-transaction cap only, not the award's
+    /// own (the wrong granularity).
+    ActivityCapOnly,
+    /// The cap compared in whole yuan: up to 99 cents over it passes.
+    CapInWholeYuan,
+}
+
+/// The tree the server is configured with: the conform tree, or a copy with
+/// the caps a planted bug misreads.
+fn served_tree(shadow: &Shadow) -> reference::ActivityTree {
+    let path = common::scenarios_dir().join("activities/conform.toml");
+    let text = std::fs::read_to_string(&path).expect("the conform tree");
+    let text = match shadow {
+        Shadow::ActivityCapOnly => text.replace("max_cents = 888", "max_cents = 20000"),
+        Shadow::CapInWholeYuan => text
+            .replace("per_txn_cap_cents = 20000", "per_txn_cap_cents = 20099")
+            .replace("max_cents = 20000", "max_cents = 20099"),
+        _ => return scenario().tree,
+    };
+    reference::ActivityTree::from_toml_str(&text, "planted tree").expect("the planted tree parses")
 }
 
 /// Serve the conform tree on 127.0.0.1 with the shadow side as `shadow` says.
@@ -63,14 +86,23 @@ async fn start(shadow: Shadow) -> Local {
             )),
         ),
         Shadow::WritesToRealKeys => (ledger.clone(), kv.clone()),
+        Shadow::ReplayIgnoresPayload => (
+            Arc::new(NaiveLedger::new(Some(Bug::ReplayIgnoresPayload))),
+            Arc::new(MemoryKv::new(dyn_clock.clone())),
+        ),
+        Shadow::ActivityCapOnly | Shadow::CapInWholeYuan => (
+            Arc::new(MemoryLedger::new()),
+            Arc::new(MemoryKv::new(dyn_clock.clone())),
+        ),
     };
+    let tree = served_tree(&shadow);
     let keys = scenario
         .token_keys
         .as_ref()
         .expect("the conform scenario signs tokens")
         .load(scenario.seed)
         .expect("dev keys");
-    let wallet = Wallet::new(Arc::new(scenario.tree.clone()), ledger, kv, dyn_clock)
+    let wallet = Wallet::new(Arc::new(tree), ledger, kv, dyn_clock)
         .with_shadow_stores(shadow_ledger, shadow_kv)
         .with_keys(Arc::new(keys));
     let config = simulator::live::serve::server_config(&scenario, ADMIN_TOKEN.to_owned());
@@ -129,7 +161,10 @@ async fn the_reference_conforms_and_matches_itself() {
     assert_eq!(report.cases.len(), simulator::live::conform::CASES.len());
     let junit = simulator::live::conform::junit(&report).expect("junit");
     assert!(
-        junit.contains("tests=\"7\"") && !junit.contains("<failure"),
+        junit.contains(&format!(
+            "tests=\"{}\"",
+            simulator::live::conform::CASES.len()
+        )) && !junit.contains("<failure"),
         "{junit}"
     );
 }
@@ -207,4 +242,69 @@ async fn a_broken_target_also_differs_from_the_reference() {
         "{}",
         simulator::live::conform::render(&report)
     );
+    // Request by request: the first answer that differs, with its request.
+    assert!(
+        report.cases.iter().any(|c| c
+            .differences
+            .iter()
+            .any(|d| d.starts_with("first answer that differs: order ")
+                && d.contains("answered `issued` by the target, `duplicate` by the reference"))),
+        "{}",
+        simulator::live::conform::render(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_replay_answered_duplicate_is_caught() {
+    let report = run(Shadow::ReplayIgnoresPayload, false).await;
+    let failed = failing(&report);
+    assert!(invariant_failed(&report, "I1"), "{failed:#?}");
+    let replays = failed
+        .iter()
+        .find(|(name, _)| name == "withdraw_replays")
+        .unwrap_or_else(|| panic!("withdraw_replays must fail: {failed:#?}"));
+    assert!(
+        replays
+            .1
+            .iter()
+            .any(|l| l.contains("another payload was answered `duplicate`")),
+        "{replays:#?}"
+    );
+    assert!(
+        replays
+            .1
+            .iter()
+            .any(|l| l.contains("the rules say `conflict`")),
+        "{replays:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_at_the_wrong_granularity_is_caught() {
+    for (shadow, over) in [
+        (Shadow::ActivityCapOnly, "889 cents of award 5901"),
+        (Shadow::CapInWholeYuan, "20001 cents"),
+    ] {
+        let report = run(shadow, false).await;
+        let failed = failing(&report);
+        assert!(invariant_failed(&report, "I2"), "{failed:#?}");
+        let edges = failed
+            .iter()
+            .find(|(name, _)| name == "limits_at_their_edges")
+            .unwrap_or_else(|| panic!("limits_at_their_edges must fail: {failed:#?}"));
+        assert!(
+            edges
+                .1
+                .iter()
+                .any(|l| l.starts_with("I2") && l.contains(over)),
+            "{edges:#?}"
+        );
+        assert!(
+            edges
+                .1
+                .iter()
+                .any(|l| l.contains("the rules say `amount_over_cap`")),
+            "{edges:#?}"
+        );
+    }
 }

@@ -1,14 +1,19 @@
 //! I1: one order number is credited at most once per child activity, whatever the
 //! retries and duplicates; every replay returns the first outcome (the same entry,
 //! the same token, the same pipeline order), and a conflicting replay is never
-//! what gets credited.
+//! what gets credited. A replay is judged by its payload as well: one with the
+//! first payload must be answered as a duplicate, one with another payload
+//! (amount, award, account) as a conflict, on every path — sync credits,
+//! tokens, pipeline orders and withdrawals.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use reference::config::AwardDef;
+use reference::ledger::Award;
 use reference::order_no::OrderNo;
 use reference::pipeline::QueuedOrder;
-use reference::wallet::{IssueOutcome, WithdrawOutcome};
+use reference::wallet::{IssueOutcome, IssueRequest, WithdrawOutcome};
 use reference::{ActivityTree, ChildId, ledger::EntryKind};
 
 use super::{Invariant, Violation, coupon_award, names_record, same_order, violation};
@@ -113,7 +118,127 @@ pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) 
     }
     check_tokens(history, &mut found);
     check_orders(tree, history, state, &mut found);
+    check_payloads(tree, history, &mut found);
     found
+}
+
+/// What an issue request asks for, as the ledger would post it (None when the
+/// request names no award of the child's tree).
+fn requested_award(
+    tree: &ActivityTree,
+    child_id: ChildId,
+    request: &IssueRequest,
+) -> Option<Award> {
+    let (activity, _) = tree.child(child_id)?;
+    match activity.awards.get(&request.award_id)? {
+        AwardDef::Cash { .. } => Some(Award::Cash {
+            amount_cents: u64::try_from(request.amount_cents).ok()?,
+        }),
+        AwardDef::Pendant { pendant_id } => Some(Award::Pendant {
+            pendant_id: *pendant_id,
+        }),
+        AwardDef::Coupon(_) => coupon_award(tree, child_id, request.award_id),
+    }
+}
+
+/// Every replay answer agrees with its payload: `duplicate` only for the first
+/// payload, `conflict` only for another one (I1: "a retry returns the first
+/// outcome"; a changed replay is not a retry and must not be told it landed).
+fn check_payloads(tree: &ActivityTree, history: &History, found: &mut Vec<Violation>) {
+    for event in &history.events {
+        // (culprit, answered as a duplicate, the payloads match, what differs)
+        let (culprit, duplicate, same, first) = match event {
+            Event::Issue {
+                request, outcome, ..
+            } => {
+                let (duplicate, same, first) = match outcome {
+                    IssueOutcome::Duplicate { entry: first } | IssueOutcome::Conflict { first } => {
+                        let EntryKind::Credit { award, .. } = &first.kind else {
+                            continue;
+                        };
+                        let asked = requested_award(tree, first.account.child_id, request);
+                        let Some(asked) = asked else { continue };
+                        (
+                            matches!(outcome, IssueOutcome::Duplicate { .. }),
+                            asked == *award,
+                            format!("entry {} posted {award:?}", first.seq),
+                        )
+                    }
+                    IssueOutcome::DuplicateToken { token: first }
+                    | IssueOutcome::TokenConflict { first } => (
+                        matches!(outcome, IssueOutcome::DuplicateToken { .. }),
+                        first.award_id == request.award_id
+                            && i64::try_from(first.amount_cents) == Ok(request.amount_cents),
+                        format!(
+                            "the first token is award {} of {} cents",
+                            first.award_id, first.amount_cents
+                        ),
+                    ),
+                    IssueOutcome::DuplicateQueued { order: first }
+                    | IssueOutcome::OrderConflict { first } => (
+                        matches!(outcome, IssueOutcome::DuplicateQueued { .. }),
+                        first.award_id == request.award_id,
+                        format!("the first order is award {}", first.award_id),
+                    ),
+                    _ => continue,
+                };
+                (
+                    format!(
+                        "order {} (award {}, {} cents)",
+                        request.order_no, request.award_id, request.amount_cents
+                    ),
+                    duplicate,
+                    same,
+                    first,
+                )
+            }
+            Event::Withdraw {
+                request, outcome, ..
+            } => {
+                let (WithdrawOutcome::Duplicate { entry: first }
+                | WithdrawOutcome::Conflict { first }) = outcome
+                else {
+                    continue;
+                };
+                let EntryKind::Withdrawal { amount_cents, .. } = &first.kind else {
+                    continue;
+                };
+                (
+                    format!(
+                        "withdraw {} of user {} ({} cents)",
+                        request.withdraw_no, request.act_id, request.amount_cents
+                    ),
+                    matches!(outcome, WithdrawOutcome::Duplicate { .. }),
+                    first.account.act_id == request.act_id
+                        && i64::try_from(*amount_cents) == Ok(request.amount_cents),
+                    format!(
+                        "entry {} withdrew {amount_cents} cents of user {}",
+                        first.seq, first.account.act_id
+                    ),
+                )
+            }
+            _ => continue,
+        };
+        if duplicate && !same {
+            found.push(violation(
+                Invariant::I1Idempotency,
+                culprit,
+                format!(
+                    "a replay with another payload was answered `duplicate` ({first}): it must be \
+                     `conflict`, or the client believes its changed request landed"
+                ),
+            ));
+        } else if !duplicate && same {
+            found.push(violation(
+                Invariant::I1Idempotency,
+                culprit,
+                format!(
+                    "a replay with the first payload was answered `conflict` ({first}): a retry \
+                     must return the first outcome"
+                ),
+            ));
+        }
+    }
 }
 
 /// The pipeline answers given for one (child, order number).

@@ -187,7 +187,7 @@ pub fn check(
 ) -> Vec<Violation> {
     match invariant {
         Invariant::I1Idempotency => idempotency::check(tree, history, state),
-        Invariant::I2NoOverIssue => over_issue::check(tree, state),
+        Invariant::I2NoOverIssue => over_issue::check(tree, history, state),
         Invariant::I3Conservation => conservation::check(state),
         Invariant::I4Reconciliation => reconciliation::check(tree, history, state),
         Invariant::I5View => view::check(history),

@@ -1,5 +1,7 @@
 //! I2: per coupon template issued ≤ stock; per child cash ≤ budget; each cash award
-//! ≤ the per-transaction cap; per user per batch ≤ limit; ≤ 1 batch per group per
+//! ≤ the per-transaction cap and ≤ its award's own cap (`max_cents`: from the
+//! ledger, the loosest cap of the scene's cash awards; from the answers, the
+//! cap of the award id each issued or accepted request named); per user per batch ≤ limit; ≤ 1 batch per group per
 //! user. Checked on the ledger (what was given) and on the KV counters (what was
 //! consumed: a counter above its limit means the store let one through). Stock is
 //! conservative (seed 003): a consume whose result is unknown stays consumed, so
@@ -11,13 +13,57 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use reference::ledger::{Award, EntryKind};
+use reference::wallet::IssueOutcome;
 use reference::{ActivityTree, keys};
 
 use super::{Invariant, Violation, violation};
-use crate::history::FinalState;
+use crate::history::{Event, FinalState, History};
 
-pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
+/// Each cash award the wallet issued or accepted is within its award id's cap
+/// (the tighter of `max_cents` and the activity's per-transaction cap).
+fn check_award_caps(tree: &ActivityTree, history: &History, found: &mut Vec<Violation>) {
+    for event in &history.events {
+        let Event::Issue {
+            request, outcome, ..
+        } = event
+        else {
+            continue;
+        };
+        let (child_id, amount_cents) = match outcome {
+            IssueOutcome::Issued { entry } => match &entry.kind {
+                EntryKind::Credit {
+                    award: Award::Cash { amount_cents },
+                    ..
+                } => (entry.account.child_id, *amount_cents),
+                _ => continue,
+            },
+            IssueOutcome::Accepted { token } => (token.child_id, token.amount_cents),
+            _ => continue,
+        };
+        let Some(cap) = tree
+            .child(child_id)
+            .and_then(|(activity, _)| activity.cash_cap_cents(request.award_id))
+        else {
+            continue;
+        };
+        if amount_cents > cap {
+            found.push(violation(
+                Invariant::I2NoOverIssue,
+                format!("child {child_id} order {}", request.order_no),
+                format!(
+                    "{amount_cents} cents of award {} answered `{}`: over that award's cap of \
+                     {cap} cents",
+                    request.award_id,
+                    outcome.label()
+                ),
+            ));
+        }
+    }
+}
+
+pub(super) fn check(tree: &ActivityTree, history: &History, state: &FinalState) -> Vec<Violation> {
     let mut found = Vec::new();
+    check_award_caps(tree, history, &mut found);
     let mut cash: BTreeMap<u64, u64> = BTreeMap::new();
     let mut coupons: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     // Coupons credited by stock-controlled scenes, by (child, template): each
@@ -37,6 +83,27 @@ pub(super) fn check(tree: &ActivityTree, state: &FinalState) -> Vec<Violation> {
         match award {
             Award::Cash { amount_cents } => {
                 *cash.entry(child_id).or_default() += amount_cents;
+                let scene_cap = activity.scenes.get(&order_no.scene_id).and_then(|scene| {
+                    scene
+                        .award_ids
+                        .iter()
+                        .filter_map(|id| activity.cash_cap_cents(*id))
+                        .max()
+                });
+                if *amount_cents <= activity.per_txn_cap_cents
+                    && scene_cap.is_some_and(|cap| *amount_cents > cap)
+                {
+                    found.push(violation(
+                        Invariant::I2NoOverIssue,
+                        format!("child {child_id} order {order_no}"),
+                        format!(
+                            "{amount_cents} cents is over the cap of every cash award of scene {} \
+                             (at most {} cents)",
+                            order_no.scene_id,
+                            scene_cap.unwrap_or_default()
+                        ),
+                    ));
+                }
                 if *amount_cents > activity.per_txn_cap_cents {
                     found.push(violation(
                         Invariant::I2NoOverIssue,

@@ -109,7 +109,10 @@ pub(super) fn check(history: &History, state: &FinalState) -> Vec<Violation> {
                 found.push(violation(
                     Invariant::I7TokenIntegrity,
                     &culprit,
-                    format!("the wallet accepted a token that fails verification ({error})"),
+                    format!(
+                        "the withdraw went through force-credit but did not list this client token \
+                         as refused, though it fails verification ({error})"
+                    ),
                 ));
             }
             let Some(claimed) = decode_unverified(bytes) else {

@@ -60,6 +60,14 @@ pub const CASES: &[(&str, &str)] = &[
         "shadow_isolation",
         "every request carries X-Shadow: 1: the real stores hold nothing afterwards",
     ),
+    (
+        "limits_at_their_edges",
+        "every limit at limit - 1, limit and limit + 1: per-award and per-transaction caps, zero and negative amounts, a budget run out to the cent (one and zero remaining), a per-user batch limit, two batches of one group",
+    ),
+    (
+        "withdraw_replays",
+        "withdrawals replayed with the same and another amount, in order and 12 at once; the balance withdrawn to the cent; a withdraw right after token awards still pending",
+    ),
 ];
 
 /// How to run.
@@ -150,6 +158,22 @@ enum Req {
     Issue(IssueRequest),
     Withdraw(WithdrawRequest, Option<Forgery>),
     View(ActId),
+    /// A request whose answer the rules fix: the outcome label it must get.
+    Expect(Box<Req>, &'static str),
+}
+
+impl Req {
+    /// The request itself and the label its answer must carry, if fixed.
+    fn split(&self) -> (&Req, Option<&'static str>) {
+        match self {
+            Req::Expect(req, label) => (req.split().0, Some(*label)),
+            other => (other, None),
+        }
+    }
+
+    fn expect(self, label: &'static str) -> Req {
+        Req::Expect(Box::new(self), label)
+    }
 }
 
 /// A step: move the clock, or send requests all at once (a burst) or in order.
@@ -169,6 +193,11 @@ struct Answers {
     refused: Vec<String>,
     /// Per forged withdraw: the position of the forgery and the rejected positions.
     forged: Vec<(String, usize, Vec<usize>)>,
+    /// Requests sent in order: what was sent and the label it got, for the
+    /// request-by-request comparison with the reference.
+    ordered: Vec<(String, String)>,
+    /// Answers that broke a rule-fixed label: what, the label due, the label got.
+    mislabelled: Vec<(String, &'static str, String)>,
 }
 
 /// Run every case against `options.target`.
@@ -221,6 +250,7 @@ pub async fn conform(
             .sum();
         let mut expectations = Vec::new();
         let mut states: Vec<FinalState> = Vec::new();
+        let mut ordered: Vec<Vec<(String, String)>> = Vec::new();
         let mut new_violations = Vec::new();
         for (side_index, side) in sides.iter_mut().enumerate() {
             let mut answers = Answers::default();
@@ -262,11 +292,13 @@ pub async fn conform(
                 last_violations = violations;
             }
             states.push(state);
+            ordered.push(std::mem::take(&mut answers.ordered));
         }
         // The states are cumulative: a difference is this case's when first seen.
-        let mut differences: Vec<String> = match states.as_slice() {
-            [target, reference] => compare_states(target, reference)
+        let mut differences: Vec<String> = match (states.as_slice(), ordered.as_slice()) {
+            ([target, reference], [theirs, ours]) => first_divergence(theirs, ours)
                 .into_iter()
+                .chain(compare_states(target, reference))
                 .filter(|d| reported.insert(d.clone()))
                 .collect(),
             _ => Vec::new(),
@@ -576,6 +608,112 @@ fn case_steps(name: &str, index: u64, scenario: &Scenario) -> anyhow::Result<Vec
             }
             vec![Step::Clock(at), Step::InOrder(reqs)]
         }
+        "limits_at_their_edges" => {
+            let (inside, _) = gate_users(scenario, base, 1);
+            let u = |i: u64| base + 10 + i;
+            let cap = activity.per_txn_cap_cents as i64;
+            let token_cap = activity.cash_cap_cents(5901).unwrap_or(0) as i64;
+            let edges = |i: u64| base + 500 + i;
+            let edge_cash = |user: u64, rain: u32, cents: i64| IssueRequest {
+                app_id: 4,
+                activity_id: 5004,
+                order_no: order(user, 531, rain, AwardType::Cash, 0),
+                award_id: 5951,
+                amount_cents: cents,
+            };
+            let welcome = |user: u64, scene: u32, rain: u32, award_id: u64| IssueRequest {
+                app_id: 4,
+                activity_id: 5004,
+                order_no: order(user, scene, rain, AwardType::Coupon, 0),
+                award_id,
+                amount_cents: 0,
+            };
+            let reqs = vec![
+                // The per-transaction cap (sync cash, award cap = activity cap).
+                Req::Issue(cash(u(0), 502, 21, 5902, cap - 1)).expect("issued"),
+                Req::Issue(cash(u(1), 502, 21, 5902, cap)).expect("issued"),
+                Req::Issue(cash(u(2), 502, 21, 5902, cap + 1)).expect("amount_over_cap"),
+                Req::Issue(cash(u(3), 502, 21, 5902, 1)).expect("issued"),
+                Req::Issue(cash(u(4), 502, 21, 5902, 0)).expect("zero_amount"),
+                Req::Issue(cash(u(5), 502, 21, 5902, -1)).expect("negative_amount"),
+                // An award's own cap below the activity's (token cash).
+                Req::Issue(cash(u(6), 501, 21, 5901, token_cap - 1)).expect("accepted"),
+                Req::Issue(cash(u(7), 501, 21, 5901, token_cap)).expect("accepted"),
+                Req::Issue(cash(u(8), 501, 21, 5901, token_cap + 1)).expect("amount_over_cap"),
+                // A cap-breaking replay of an issued order is still refused.
+                Req::Issue(cash(u(1), 502, 21, 5902, cap + 1)).expect("amount_over_cap"),
+                // A budget of 1000 cents: one left, one too many, zero left.
+                Req::Issue(edge_cash(edges(0), 1, 999)).expect("issued"),
+                Req::Issue(edge_cash(edges(1), 1, 2)).expect("budget_exhausted"),
+                Req::Issue(edge_cash(edges(2), 1, 1)).expect("issued"),
+                Req::Issue(edge_cash(edges(3), 1, 1)).expect("budget_exhausted"),
+                // A refused award holds no budget: its replay is refused again.
+                Req::Issue(edge_cash(edges(1), 1, 2)).expect("budget_exhausted"),
+                // Per-user batch limit 2 ("race"): limit - 1, limit, limit + 1.
+                Req::Issue(coupon(5001, u(9), 503, 21, 5911)).expect("issued"),
+                Req::Issue(coupon(5001, u(9), 503, 22, 5911)).expect("issued"),
+                Req::Issue(coupon(5001, u(9), 503, 23, 5911)).expect("user_batch_limit"),
+                // A coupon carries no amount.
+                Req::Issue(IssueRequest {
+                    amount_cents: 1,
+                    ..coupon(5001, u(10), 503, 21, 5911)
+                })
+                .expect("amount_not_allowed"),
+                // Two batches of one group: the first taken shuts the other.
+                Req::Issue(welcome(edges(10), 532, 1, 5952)).expect("issued"),
+                Req::Issue(welcome(edges(10), 533, 1, 5953)).expect("batch_group_taken"),
+                Req::Issue(welcome(edges(11), 533, 1, 5953)).expect("issued"),
+                Req::Issue(welcome(edges(10), 532, 2, 5952)).expect("user_batch_limit"),
+                Req::Issue(welcome(edges(11), 532, 2, 5952)).expect("batch_group_taken"),
+                // A withdraw of the whole balance, and one cent more.
+                Req::Issue(cash(inside[0], 502, 22, 5902, 500)).expect("issued"),
+                withdraw(inside[0], &format!("edge-{}-1", inside[0]), 501, None)
+                    .expect("insufficient_balance"),
+                withdraw(inside[0], &format!("edge-{}-2", inside[0]), 500, None)
+                    .expect("withdrawn"),
+                withdraw(inside[0], &format!("edge-{}-3", inside[0]), 1, None)
+                    .expect("insufficient_balance"),
+            ];
+            vec![Step::Clock(at), Step::InOrder(reqs)]
+        }
+        "withdraw_replays" => {
+            let (inside, _) = gate_users(scenario, base, 3);
+            let (a, b, c) = (inside[0], inside[1], inside[2]);
+            let in_order = vec![
+                Req::Issue(cash(a, 502, 31, 5902, 1000)).expect("issued"),
+                withdraw(a, &format!("replay-{a}-1"), 300, None).expect("withdrawn"),
+                withdraw(a, &format!("replay-{a}-1"), 300, None).expect("duplicate"),
+                withdraw(a, &format!("replay-{a}-1"), 301, None).expect("conflict"),
+                withdraw(a, &format!("replay-{a}-1"), 300, None).expect("duplicate"),
+                withdraw(a, &format!("replay-{a}-2"), 700, None).expect("withdrawn"),
+                withdraw(a, &format!("replay-{a}-3"), 1, None).expect("insufficient_balance"),
+                // A replay of a withdraw refused for its amount, now smaller.
+                withdraw(a, &format!("replay-{a}-3"), 1, None).expect("insufficient_balance"),
+                // Token awards still pending (the worker is slow) then a withdraw
+                // of all of it: force-credit makes the balance the full amount.
+                Req::Issue(cash(c, 501, 31, 5901, 300)).expect("accepted"),
+                Req::Issue(cash(c, 501, 32, 5901, 400)).expect("accepted"),
+                Req::View(c),
+                withdraw(c, &format!("replay-{c}-1"), 701, None).expect("insufficient_balance"),
+                withdraw(c, &format!("replay-{c}-2"), 700, None).expect("withdrawn"),
+                withdraw(c, &format!("replay-{c}-2"), 700, None).expect("duplicate"),
+            ];
+            let race = format!("replay-{b}-race");
+            let burst = (0..12).map(|_| withdraw(b, &race, 500, None)).collect();
+            vec![
+                Step::Clock(at),
+                Step::InOrder(vec![
+                    Req::Issue(cash(b, 502, 31, 5902, 1000)).expect("issued"),
+                ]),
+                Step::InOrder(in_order),
+                Step::Burst(burst),
+                // After the race: the winner's amount is the first payload.
+                Step::InOrder(vec![
+                    withdraw(b, &race, 500, None).expect("duplicate"),
+                    withdraw(b, &race, 600, None).expect("conflict"),
+                ]),
+            ]
+        }
         other => anyhow::bail!("no conformance case `{other}`"),
     })
 }
@@ -600,14 +738,28 @@ async fn run_step(
         }
         Step::InOrder(reqs) => {
             for req in reqs {
+                let (req, due) = req.split();
                 let prepared = prepare(side, req, forger);
+                let what = describe(&prepared);
                 let done = send(&side.target, prepared).await?;
+                let got = match &done {
+                    Done::Event(event, _) => event_label(event).to_owned(),
+                    Done::Refused(what) if what.is_empty() => "not_found".to_owned(),
+                    Done::Refused(what) => format!("error ({what})"),
+                };
+                if let Some(due) = due.filter(|due| *due != got) {
+                    answers.mislabelled.push((what.clone(), due, got.clone()));
+                }
+                answers.ordered.push((what, got));
                 absorb(side, done, answers);
             }
             Ok(())
         }
         Step::Burst(reqs) => {
-            let prepared: Vec<Prepared> = reqs.iter().map(|r| prepare(side, r, forger)).collect();
+            let prepared: Vec<Prepared> = reqs
+                .iter()
+                .map(|r| prepare(side, r.split().0, forger))
+                .collect();
             let mut tasks = tokio::task::JoinSet::new();
             for p in prepared {
                 let target = side.target.clone();
@@ -638,9 +790,52 @@ enum Done {
     Refused(String),
 }
 
+/// A request in a line, for a report.
+fn describe(prepared: &Prepared) -> String {
+    match prepared {
+        Prepared::Issue(r) => format!(
+            "order {} (activity {}, award {}, {} cents)",
+            r.order_no, r.activity_id, r.award_id, r.amount_cents
+        ),
+        Prepared::Withdraw(w, _) => format!(
+            "withdraw {} of user {} ({} cents, {} client tokens)",
+            w.withdraw_no,
+            w.act_id,
+            w.amount_cents,
+            w.client_tokens.len()
+        ),
+        Prepared::View(u) => format!("wallet page of user {u}"),
+    }
+}
+
+/// The outcome label of an answer.
+fn event_label(event: &Event) -> &'static str {
+    match event {
+        Event::Issue { outcome, .. } => outcome.label(),
+        Event::Withdraw { outcome, .. } => outcome.label(),
+        _ => "answered",
+    }
+}
+
+/// The first request, in sending order, that the target and the reference
+/// answered with different outcomes.
+fn first_divergence(theirs: &[(String, String)], ours: &[(String, String)]) -> Option<String> {
+    theirs
+        .iter()
+        .zip(ours)
+        .find(|(a, b)| a.1 != b.1)
+        .map(|(a, b)| {
+            format!(
+                "first answer that differs: {} was answered `{}` by the target, `{}` by the reference",
+                a.0, a.1, b.1
+            )
+        })
+}
+
 /// Attach the client's token copies (and a forgery) to a withdraw.
 fn prepare(side: &Driven, req: &Req, forger: &KeyRing) -> Prepared {
     match req {
+        Req::Expect(req, _) => prepare(side, req, forger),
         Req::Issue(r) => Prepared::Issue(r.clone()),
         Req::View(u) => Prepared::View(*u),
         Req::Withdraw(w, forgery) => {
@@ -777,6 +972,22 @@ fn absorb(side: &mut Driven, done: Done, answers: &mut Answers) {
     }
 }
 
+/// How many times each withdraw number was answered `withdrawn`.
+fn withdrawn_counts(answers: &Answers) -> BTreeMap<&str, u32> {
+    let mut withdrawn: BTreeMap<&str, u32> = BTreeMap::new();
+    for event in &answers.events {
+        if let Event::Withdraw {
+            request,
+            outcome: WithdrawOutcome::Withdrawn { .. },
+            ..
+        } = event
+        {
+            *withdrawn.entry(&request.withdraw_no).or_default() += 1;
+        }
+    }
+    withdrawn
+}
+
 /// The case's own expectations of the answers (beyond the invariants).
 fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
     let mut failed = Vec::new();
@@ -784,6 +995,12 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
     // case must get an answer, not an error body.
     for what in answers.refused.iter().take(5) {
         failed.push(format!("no protocol answer: {what}"));
+    }
+    // The rules fix these answers (limits at their edges, replays).
+    for (what, due, got) in &answers.mislabelled {
+        failed.push(format!(
+            "{what} was answered `{got}`; the rules say `{due}`"
+        ));
     }
     let issues = || {
         answers.events.iter().filter_map(|e| match e {
@@ -857,17 +1074,7 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
                     "{conflicts} of the 25 replays with another amount were answered `conflict`"
                 ));
             }
-            let mut withdrawn: BTreeMap<&str, u32> = BTreeMap::new();
-            for event in &answers.events {
-                if let Event::Withdraw {
-                    request,
-                    outcome: WithdrawOutcome::Withdrawn { .. },
-                    ..
-                } = event
-                {
-                    *withdrawn.entry(&request.withdraw_no).or_default() += 1;
-                }
-            }
+            let withdrawn = withdrawn_counts(answers);
             for (no, n) in withdrawn.iter().filter(|(_, n)| **n > 1) {
                 failed.push(format!("withdraw {no} was taken out {n} times"));
             }
@@ -913,6 +1120,18 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
                 failed.push(format!(
                     "{budget} awards of 10.00 were issued against a budget of 500.00 (50 fit)"
                 ));
+            }
+        }
+        "withdraw_replays" => {
+            let withdrawn = withdrawn_counts(answers);
+            for (no, n) in &withdrawn {
+                if *n > 1 {
+                    failed.push(format!("withdraw {no} was taken out {n} times"));
+                }
+            }
+            if !withdrawn.keys().any(|no| no.ends_with("-race")) {
+                failed
+                    .push("none of 12 concurrent copies of one withdraw was taken out".to_owned());
             }
         }
         "forged_tokens" => {

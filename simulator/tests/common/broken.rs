@@ -32,6 +32,9 @@ pub enum Bug {
     /// and removes them all at the n-th: a transient defect the end state no
     /// longer shows, which only a check mid-run sees.
     PhantomUntil(u64),
+    /// Judges a replay by its number alone: a credit or withdrawal replayed
+    /// with another payload is answered as a duplicate of the first.
+    ReplayIgnoresPayload,
 }
 
 #[derive(Debug)]
@@ -90,7 +93,8 @@ impl Ledger for NaiveLedger {
                     && e.account.child_id == credit.account.child_id
             });
             if let (Some(first), false) = (earlier, matches!(self.bug, Some(Bug::NoIdempotency))) {
-                outcomes.push(if first.matches_credit(credit) {
+                let ignores = matches!(self.bug, Some(Bug::ReplayIgnoresPayload));
+                outcomes.push(if ignores || first.matches_credit(credit) {
                     CreditOutcome::Duplicate {
                         entry: first.clone(),
                     }
@@ -169,7 +173,8 @@ impl Ledger for NaiveLedger {
             e.account.child_id == withdrawal.account.child_id
                 && matches!(&e.kind, EntryKind::Withdrawal { withdraw_no, .. } if *withdraw_no == withdrawal.withdraw_no)
         }) {
-            return Ok(if first.matches_withdrawal(withdrawal) {
+            let ignores = matches!(self.bug, Some(Bug::ReplayIgnoresPayload));
+            return Ok(if ignores || first.matches_withdrawal(withdrawal) {
                 WithdrawOutcome::Duplicate { entry: first.clone() }
             } else {
                 WithdrawOutcome::Conflict { first: first.clone() }
