@@ -457,7 +457,7 @@ impl CouponPipeline {
         }
         if let Some(bytes) = existing {
             let first = OrderRecord::decode(&key, &bytes)?;
-            if first.request != *request {
+            if !first.request.same_payload(request) {
                 self.bump(|f| f.conflicts += 1);
                 return Ok(IssueOutcome::OrderConflict {
                     first: QueuedOrder::of(&first),

@@ -162,6 +162,15 @@ fn accepts_once_and_issues_through_both_layers() {
         "duplicate",
         "the serial number"
     );
+    let from_another_app = IssueRequest {
+        app_id: 5,
+        ..r.clone()
+    };
+    assert_eq!(
+        f.issue(&p, &from_another_app, false).label(),
+        "duplicate",
+        "the app is not part of the payload: the same order from another app is a retry"
+    );
     let other = IssueRequest {
         award_id: 22,
         ..r.clone()
@@ -177,7 +186,7 @@ fn accepts_once_and_issues_through_both_layers() {
     let figures = p.figures();
     assert_eq!(
         (figures.accepted, figures.duplicates, figures.conflicts),
-        (1, 1, 1)
+        (1, 2, 1)
     );
     assert_eq!(figures.issued_per_batch.get("b3"), Some(&1));
     assert_eq!(figures.latency.count, 1);

@@ -97,6 +97,18 @@ pub struct IssueRequest {
     pub amount_cents: i64,
 }
 
+impl IssueRequest {
+    /// Whether `other` asks for the same award: same activity, order number,
+    /// award and amount. The app that sent it is not part of the payload: eight
+    /// apps share one activity, and the same order from another app is a retry.
+    pub fn same_payload(&self, other: &IssueRequest) -> bool {
+        self.activity_id == other.activity_id
+            && self.order_no == other.order_no
+            && self.award_id == other.award_id
+            && self.amount_cents == other.amount_cents
+    }
+}
+
 /// A withdraw request as it arrives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WithdrawRequest {

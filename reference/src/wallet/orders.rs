@@ -129,7 +129,7 @@ pub(crate) async fn earlier_order(
     let key = keys::order(child_id, &request.order_no);
     let bytes = wallet.kv().bytes(&key).await.ok()??;
     let first = OrderRecord::decode(&key, &bytes).ok()?;
-    Some(if first.request == *request {
+    Some(if first.request.same_payload(request) {
         IssueOutcome::DuplicateQueued {
             order: QueuedOrder::of(&first),
         }
