@@ -14,7 +14,7 @@ use reference::kv::{Kv, MemoryKv};
 use reference::ledger::{Ledger, MemoryLedger};
 use reference::{Clock, Wallet};
 use simulator::live::conform::{ConformOptions, ConformReport, conform};
-use simulator::live::serve::Local;
+use simulator::live::serve::{Local, Switches};
 use simulator::scenario::Scenario;
 
 fn scenario() -> Scenario {
@@ -41,6 +41,10 @@ enum Shadow {
     ActivityCapOnly,
     /// The cap compared in whole yuan: up to 99 cents over it passes.
     CapInWholeYuan,
+    /// Claimed tokens not kept in the inflight set: a worker crash loses them.
+    ClaimWithoutInflight,
+    /// Pipeline orders left out of the open set: a crashed order is never recovered.
+    OrdersNotOpen,
 }
 
 /// The tree the server is configured with: the conform tree, or a copy with
@@ -59,7 +63,7 @@ fn served_tree(shadow: &Shadow) -> reference::ActivityTree {
 }
 
 /// Serve the conform tree on 127.0.0.1 with the shadow side as `shadow` says.
-async fn start(shadow: Shadow) -> Local {
+async fn start(shadow: Shadow, faults: bool) -> Local {
     let scenario = scenario();
     let clock = Arc::new(ShiftedClock::starting_at(scenario.start_ms));
     let dyn_clock: Arc<dyn Clock> = clock.clone();
@@ -90,6 +94,17 @@ async fn start(shadow: Shadow) -> Local {
             Arc::new(NaiveLedger::new(Some(Bug::ReplayIgnoresPayload))),
             Arc::new(MemoryKv::new(dyn_clock.clone())),
         ),
+        Shadow::ClaimWithoutInflight => (
+            Arc::new(MemoryLedger::new()),
+            Arc::new(LimitlessKv::with_bug(
+                dyn_clock.clone(),
+                KvBug::ClaimWithoutInflight,
+            )),
+        ),
+        Shadow::OrdersNotOpen => (
+            Arc::new(MemoryLedger::new()),
+            Arc::new(LimitlessKv::with_bug(dyn_clock.clone(), KvBug::OrdersNotOpen)),
+        ),
         Shadow::ActivityCapOnly | Shadow::CapInWholeYuan => (
             Arc::new(MemoryLedger::new()),
             Arc::new(MemoryKv::new(dyn_clock.clone())),
@@ -102,24 +117,35 @@ async fn start(shadow: Shadow) -> Local {
         .expect("the conform scenario signs tokens")
         .load(scenario.seed)
         .expect("dev keys");
+    // Behind switches, as `redrain serve` builds it: store outages are offered.
+    let switches = Switches::new([ledger, shadow_ledger], [kv, shadow_kv]);
+    let ([ledger, shadow_ledger], [kv, shadow_kv]) = (switches.ledgers(), switches.kvs());
     let wallet = Wallet::new(Arc::new(tree), ledger, kv, dyn_clock)
         .with_shadow_stores(shadow_ledger, shadow_kv)
         .with_keys(Arc::new(keys));
     let config = simulator::live::serve::server_config(&scenario, ADMIN_TOKEN.to_owned());
-    Local::start(Server::new(wallet, clock, config))
-        .await
-        .expect("the server starts")
+    let server = Server::new(wallet, clock, config);
+    let server = if faults {
+        server.with_store_switch(Arc::new(switches))
+    } else {
+        server
+    };
+    Local::start(server).await.expect("the server starts")
 }
 
 async fn run(shadow: Shadow, reference: bool) -> ConformReport {
-    let server = start(shadow).await;
+    run_only(shadow, reference, None).await
+}
+
+async fn run_only(shadow: Shadow, reference: bool, only: Option<&str>) -> ConformReport {
+    let server = start(shadow, true).await;
     let report = conform(
         &scenario(),
         &ConformOptions {
             target: server.url.clone(),
             admin_token: ADMIN_TOKEN.to_owned(),
             reference,
-            only: None,
+            only: only.map(str::to_owned),
             drain_ms_max: 30_000,
         },
     )
@@ -307,4 +333,137 @@ async fn a_cap_at_the_wrong_granularity_is_caught() {
             "{edges:#?}"
         );
     }
+}
+
+/// The fault cases run on the reference through its fault routes, and each
+/// fault really happened (the target's own count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_cases_run_through_the_protocol_and_pass_on_the_reference() {
+    let server = start(Shadow::Honest, true).await;
+    let target = simulator::live::client::Target::new(&server.url, ADMIN_TOKEN, true)
+        .expect("a client");
+    let capabilities = target
+        .capabilities()
+        .await
+        .expect("capabilities")
+        .expect("the reference offers them");
+    assert_eq!(
+        capabilities.faults,
+        ["worker_crash", "pipeline_crash", "restart", "store_outage"]
+    );
+    let report = conform(
+        &scenario(),
+        &ConformOptions {
+            target: server.url.clone(),
+            admin_token: ADMIN_TOKEN.to_owned(),
+            reference: false,
+            only: Some("r".to_owned()),
+            drain_ms_max: 30_000,
+        },
+    )
+    .await
+    .expect("conform runs");
+    let ran: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| c.skipped.is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    for case in [
+        "worker_crash_recovery",
+        "pipeline_crash_recovery",
+        "restart_midway",
+        "store_outages",
+    ] {
+        assert!(ran.contains(&case), "{case} ran: {ran:?}");
+    }
+    assert!(
+        report.passed,
+        "{}",
+        simulator::live::conform::render(&report)
+    );
+    let fired = target.faults().await.expect("the fault status");
+    assert_eq!(
+        (
+            fired.worker_crashes,
+            fired.pipeline_crashes,
+            fired.restarts,
+            fired.outages
+        ),
+        (3, 6, 1, 2),
+        "every crash point was reached once, one restart, two outages"
+    );
+}
+
+/// A target that does not offer a fault has its case skipped, visibly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_the_target_lacks_is_skipped_visibly() {
+    let server = start(Shadow::Honest, false).await;
+    let report = conform(
+        &scenario(),
+        &ConformOptions {
+            target: server.url.clone(),
+            admin_token: ADMIN_TOKEN.to_owned(),
+            reference: false,
+            only: Some("store_outages".to_owned()),
+            drain_ms_max: 30_000,
+        },
+    )
+    .await
+    .expect("conform runs");
+    assert_eq!(report.skipped, 1);
+    let case = &report.cases[0];
+    assert!(
+        case.skipped
+            .as_deref()
+            .is_some_and(|why| why.contains("`store_outage`")),
+        "{case:?}"
+    );
+    let summary = simulator::live::conform::render(&report);
+    assert!(
+        summary.contains("store_outages            SKIP") && summary.contains("1 case(s) SKIPPED"),
+        "{summary}"
+    );
+    let junit = simulator::live::conform::junit(&report).expect("junit");
+    assert!(junit.contains("<skipped"), "{junit}");
+}
+
+/// Claimed tokens not kept inflight: only a worker crash shows it, and the
+/// crash case catches it (the tokens are never credited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_lost_by_a_worker_crash_are_caught() {
+    let report = run_only(Shadow::ClaimWithoutInflight, false, Some("worker_crash")).await;
+    let failed = failing(&report);
+    assert!(
+        failed.iter().any(|(name, _)| name == "worker_crash_recovery"),
+        "{failed:#?}"
+    );
+    // Without the crash the same store passes the token cases.
+    let calm = run_only(Shadow::ClaimWithoutInflight, false, Some("pending_tokens")).await;
+    assert!(calm.passed, "{}", simulator::live::conform::render(&calm));
+}
+
+/// Orders the compensation scan cannot find: a pipeline crash strands them,
+/// and the pipeline crash case catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_stranded_by_a_pipeline_crash_are_caught() {
+    let report = run_only(Shadow::OrdersNotOpen, false, Some("pipeline_crash")).await;
+    let failed = failing(&report);
+    assert!(
+        failed.iter().any(|(name, _)| name == "pipeline_crash_recovery"),
+        "{failed:#?}"
+    );
+}
+
+/// A ledger that cannot tell a resend from a new request: resending after a
+/// store outage (as a client must) credits and withdraws twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_an_outage_paid_twice_is_caught() {
+    let report = run_only(Shadow::DoubleCreditOnRetry, false, Some("store_outages")).await;
+    let failed = failing(&report);
+    assert!(
+        failed.iter().any(|(name, lines)| name == "store_outages"
+            && lines.iter().any(|l| l.starts_with("I1"))),
+        "{failed:#?}"
+    );
 }

@@ -260,3 +260,74 @@ pub struct OrderEntry {
     /// The record.
     pub record: OrderRecord,
 }
+
+/// What a target can do beyond the core protocol. A target without this route
+/// has none of the optional parts; `redrain conform` then skips their cases and
+/// says so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Capabilities {
+    /// The fault routes offered (`POST /v1/admin/faults`): any of
+    /// `worker_crash`, `pipeline_crash`, `restart`, `store_outage`.
+    pub faults: Vec<String>,
+    /// Where the credit worker can be made to crash (`after_claim`, `after_mark`, `after_credit`).
+    #[serde(default)]
+    pub worker_crash_points: Vec<String>,
+    /// Where the coupon pipeline can be made to crash (`after_record` … `after_credit`).
+    #[serde(default)]
+    pub pipeline_crash_points: Vec<String>,
+    /// Stores a `store_outage` can take away (`ledger`, `kv`).
+    #[serde(default)]
+    pub outage_stores: Vec<String>,
+    /// Wallet-clock ms after which work a crash left half done is picked up
+    /// again (the compensation timeouts plus one scan): moving the clock this far
+    /// past a crash lets recovery run.
+    pub recovery_ms: u64,
+}
+
+/// A fault to inject, through the protocol (a target's own nemesis).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "fault", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultBody {
+    /// The credit worker dies at `point` in its next tick that gets there, and
+    /// restarts with nothing but the shared stores.
+    WorkerCrash {
+        /// `after_claim`, `after_mark` or `after_credit`.
+        point: String,
+    },
+    /// The coupon pipeline dies at `point` (its local queues are lost) and a new
+    /// instance takes over.
+    PipelineCrash {
+        /// `after_record`, `after_user_reserve`, `after_user_mark`,
+        /// `after_stock_consume`, `after_stock_mark` or `after_credit`.
+        point: String,
+    },
+    /// Background work restarts as after a process restart: the pipeline hands
+    /// its queues off, a new worker, pipeline and counter start.
+    Restart,
+    /// `store` refuses every call for `ms` wall milliseconds.
+    StoreOutage {
+        /// `ledger` or `kv`.
+        store: String,
+        /// How long, wall ms (1 to 60000).
+        ms: u64,
+    },
+}
+
+/// Faults armed and fired so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FaultStatus {
+    /// The worker crash point armed and not yet reached.
+    pub worker_armed: Option<String>,
+    /// The pipeline crash point armed and not yet reached.
+    pub pipeline_armed: Option<String>,
+    /// Worker crashes that happened.
+    pub worker_crashes: u64,
+    /// Pipeline crashes that happened.
+    pub pipeline_crashes: u64,
+    /// Restarts done.
+    pub restarts: u64,
+    /// Store outages begun.
+    pub outages: u64,
+    /// Stores down now.
+    pub stores_down: Vec<String>,
+}

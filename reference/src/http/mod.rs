@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod faults;
 mod metrics;
 pub mod openapi;
 
@@ -33,6 +34,7 @@ use tokio::sync::watch;
 
 pub use api::*;
 pub use clock::ShiftedClock;
+pub use faults::{StoreKind, StoreSwitch};
 
 use crate::counter::{LocalCounter, LocalCounterConfig};
 use crate::ledger::EntryKind;
@@ -100,8 +102,11 @@ impl ServerConfig {
 #[derive(Debug)]
 struct Side {
     wallet: Wallet,
-    pipeline: Option<CouponPipeline>,
+    /// The coupon pipeline instance now serving; a crash or a restart puts a
+    /// new one in its place.
+    pipeline: Mutex<Option<Arc<CouponPipeline>>>,
     counter: LocalCounter,
+    nemesis: faults::Nemesis,
     token_backlog: AtomicU64,
     worker_retry: AtomicBool,
 }
@@ -120,14 +125,20 @@ impl Side {
         let pipeline = config
             .pipeline
             .clone()
-            .map(|p| CouponPipeline::new(wallet.clone(), p));
+            .map(|p| Arc::new(CouponPipeline::new(wallet.clone(), p)));
         Self {
             wallet,
-            pipeline,
+            pipeline: Mutex::new(pipeline),
             counter,
+            nemesis: faults::Nemesis::default(),
             token_backlog: AtomicU64::new(0),
             worker_retry: AtomicBool::new(false),
         }
+    }
+
+    /// The pipeline instance now serving.
+    fn pipeline(&self) -> Option<Arc<CouponPipeline>> {
+        lock(&self.pipeline).clone()
     }
 
     fn child_ids(&self) -> Vec<crate::ChildId> {
@@ -162,13 +173,23 @@ impl Side {
     }
 
     async fn orders_queued(&self) -> Result<u64, WalletError> {
-        let Some(pipeline) = &self.pipeline else {
+        let Some(pipeline) = self.pipeline() else {
             return Ok(0);
         };
         // The durable queue first: an order popped from it is counted as held
         // before the pop, so it cannot fall between the two reads.
         let handoff = self.wallet.kv().queue_len(&keys::orders_handoff()).await?;
-        Ok(handoff + pipeline.outstanding())
+        // Orders still open in the stores: after a crash an instance's local
+        // queues are gone, and its orders wait for the compensation scan.
+        let mut open = 0;
+        for child_id in self.child_ids() {
+            open += self
+                .wallet
+                .kv()
+                .inflight_len(&keys::orders_open(child_id))
+                .await?;
+        }
+        Ok((handoff + pipeline.outstanding()).max(open))
     }
 }
 
@@ -182,6 +203,9 @@ struct AppState {
     announcements: Mutex<Vec<Announcement>>,
     metrics: metrics::Metrics,
     draining: AtomicBool,
+    /// What takes stores away for a `store_outage` fault, when the server was
+    /// given one.
+    stores: Option<Arc<dyn StoreSwitch>>,
 }
 
 impl AppState {
@@ -226,6 +250,7 @@ impl ApiError {
         let code = match &error {
             WalletError::Ledger(_) => "ledger_unavailable",
             WalletError::Kv(_) => "kv_unavailable",
+            WalletError::InstanceDown => "instance_down",
             _ => "internal_error",
         };
         let status = if code == "internal_error" {
@@ -418,7 +443,7 @@ async fn issue_on(
     request: &IssueRequest,
     green: bool,
 ) -> Result<IssueOutcome, ApiError> {
-    let outcome = match &side.pipeline {
+    let outcome = match side.pipeline() {
         Some(pipeline) => pipeline.issue(request, green).await,
         None => side.wallet.issue(request).await,
     }
@@ -656,7 +681,7 @@ async fn get_metrics(State(state): State<Arc<AppState>>) -> Response {
             name,
             side.token_backlog.load(Ordering::Relaxed),
         ));
-        if let Some(pipeline) = &side.pipeline {
+        if let Some(pipeline) = side.pipeline() {
             let (activity, asset) = pipeline.depths();
             gauges.push(("redrain_pipeline_activity_queue", name, activity));
             gauges.push(("redrain_pipeline_asset_queue", name, asset));
@@ -1109,8 +1134,18 @@ impl Server {
                 announcements: Mutex::new(Vec::new()),
                 metrics: metrics::Metrics::default(),
                 draining: AtomicBool::new(false),
+                stores: None,
             }),
         }
+    }
+
+    /// Let `store_outage` faults take stores away through `switch` (the
+    /// server then advertises them in `/v1/capabilities`).
+    pub fn with_store_switch(mut self, switch: Arc<dyn StoreSwitch>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.stores = Some(switch);
+        }
+        self
     }
 
     /// The routes, for tests that drive the server without a socket.
@@ -1132,7 +1167,9 @@ impl Server {
             .route("/admin/audit", get(get_audit))
             .route("/admin/audit/orders", post(post_audit_orders))
             .route("/admin/clock", put(put_clock))
-            .route("/admin/drain", post(post_drain));
+            .route("/admin/drain", post(post_drain))
+            .route("/capabilities", get(faults::get_capabilities))
+            .route("/admin/faults", get(faults::get_faults).post(faults::post_fault));
         Router::new()
             .nest("/v1", v1)
             .route("/metrics", get(get_metrics))
@@ -1237,9 +1274,17 @@ async fn background(state: Arc<AppState>, shadow: bool, mut stop: watch::Receive
             _ = stop.changed() => break,
         }
         let now_ms = state.clock.now_ms();
+        if side.nemesis.take_restart() {
+            restart(&state, side, &mut worker).await;
+        }
         if let Some(w) = &mut worker {
+            if let Some(point) = side.nemesis.worker_armed() {
+                w.crash_at(point);
+            }
             match w.tick(now_ms).await {
                 Ok(report) if report.crashed => {
+                    side.nemesis.worker_crashed();
+                    tracing::info!(shadow, "credit worker crashed at an injected point; restarting it");
                     worker = CreditWorker::for_wallet(&side.wallet, state.config.worker.clone());
                 }
                 Ok(_) => {}
@@ -1254,16 +1299,49 @@ async fn background(state: Arc<AppState>, shadow: bool, mut stop: watch::Receive
                 }
             }
         }
-        if let Some(pipeline) = &side.pipeline
-            && let Err(error) = pipeline.tick(now_ms).await
-        {
-            tracing::warn!(%error, shadow, "coupon pipeline tick failed; retrying next tick");
+        if let Some(pipeline) = side.pipeline() {
+            if !pipeline.has_crashed()
+                && let Err(error) = pipeline.tick(now_ms).await
+            {
+                tracing::warn!(%error, shadow, "coupon pipeline tick failed; retrying next tick");
+            }
+            if pipeline.has_crashed() {
+                // The process died: its local queues are gone; a new instance
+                // finds the orders left in a middle state by their timeout.
+                side.nemesis.pipeline_crashed();
+                tracing::info!(shadow, "coupon pipeline crashed at an injected point; restarting it");
+                replace_pipeline(&state, side);
+            }
         }
         side.counter.tick(now_ms).await;
     }
-    if let Some(pipeline) = &side.pipeline {
+    if let Some(pipeline) = side.pipeline() {
         let handed = pipeline.shutdown().await;
         tracing::info!(handed, shadow, "coupon pipeline handed its queues off");
     }
     side.counter.tick(state.clock.now_ms()).await;
+}
+
+/// A new pipeline instance in place of the one serving (none when no scene uses it).
+fn replace_pipeline(state: &AppState, side: &Side) {
+    if let Some(config) = &state.config.pipeline {
+        *lock(&side.pipeline) = Some(Arc::new(CouponPipeline::new(
+            side.wallet.clone(),
+            config.clone(),
+        )));
+    }
+}
+
+/// Background work restarted as a process restart would: the pipeline hands its
+/// queues to the durable handoff queue and a new instance starts, the counter
+/// flushes, and a new credit worker starts with nothing but the shared stores.
+async fn restart(state: &AppState, side: &Side, worker: &mut Option<CreditWorker>) {
+    if let Some(pipeline) = side.pipeline() {
+        let handed = pipeline.shutdown().await;
+        tracing::info!(handed, "restart: coupon pipeline handed its queues off");
+        replace_pipeline(state, side);
+    }
+    side.counter.tick(state.clock.now_ms()).await;
+    *worker = CreditWorker::for_wallet(&side.wallet, state.config.worker.clone());
+    side.nemesis.restarted();
 }

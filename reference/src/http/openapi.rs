@@ -19,13 +19,14 @@ use utoipa::{Modify, OpenApi};
         super::get_counter, super::get_health, super::get_metrics, super::get_announcements,
         super::get_reconciliation, super::get_switches, super::put_switch, super::post_reissue,
         super::post_announcement, super::get_audit, super::post_audit_orders, super::put_clock,
-        super::post_drain,
+        super::post_drain, super::faults::get_capabilities, super::faults::get_faults,
+        super::faults::post_fault,
     ),
     modifiers(&AdminToken),
     tags(
         (name = "wallet", description = "What users and upstream call"),
         (name = "operations", description = "Health, metrics, announcements"),
-        (name = "admin", description = "Bearer token required: switches, reissue, audit, clock, drain"),
+        (name = "admin", description = "Bearer token required: switches, reissue, audit, clock, drain, faults"),
     )
 )]
 #[derive(Debug)]

@@ -124,6 +124,23 @@ impl PipelineCrash {
         PipelineCrash::AfterStockMark,
         PipelineCrash::AfterCredit,
     ];
+
+    /// Its name on the wire (`after_record`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            PipelineCrash::AfterRecord => "after_record",
+            PipelineCrash::AfterUserReserve => "after_user_reserve",
+            PipelineCrash::AfterUserMark => "after_user_mark",
+            PipelineCrash::AfterStockConsume => "after_stock_consume",
+            PipelineCrash::AfterStockMark => "after_stock_mark",
+            PipelineCrash::AfterCredit => "after_credit",
+        }
+    }
+
+    /// The point of a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// Why processing stopped early.

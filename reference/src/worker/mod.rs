@@ -70,6 +70,29 @@ pub enum CrashPoint {
     AfterCredit,
 }
 
+impl CrashPoint {
+    /// Every crash point, in step order.
+    pub const ALL: [CrashPoint; 3] = [
+        CrashPoint::AfterClaim,
+        CrashPoint::AfterMark,
+        CrashPoint::AfterCredit,
+    ];
+
+    /// Its name on the wire (`after_claim`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::AfterClaim => "after_claim",
+            CrashPoint::AfterMark => "after_mark",
+            CrashPoint::AfterCredit => "after_credit",
+        }
+    }
+
+    /// The point of a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
 /// What one tick did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TickReport {

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use reference::http::{
-    AuditExport, AwardBody, ClockBody, CounterAnswer, DrainAnswer, DrainBody, ErrorBody, Health,
+    AuditExport, AwardBody, Capabilities, ClockBody, CounterAnswer, DrainAnswer, DrainBody, ErrorBody, Health,
     IssueAnswer, OrderEntry, OrderRef, OrdersAnswer, OrdersQuery, SHADOW_HEADER, SwitchBody,
-    ViewAnswer, WithdrawAnswer,
+    ViewAnswer, WithdrawAnswer, FaultBody, FaultStatus,
 };
 use reference::wallet::WithdrawRequest;
 use reference::{ActId, ActivityId};
@@ -386,5 +386,44 @@ impl Target {
             )
             .await?;
         Ok(())
+    }
+
+    /// `GET /v1/capabilities`: `Ok(None)` when the target has no such route
+    /// (it offers none of the optional parts).
+    pub async fn capabilities(&self) -> Result<Option<Capabilities>, CallError> {
+        match self
+            .call(
+                || "reading the target's capabilities".to_owned(),
+                self.request(reqwest::Method::GET, "/v1/capabilities", false),
+                &[200],
+            )
+            .await
+        {
+            Ok(capabilities) => Ok(Some(capabilities)),
+            Err(CallError::Refused { status: 404, .. } | CallError::NotProtocol { status: 404, .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /v1/admin/faults`.
+    pub async fn fault(&self, fault: &FaultBody) -> Result<FaultStatus, CallError> {
+        self.call(
+            || format!("injecting the fault {}", serde_json::to_string(fault).unwrap_or_default()),
+            self.request(reqwest::Method::POST, "/v1/admin/faults", true).json(fault),
+            &[202],
+        )
+        .await
+    }
+
+    /// `GET /v1/admin/faults`.
+    pub async fn faults(&self) -> Result<FaultStatus, CallError> {
+        self.call(
+            || "reading the target's faults".to_owned(),
+            self.request(reqwest::Method::GET, "/v1/admin/faults", true),
+            &[200],
+        )
+        .await
     }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use reference::config::AwardDef;
-use reference::http::AwardBody;
+use reference::http::{AwardBody, Capabilities, FaultBody, FaultStatus};
 use reference::ledger::{Award, EntryKind};
 use reference::token::{KeyRing, decode_unverified};
 use reference::wallet::{IssueOutcome, IssueRequest, WithdrawOutcome, WithdrawRequest};
@@ -68,7 +68,40 @@ pub const CASES: &[(&str, &str)] = &[
         "withdraw_replays",
         "withdrawals replayed with the same and another amount, in order and 12 at once; the balance withdrawn to the cent; a withdraw right after token awards still pending",
     ),
+    (
+        "worker_crash_recovery",
+        "the credit worker crashes after claiming, after marking processing and after crediting; the page and a withdraw while the tokens wait, then recovery: each token credited once (fault routes)",
+    ),
+    (
+        "pipeline_crash_recovery",
+        "the coupon pipeline crashes at each of its six steps, orders resent as a client must, then recovery: each order issued once, stock and per-user limits taken once (fault routes)",
+    ),
+    (
+        "restart_midway",
+        "background work restarts with tokens and pipeline orders in flight, then every order replayed: nothing lost, nothing twice (fault routes)",
+    ),
+    (
+        "store_outages",
+        "the KV and then the ledger go away for 300 ms under sync, token, pipeline and withdraw requests, each resent until answered: exactly once (fault routes)",
+    ),
 ];
+
+/// The fault a case needs the target to offer (`/v1/capabilities`), if any.
+pub fn needs(case: &str) -> Option<&'static str> {
+    match case {
+        "worker_crash_recovery" => Some("worker_crash"),
+        "pipeline_crash_recovery" => Some("pipeline_crash"),
+        "restart_midway" => Some("restart"),
+        "store_outages" => Some("store_outage"),
+        _ => None,
+    }
+}
+
+/// How long conform waits for an armed fault to fire, wall ms.
+const FAULT_WAIT_MS: u64 = 10_000;
+/// How often, and how many times, a request answered "unavailable" is resent.
+const RESEND_EVERY_MS: u64 = 50;
+const RESENDS_MAX: u32 = 100;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -104,6 +137,9 @@ pub struct CaseVerdict {
     pub expectations: Vec<String>,
     /// Differences from the in-process reference (with `--reference`).
     pub differences: Vec<String>,
+    /// Why the case did not run (the target does not offer what it needs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// The whole run.
@@ -119,6 +155,8 @@ pub struct ConformReport {
     pub passed: bool,
     /// Invariant verdicts over everything sent.
     pub invariants: Vec<(String, bool, u64)>,
+    /// Cases skipped because the target does not offer what they need.
+    pub skipped: u64,
 }
 
 /// Per-target client state: the tokens each user was given (the client's copies).
@@ -182,7 +220,16 @@ enum Step {
     Clock(u64),
     Burst(Vec<Req>),
     InOrder(Vec<Req>),
+    /// In order, each resent with the same payload while the target answers
+    /// "unavailable" (5xx) or not at all, as a client must: such an answer is
+    /// indefinite (it may have happened).
+    Resent(Vec<Req>),
     Drain,
+    /// Inject a fault through the protocol.
+    Fault(FaultBody),
+    /// Wait until the last fault fired (a crash happened, a restart was done,
+    /// an outage ended).
+    AwaitFault,
 }
 
 /// What one step's answers were, for the case's expectations.
@@ -198,6 +245,10 @@ struct Answers {
     ordered: Vec<(String, String)>,
     /// Answers that broke a rule-fixed label: what, the label due, the label got.
     mislabelled: Vec<(String, &'static str, String)>,
+    /// The last fault injected and the target's fault status right after it.
+    fault: Option<(FaultBody, FaultStatus)>,
+    /// Faults that never fired.
+    faults_missed: Vec<String>,
 }
 
 /// Run every case against `options.target`.
@@ -227,6 +278,23 @@ pub async fn conform(
             seen: BTreeSet::new(),
         });
     }
+    // The optional parts each side offers; a fault case runs only when every
+    // side driven offers its fault.
+    let mut offered: Vec<Option<Capabilities>> = Vec::new();
+    for side in &sides {
+        offered.push(
+            side.target
+                .capabilities()
+                .await
+                .context("reading the target's capabilities")?,
+        );
+    }
+    let recovery_ms = offered
+        .iter()
+        .flatten()
+        .map(|c| c.recovery_ms)
+        .max()
+        .unwrap_or(0);
     let forger = forger_keys(scenario.seed);
     let mut cases = Vec::new();
     let mut last_violations = Vec::new();
@@ -239,12 +307,35 @@ pub async fn conform(
         {
             continue;
         }
+        if let Some(fault) = needs(name) {
+            let missing = offered.iter().position(|c| {
+                !c.as_ref()
+                    .is_some_and(|c| c.faults.iter().any(|f| f == fault))
+            });
+            if let Some(side) = missing {
+                cases.push(CaseVerdict {
+                    name: (*name).to_owned(),
+                    description: (*description).to_owned(),
+                    passed: true,
+                    requests: 0,
+                    elapsed_ms: 0,
+                    violations: Vec::new(),
+                    expectations: Vec::new(),
+                    differences: Vec::new(),
+                    skipped: Some(format!(
+                        "{} does not offer the `{fault}` fault (GET /v1/capabilities)",
+                        if side == 0 { "the target" } else { "the reference" }
+                    )),
+                });
+                continue;
+            }
+        }
         let started = Instant::now();
-        let steps = case_steps(name, index as u64, scenario)?;
+        let steps = case_steps(name, index as u64, scenario, recovery_ms)?;
         let requests = steps
             .iter()
             .map(|s| match s {
-                Step::Burst(r) | Step::InOrder(r) => r.len() as u64,
+                Step::Burst(r) | Step::InOrder(r) | Step::Resent(r) => r.len() as u64,
                 _ => 0,
             })
             .sum();
@@ -314,6 +405,7 @@ pub async fn conform(
             violations: new_violations,
             expectations,
             differences,
+            skipped: None,
         });
     }
     if let Some(local) = reference {
@@ -330,6 +422,7 @@ pub async fn conform(
         target: options.target.clone(),
         reference: options.reference,
         passed: cases.iter().all(|c| c.passed),
+        skipped: cases.iter().filter(|c| c.skipped.is_some()).count() as u64,
         cases,
         invariants,
     })
@@ -450,7 +543,12 @@ fn slot(scenario: &Scenario, index: u64) -> u64 {
 }
 
 /// The steps of a case. Users: case k uses act_ids from 100_000 × (k + 1).
-fn case_steps(name: &str, index: u64, scenario: &Scenario) -> anyhow::Result<Vec<Step>> {
+fn case_steps(
+    name: &str,
+    index: u64,
+    scenario: &Scenario,
+    recovery_ms: u64,
+) -> anyhow::Result<Vec<Step>> {
     let base = 100_000 * (index + 1);
     let at = slot(scenario, index);
     let activity = scenario
@@ -714,6 +812,144 @@ fn case_steps(name: &str, index: u64, scenario: &Scenario) -> anyhow::Result<Vec
                 ]),
             ]
         }
+        "worker_crash_recovery" => {
+            let mut steps = vec![Step::Clock(at)];
+            let mut now = at;
+            for (k, point) in reference::worker::CrashPoint::ALL.into_iter().enumerate() {
+                let k = k as u64;
+                let (users, _) = gate_users(scenario, base + 1000 * k, 4);
+                let rain = 41 + k as u32;
+                steps.push(Step::Fault(FaultBody::WorkerCrash {
+                    point: point.name().to_owned(),
+                }));
+                steps.push(Step::InOrder(
+                    users
+                        .iter()
+                        .enumerate()
+                        .map(|(i, u)| {
+                            Req::Issue(cash(*u, 501, rain, 5901, 100 + i as i64)).expect("accepted")
+                        })
+                        .collect(),
+                ));
+                steps.push(Step::AwaitFault);
+                // The crashed claim waits for recovery: the page still counts
+                // those tokens, and a withdraw presenting the client's copies
+                // force-credits them (the worker's late credit is then a replay).
+                steps.push(Step::InOrder(vec![
+                    Req::View(users[0]),
+                    Req::View(users[1]),
+                    withdraw(users[1], &format!("crash-{}", users[1]), 101, None)
+                        .expect("withdrawn"),
+                    Req::Issue(cash(users[2], 501, rain, 5901, 102)).expect("duplicate"),
+                ]));
+                now += recovery_ms;
+                steps.push(Step::Clock(now));
+                steps.push(Step::Drain);
+                steps.push(Step::InOrder(vec![
+                    Req::View(users[0]),
+                    Req::Issue(cash(users[3], 501, rain, 5901, 103)).expect("duplicate"),
+                ]));
+            }
+            steps
+        }
+        "pipeline_crash_recovery" => {
+            let mut steps = vec![Step::Clock(at)];
+            let mut now = at;
+            for (k, point) in reference::pipeline::PipelineCrash::ALL.into_iter().enumerate() {
+                let k = k as u64;
+                let rain = 41 + k as u32;
+                let orders: Vec<IssueRequest> = (0..3)
+                    .map(|i| coupon(5004, base + 10 * k + i, 534, rain, 5954))
+                    .collect();
+                steps.push(Step::Fault(FaultBody::PipelineCrash {
+                    point: point.name().to_owned(),
+                }));
+                steps.push(Step::Resent(orders.iter().cloned().map(Req::Issue).collect()));
+                steps.push(Step::AwaitFault);
+                // Resent after the crash, as a client whose answer was lost.
+                steps.push(Step::Resent(
+                    orders.iter().cloned().map(|o| Req::Issue(o).expect("duplicate")).collect(),
+                ));
+                now += recovery_ms;
+                steps.push(Step::Clock(now));
+                steps.push(Step::Drain);
+                // Recovered: the order is final, and the user's second order of
+                // the batch (limit 2) is still allowed, a third is not.
+                steps.push(Step::Resent(vec![
+                    Req::Issue(orders[0].clone()).expect("duplicate"),
+                    Req::Issue(IssueRequest {
+                        order_no: order(base + 10 * k, 534, rain + 100, AwardType::Coupon, 0),
+                        ..orders[0].clone()
+                    }),
+                ]));
+                steps.push(Step::Drain);
+            }
+            steps
+        }
+        "restart_midway" => {
+            let mut first = Vec::new();
+            let mut second = Vec::new();
+            for i in 0..20u64 {
+                first.push(Req::Issue(cash(base + i, 501, 51, 5901, 200 + i as i64)));
+                first.push(Req::Issue(coupon(5004, base + i, 534, 51, 5954)));
+                second.push(Req::Issue(cash(base + 100 + i, 501, 52, 5901, 300 + i as i64)));
+                second.push(Req::Issue(coupon(5004, base + 100 + i, 534, 52, 5954)));
+            }
+            let replays: Vec<Req> = first
+                .iter()
+                .chain(&second)
+                .cloned()
+                .map(|r| r.expect("duplicate"))
+                .collect();
+            vec![
+                Step::Clock(at),
+                Step::Resent(first),
+                Step::Fault(FaultBody::Restart),
+                Step::Resent(second),
+                Step::AwaitFault,
+                Step::Clock(at + recovery_ms),
+                Step::Drain,
+                Step::Resent(replays),
+            ]
+        }
+        "store_outages" => {
+            let (users, _) = gate_users(scenario, base, 12);
+            let mut steps = vec![
+                Step::Clock(at),
+                // Money to withdraw during the ledger's outage.
+                Step::InOrder(
+                    users[6..]
+                        .iter()
+                        .map(|u| Req::Issue(cash(*u, 502, 61, 5902, 500)).expect("issued"))
+                        .collect(),
+                ),
+            ];
+            for (k, store) in ["kv", "ledger"].into_iter().enumerate() {
+                let rain = 62 + k as u32;
+                let mut reqs = Vec::new();
+                for &u in &users[3 * k..3 * k + 3] {
+                    reqs.push(Req::Issue(cash(u, 502, rain, 5902, 700)));
+                    reqs.push(Req::Issue(cash(u, 501, rain, 5901, 70)));
+                    reqs.push(Req::Issue(coupon(5004, u, 534, rain, 5954)));
+                }
+                for &u in &users[6 + 3 * k..9 + 3 * k] {
+                    reqs.push(withdraw(u, &format!("outage-{store}-{u}"), 200, None));
+                }
+                steps.push(Step::Fault(FaultBody::StoreOutage {
+                    store: store.to_owned(),
+                    ms: 300,
+                }));
+                steps.push(Step::Resent(reqs.clone()));
+                steps.push(Step::AwaitFault);
+                // Every one of them again: the first answers stand.
+                steps.push(Step::Resent(
+                    reqs.into_iter().map(|r| r.expect("duplicate")).collect(),
+                ));
+            }
+            steps.push(Step::Clock(at + recovery_ms));
+            steps.push(Step::Drain);
+            steps
+        }
         other => anyhow::bail!("no conformance case `{other}`"),
     })
 }
@@ -736,16 +972,23 @@ async fn run_step(
             side.target.drain(drain_ms_max).await.context("draining")?;
             Ok(())
         }
-        Step::InOrder(reqs) => {
+        Step::InOrder(reqs) | Step::Resent(reqs) => {
+            let resend = matches!(step, Step::Resent(_));
             for req in reqs {
                 let (req, due) = req.split();
                 let prepared = prepare(side, req, forger);
                 let what = describe(&prepared);
-                let done = send(&side.target, prepared).await?;
+                let mut done = send(&side.target, prepared, resend).await?;
+                let mut resends = 0;
+                while resend && matches!(done, Done::Unavailable(_)) && resends < RESENDS_MAX {
+                    tokio::time::sleep(std::time::Duration::from_millis(RESEND_EVERY_MS)).await;
+                    resends += 1;
+                    done = send(&side.target, prepare(side, req, forger), resend).await?;
+                }
                 let got = match &done {
                     Done::Event(event, _) => event_label(event).to_owned(),
                     Done::Refused(what) if what.is_empty() => "not_found".to_owned(),
-                    Done::Refused(what) => format!("error ({what})"),
+                    Done::Refused(what) | Done::Unavailable(what) => format!("error ({what})"),
                 };
                 if let Some(due) = due.filter(|due| *due != got) {
                     answers.mislabelled.push((what.clone(), due, got.clone()));
@@ -755,6 +998,48 @@ async fn run_step(
             }
             Ok(())
         }
+        Step::Fault(fault) => {
+            let status = side
+                .target
+                .fault(fault)
+                .await
+                .context("injecting a fault the target advertises")?;
+            answers.fault = Some((fault.clone(), status));
+            Ok(())
+        }
+        Step::AwaitFault => {
+            let Some((fault, before)) = answers.fault.take() else {
+                return Ok(());
+            };
+            let started = Instant::now();
+            loop {
+                let now = side.target.faults().await.context("reading the target's faults")?;
+                let fired = match &fault {
+                    FaultBody::WorkerCrash { .. } => {
+                        now.worker_armed.is_none() && now.worker_crashes > before.worker_crashes
+                    }
+                    FaultBody::PipelineCrash { .. } => {
+                        now.pipeline_armed.is_none()
+                            && now.pipeline_crashes > before.pipeline_crashes
+                    }
+                    FaultBody::Restart => now.restarts > before.restarts,
+                    FaultBody::StoreOutage { .. } => now.stores_down.is_empty(),
+                };
+                if fired {
+                    return Ok(());
+                }
+                if started.elapsed().as_millis() as u64 >= FAULT_WAIT_MS {
+                    answers.faults_missed.push(format!(
+                        "the fault {} did not happen within {FAULT_WAIT_MS} ms (the target's \
+                         status: {})",
+                        serde_json::to_string(&fault).unwrap_or_default(),
+                        serde_json::to_string(&now).unwrap_or_default()
+                    ));
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         Step::Burst(reqs) => {
             let prepared: Vec<Prepared> = reqs
                 .iter()
@@ -763,7 +1048,7 @@ async fn run_step(
             let mut tasks = tokio::task::JoinSet::new();
             for p in prepared {
                 let target = side.target.clone();
-                tasks.spawn(async move { send(&target, p).await });
+                tasks.spawn(async move { send(&target, p, false).await });
             }
             let mut done = Vec::new();
             while let Some(result) = tasks.join_next().await {
@@ -788,6 +1073,8 @@ enum Prepared {
 enum Done {
     Event(Box<Event>, Option<usize>),
     Refused(String),
+    /// A 5xx, or (when resending) no answer at all: indefinite.
+    Unavailable(String),
 }
 
 /// A request in a line, for a report.
@@ -879,10 +1166,14 @@ fn prepare(side: &Driven, req: &Req, forger: &KeyRing) -> Prepared {
     }
 }
 
-async fn send(target: &Target, prepared: Prepared) -> anyhow::Result<Done> {
+async fn send(target: &Target, prepared: Prepared, resend: bool) -> anyhow::Result<Done> {
     let refused = |e: CallError| -> anyhow::Result<Done> {
         match e {
+            CallError::Transport { .. } if resend => Ok(Done::Unavailable(e.to_string())),
             CallError::Transport { .. } => Err(anyhow::Error::from(e)),
+            CallError::Refused { status, .. } if status >= 500 => {
+                Ok(Done::Unavailable(e.to_string()))
+            }
             other => Ok(Done::Refused(other.to_string())),
         }
     };
@@ -968,7 +1259,7 @@ fn absorb(side: &mut Driven, done: Done, answers: &mut Answers) {
             answers.events.push(event);
         }
         Done::Refused(what) if what.is_empty() => {}
-        Done::Refused(what) => answers.refused.push(what),
+        Done::Refused(what) | Done::Unavailable(what) => answers.refused.push(what),
     }
 }
 
@@ -996,6 +1287,8 @@ fn expect(name: &str, scenario: &Scenario, answers: &Answers) -> Vec<String> {
     for what in answers.refused.iter().take(5) {
         failed.push(format!("no protocol answer: {what}"));
     }
+    // A fault the target advertises and accepted must happen.
+    failed.extend(answers.faults_missed.iter().cloned());
     // The rules fix these answers (limits at their edges, replays).
     for (what, due, got) in &answers.mislabelled {
         failed.push(format!(
@@ -1253,7 +1546,11 @@ pub fn junit(report: &ConformReport) -> anyhow::Result<String> {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     let mut suite = TestSuite::new("redrain conform");
     for case in &report.cases {
-        let status = if case.passed {
+        let status = if let Some(why) = &case.skipped {
+            let mut status = TestCaseStatus::skipped();
+            status.set_message(why.clone());
+            status
+        } else if case.passed {
             TestCaseStatus::success()
         } else {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
@@ -1297,6 +1594,10 @@ pub fn render(report: &ConformReport) -> String {
         }
     );
     for case in &report.cases {
+        if let Some(why) = &case.skipped {
+            let _ = writeln!(out, "  {:<24} SKIP  {why}", case.name);
+            continue;
+        }
         let _ = writeln!(
             out,
             "  {:<24} {}  {} requests · {} ms",
@@ -1326,10 +1627,12 @@ pub fn render(report: &ConformReport) -> String {
     let _ = writeln!(
         out,
         "{}",
-        if report.passed {
-            "conform: PASS"
-        } else {
-            "conform: FAIL"
+        match (report.passed, report.skipped) {
+            (true, 0) => "conform: PASS".to_owned(),
+            (true, n) => format!(
+                "conform: PASS, {n} case(s) SKIPPED: the target does not offer the fault routes they need"
+            ),
+            (false, _) => "conform: FAIL".to_owned(),
         }
     );
     out

@@ -5,13 +5,53 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use reference::http::{DrainAnswer, Server, ServerConfig, ShiftedClock};
+use reference::http::{DrainAnswer, Server, ServerConfig, ShiftedClock, StoreKind, StoreSwitch};
 use reference::kv::{self, Kv, KvOptions};
-use reference::ledger::{self, LedgerOptions};
+use reference::ledger::{self, Ledger, LedgerOptions};
 use reference::{Clock, Wallet};
 
 use crate::options::has_pipeline_scenes;
 use crate::scenario::{Scenario, StoreUrls};
+use crate::stores::meter::{MeteredKv, MeteredLedger};
+
+/// The server's stores behind switches, so `store_outage` faults can take one
+/// away: a switched-down store refuses every call as an unreachable one would.
+#[derive(Debug)]
+pub struct Switches {
+    /// Real then shadow.
+    ledgers: [Arc<MeteredLedger>; 2],
+    kvs: [Arc<MeteredKv>; 2],
+}
+
+impl Switches {
+    /// Switches over the real and shadow ledgers and KVs (real first).
+    pub fn new(ledgers: [Arc<dyn Ledger>; 2], kvs: [Arc<dyn Kv>; 2]) -> Self {
+        Self {
+            ledgers: ledgers.map(|l| Arc::new(MeteredLedger::new(l))),
+            kvs: kvs.map(|k| Arc::new(MeteredKv::new(k))),
+        }
+    }
+
+    /// The switched ledgers, real then shadow: what the wallet is built on.
+    pub fn ledgers(&self) -> [Arc<dyn Ledger>; 2] {
+        self.ledgers.clone().map(|l| l as Arc<dyn Ledger>)
+    }
+
+    /// The switched KVs, real then shadow.
+    pub fn kvs(&self) -> [Arc<dyn Kv>; 2] {
+        self.kvs.clone().map(|k| k as Arc<dyn Kv>)
+    }
+}
+
+impl StoreSwitch for Switches {
+    fn set_down(&self, store: StoreKind, shadow: bool, down: bool) {
+        let side = usize::from(shadow);
+        match store {
+            StoreKind::Ledger => self.ledgers[side].set_down(down),
+            StoreKind::Kv => self.kvs[side].set_down(down),
+        }
+    }
+}
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -91,8 +131,12 @@ pub async fn build(scenario: &Scenario, options: &ServeOptions) -> anyhow::Resul
                 .with_context(|| format!("opening the KV {}", reference::redact_url(&url)))
         }
     };
-    let (ledger, shadow_ledger) = (open_ledger(false).await?, open_ledger(true).await?);
-    let (kv, shadow_kv): (Arc<dyn Kv>, Arc<dyn Kv>) = (open_kv(false).await?, open_kv(true).await?);
+    let switches = Switches::new(
+        [open_ledger(false).await?, open_ledger(true).await?],
+        [open_kv(false).await?, open_kv(true).await?],
+    );
+    let [ledger, shadow_ledger] = switches.ledgers();
+    let [kv, shadow_kv] = switches.kvs();
     let tree = Arc::new(scenario.tree.clone());
     let mut wallet =
         Wallet::new(tree, ledger, kv, dyn_clock).with_shadow_stores(shadow_ledger, shadow_kv);
@@ -101,7 +145,7 @@ pub async fn build(scenario: &Scenario, options: &ServeOptions) -> anyhow::Resul
     }
     let config = server_config(&scenario, options.admin_token.clone());
     Ok(Built {
-        server: Server::new(wallet, clock.clone(), config),
+        server: Server::new(wallet, clock.clone(), config).with_store_switch(Arc::new(switches)),
         clock,
         scenario,
     })

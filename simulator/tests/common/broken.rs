@@ -242,7 +242,7 @@ impl Ledger for NaiveLedger {
 }
 
 /// What a broken KV gets wrong.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvBug {
     /// Check-and-consume never says no and every batch may hold a group: stock,
     /// budgets, per-user limits and exclusion are counted but not enforced.
@@ -253,6 +253,13 @@ pub enum KvBug {
     /// Check-and-consume as two calls with a pause between (GET, then INCRBY):
     /// concurrent consumers all pass the check, so stock is over-issued under a race.
     RacyConsume,
+    /// A claim pops tokens from the pending queue without keeping them in the
+    /// inflight set (LPOP instead of a move): fine until the worker dies after
+    /// claiming, when the claimed tokens are gone for good.
+    ClaimWithoutInflight,
+    /// Pipeline orders are recorded but never added to the open set the
+    /// compensation scan reads: an order a crash left half done is never found.
+    OrdersNotOpen,
 }
 
 #[derive(Debug)]
@@ -297,13 +304,13 @@ impl Kv for LimitlessKv {
                     after: after.max(0) as u64,
                 })
             }
-            KvBug::HideTokenLists => self.inner.consume_within(key, n, limit).await,
+            _ => self.inner.consume_within(key, n, limit).await,
         }
     }
     async fn consume_up_to(&self, key: &str, n: u64, limit: u64) -> Result<u64, KvError> {
         match self.bug {
             KvBug::IgnoreLimits => self.inner.consume_up_to(key, n, u64::MAX).await,
-            KvBug::HideTokenLists | KvBug::RacyConsume => {
+            _ => {
                 self.inner.consume_up_to(key, n, limit).await
             }
         }
@@ -318,6 +325,11 @@ impl Kv for LimitlessKv {
         open_key: &str,
         now_ms: u64,
     ) -> Result<Option<Vec<u8>>, KvError> {
+        let open_key = if self.bug == KvBug::OrdersNotOpen {
+            "broken:nowhere"
+        } else {
+            open_key
+        };
         self.inner
             .record_order(record_key, record, open_key, now_ms)
             .await
@@ -337,13 +349,13 @@ impl Kv for LimitlessKv {
         match self.bug {
             // Every batch may hold the group.
             KvBug::IgnoreLimits => self.inner.hold(&format!("{key}:{value}"), value).await,
-            KvBug::HideTokenLists | KvBug::RacyConsume => self.inner.hold(key, value).await,
+            _ => self.inner.hold(key, value).await,
         }
     }
     async fn unhold(&self, key: &str, value: &str) -> Result<u64, KvError> {
         match self.bug {
             KvBug::IgnoreLimits => self.inner.unhold(&format!("{key}:{value}"), value).await,
-            KvBug::HideTokenLists | KvBug::RacyConsume => self.inner.unhold(key, value).await,
+            _ => self.inner.unhold(key, value).await,
         }
     }
     async fn set_add(&self, key: &str, member: &str) -> Result<bool, KvError> {
@@ -402,6 +414,9 @@ impl Kv for LimitlessKv {
         max: usize,
         now_ms: u64,
     ) -> Result<Vec<Vec<u8>>, KvError> {
+        if self.bug == KvBug::ClaimWithoutInflight {
+            return self.inner.queue_pop(queue_key, max).await;
+        }
         self.inner
             .queue_claim(queue_key, inflight_key, max, now_ms)
             .await
