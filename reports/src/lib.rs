@@ -380,7 +380,8 @@ pub struct CreditingSummary {
     pub drain_ms: u64,
     /// Injected worker crashes.
     pub worker_crashes: u64,
-    /// Tokens the compensation scan re-queued.
+    /// Stale claims the compensation scan re-queued: tokens claimed but not
+    /// credited within the processing timeout (after a worker crash, mostly).
     pub requeued: u64,
     /// Failed ledger attempts the worker retried.
     pub failed_attempts: u64,
@@ -635,7 +636,7 @@ pub fn render_summary(record: &RunRecord) -> String {
         );
         let _ = writeln!(
             out,
-            "  worker crashes {} · re-queued by compensation {} · failed ledger attempts {} · forged tokens presented {}",
+            "  worker crashes {} · stale claims re-queued by the compensation scan {} · failed ledger attempts {} · forged tokens presented {}",
             c.worker_crashes, c.requeued, c.failed_attempts, c.forged_presented
         );
     }
@@ -655,7 +656,7 @@ pub fn render_summary(record: &RunRecord) -> String {
     if v.views > 0 {
         let _ = writeln!(
             out,
-            "wallet pages: {} shown, {} short of what was owed; plain async crediting would have shown {} short (up to {} hidden)",
+            "wallet pages: {} read, {} below the awards already answered; without pending tokens (plain async) {} would be (up to {} missing)",
             v.views,
             v.short,
             v.plain_async_short,

@@ -69,10 +69,12 @@ pub enum Command {
     /// drain, read the audit export and check I1–I8 on the target.
     Load(load::Args),
     /// Replay the fixed conformance cases (smoke, idempotency storms, stock
-    /// races, forged tokens, gray-release gates, shadow isolation) against a
-    /// wallet speaking the protocol, check every invariant on its audit export,
-    /// and with --reference compare its final state with the in-process
-    /// reference's. Writes junit.xml and conform.json. Exit 0 pass, 1 fail, 2 error.
+    /// races, forged tokens, gray-release gates, shadow isolation, limits at their
+    /// edges, withdrawal replays, and crash, restart and outage cases through the
+    /// fault routes a target advertises) against a wallet speaking the protocol,
+    /// check every invariant on its audit export, and with --reference compare
+    /// its answers and final state with the in-process reference's. Writes
+    /// junit.xml and conform.json. Exit 0 pass, 1 fail, 2 error.
     Conform(conform::Args),
     /// Measure throughput.
     Bench(bench::Args),

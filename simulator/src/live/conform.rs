@@ -1579,6 +1579,37 @@ pub fn junit(report: &ConformReport) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("writing JUnit XML: {e}"))
 }
 
+/// What a failed case's summary shows, at most `max` lines: the first violation
+/// of each invariant it broke (an I6 "real stores touched" line is not hidden
+/// behind a page of I1 lines), then the expectations and differences, then the
+/// rest, and how many more conform.json holds.
+fn decisive_lines(case: &CaseVerdict, max: usize) -> Vec<String> {
+    let all: Vec<&String> = case
+        .violations
+        .iter()
+        .chain(&case.expectations)
+        .chain(&case.differences)
+        .collect();
+    let mut shown: Vec<&String> = Vec::new();
+    let mut invariants = BTreeSet::new();
+    for line in &case.violations {
+        if invariants.insert(line.split(' ').next().unwrap_or_default()) {
+            shown.push(line);
+        }
+    }
+    shown.extend(case.expectations.iter().chain(&case.differences));
+    for line in &all {
+        if !shown.contains(line) {
+            shown.push(line);
+        }
+    }
+    let mut lines: Vec<String> = shown.iter().take(max).map(|l| (*l).clone()).collect();
+    if all.len() > max {
+        lines.push(format!("… and {} more in conform.json", all.len() - max));
+    }
+    lines
+}
+
 /// The one-screen summary.
 pub fn render(report: &ConformReport) -> String {
     use std::fmt::Write as _;
@@ -1606,13 +1637,7 @@ pub fn render(report: &ConformReport) -> String {
             case.requests,
             case.elapsed_ms
         );
-        for line in case
-            .violations
-            .iter()
-            .chain(&case.expectations)
-            .chain(&case.differences)
-            .take(6)
-        {
+        for line in decisive_lines(case, 6) {
             let _ = writeln!(out, "      {line}");
         }
     }
