@@ -66,6 +66,10 @@ if [ "$list" = 1 ]; then
 fi
 
 [ -n "$shard" ] && args+=(--shard "$shard")
+# Extra cargo-mutants arguments, e.g. REDRAIN_MUTANTS_ARGS="--in-place" in a
+# disposable clone whose target/ is already built.
+read -r -a extra <<< "${REDRAIN_MUTANTS_ARGS:-}"
+args+=("${extra[@]}")
 out="target/mutants/${shard//\//-of-}"
 mkdir -p "$out"
 run=(cargo mutants "${args[@]}" --output "$out" --timeout 600 --build-timeout 900
