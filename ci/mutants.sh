@@ -45,7 +45,8 @@ if ! command -v cargo-mutants >/dev/null; then
   if [ ! -x "$bin_root/bin/cargo-mutants" ]; then
     cargo install --locked cargo-mutants --root "$bin_root"
   fi
-  export PATH="$PWD/$bin_root/bin:$PATH"
+  case "$bin_root" in /*) ;; *) bin_root="$PWD/$bin_root" ;; esac
+  export PATH="$bin_root/bin:$PATH"
 fi
 
 args=(--package reference --test-package simulator --exclude '**/tests.rs')
@@ -70,7 +71,8 @@ fi
 # disposable clone whose target/ is already built.
 read -r -a extra <<< "${REDRAIN_MUTANTS_ARGS:-}"
 args+=("${extra[@]}")
-out="target/mutants/${shard//\//-of-}"
+out="target/mutants/${shard:+shard-${shard//\//-of-}}"
+[ -n "$shard" ] || out="target/mutants/all"
 mkdir -p "$out"
 run=(cargo mutants "${args[@]}" --output "$out" --timeout 600 --build-timeout 900
      --test-tool cargo -- --test mutation_gate)
