@@ -49,7 +49,7 @@ if ! command -v cargo-mutants >/dev/null; then
   export PATH="$bin_root/bin:$PATH"
 fi
 
-args=(--package reference --test-workspace=true --exclude '**/tests.rs')
+args=(--test-workspace=true --exclude '**/tests.rs')
 for f in "${files[@]}"; do args+=(--file "$f"); done
 # Mutants proven equivalent: one name per line (as --list prints it), then
 # `  # why`; blank and comment lines skipped.

@@ -263,6 +263,17 @@ impl Rejection {
             Rejection::PipelineBusy { .. } => "pipeline_busy",
         }
     }
+
+    /// A "retry later" refusal: nothing was recorded and the same request may
+    /// succeed when sent again (a rate limit, a busy pipeline, a withdraw lock).
+    pub fn retry_later(&self) -> bool {
+        matches!(
+            self,
+            Rejection::RateLimited { .. }
+                | Rejection::PipelineBusy { .. }
+                | Rejection::WithdrawBusy { .. }
+        )
+    }
 }
 
 /// What became of an issue request.

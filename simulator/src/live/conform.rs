@@ -221,8 +221,9 @@ enum Step {
     Burst(Vec<Req>),
     InOrder(Vec<Req>),
     /// In order, each resent with the same payload while the target answers
-    /// "unavailable" (5xx) or not at all, as a client must: such an answer is
-    /// indefinite (it may have happened).
+    /// "unavailable" (5xx) or not at all, as a client must (such an answer is
+    /// indefinite: it may have happened), or refuses with "retry later"
+    /// (`pipeline_busy`, `rate_limited`, `withdraw_busy`: nothing recorded).
     Resent(Vec<Req>),
     Drain,
     /// Inject a fault through the protocol.
@@ -980,7 +981,7 @@ async fn run_step(
                 let what = describe(&prepared);
                 let mut done = send(&side.target, prepared, resend).await?;
                 let mut resends = 0;
-                while resend && matches!(done, Done::Unavailable(_)) && resends < RESENDS_MAX {
+                while resend && done.resend() && resends < RESENDS_MAX {
                     tokio::time::sleep(std::time::Duration::from_millis(RESEND_EVERY_MS)).await;
                     resends += 1;
                     done = send(&side.target, prepare(side, req, forger), resend).await?;
@@ -1075,6 +1076,30 @@ enum Done {
     Refused(String),
     /// A 5xx, or (when resending) no answer at all: indefinite.
     Unavailable(String),
+}
+
+impl Done {
+    /// Whether a client resends this answer with the same payload: it is
+    /// indefinite (a 5xx, no answer), or a "retry later" refusal (busy, rate
+    /// limited) that recorded nothing. A crashed pipeline instance answers
+    /// `pipeline_busy` until its replacement serves.
+    fn resend(&self) -> bool {
+        match self {
+            Done::Unavailable(_) => true,
+            Done::Event(event, _) => match event.as_ref() {
+                Event::Issue {
+                    outcome: IssueOutcome::Rejected { reason, .. },
+                    ..
+                }
+                | Event::Withdraw {
+                    outcome: WithdrawOutcome::Rejected { reason, .. },
+                    ..
+                } => reason.retry_later(),
+                _ => false,
+            },
+            Done::Refused(_) => false,
+        }
+    }
 }
 
 /// A request in a line, for a report.
@@ -1661,4 +1686,39 @@ pub fn render(report: &ConformReport) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reference::wallet::Rejection;
+
+    fn rejected(reason: Rejection) -> Done {
+        Done::Event(
+            Box::new(Event::Issue {
+                at_ms: 0,
+                request: cash(1, 501, 1, 5901, 100),
+                outcome: IssueOutcome::Rejected {
+                    child_id: None,
+                    reason,
+                },
+            }),
+            None,
+        )
+    }
+
+    /// A crashed pipeline instance answers `pipeline_busy` (nothing recorded)
+    /// until its replacement serves: the client resends, so the resend after
+    /// the crash is a `duplicate` of an order that really was recorded. CI saw
+    /// the race when this answer was taken as final.
+    #[test]
+    fn retry_later_refusals_and_indefinite_answers_are_resent_final_answers_not() {
+        assert!(rejected(Rejection::PipelineBusy { why: "stopping".into() }).resend());
+        assert!(rejected(Rejection::RateLimited { scene_id: 501, limit_qps: 1 }).resend());
+        assert!(rejected(Rejection::WithdrawBusy { act_id: 1 }).resend());
+        assert!(Done::Unavailable("503".into()).resend());
+        assert!(!rejected(Rejection::OutOfStock { template_id: 1, stock: 1 }).resend());
+        assert!(!rejected(Rejection::ZeroAmount).resend());
+        assert!(!Done::Refused("400".into()).resend());
+    }
 }
