@@ -147,6 +147,7 @@ async fn run_only(shadow: Shadow, reference: bool, only: Option<&str>) -> Confor
             reference,
             only: only.map(str::to_owned),
             drain_ms_max: 30_000,
+            process: Default::default(),
         },
     )
     .await
@@ -361,6 +362,7 @@ async fn the_fault_cases_run_through_the_protocol_and_pass_on_the_reference() {
             reference: false,
             only: Some("r".to_owned()),
             drain_ms_max: 30_000,
+            process: Default::default(),
         },
     )
     .await
@@ -409,6 +411,7 @@ async fn a_fault_the_target_lacks_is_skipped_visibly() {
             reference: false,
             only: Some("store_outages".to_owned()),
             drain_ms_max: 30_000,
+            process: Default::default(),
         },
     )
     .await
@@ -468,4 +471,83 @@ async fn a_resend_after_an_outage_paid_twice_is_caught() {
             && lines.iter().any(|l| l.starts_with("I1"))),
         "{failed:#?}"
     );
+}
+
+/// `redrain conform --start-cmd` on a `redrain serve` started by conform:
+/// exit code and stdout of a run of `process_kill_restart` only.
+fn conform_killing(stores: &[&str], out: &std::path::Path) -> (i32, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let bin = env!("CARGO_BIN_EXE_redrain");
+    let start = format!(
+        "exec '{bin}' serve scenarios/conform/conform.toml --listen 127.0.0.1:{port} {}",
+        stores.join(" ")
+    );
+    let output = std::process::Command::new(bin)
+        .current_dir(common::workspace_dir())
+        .env("CI", "true")
+        .env("REDRAIN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .args(["conform", "--target", &format!("http://127.0.0.1:{port}")])
+        .args(["--only", "process_kill_restart", "--start-cmd", &start, "--out"])
+        .arg(out)
+        .output()
+        .expect("redrain conform runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+/// Jepsen's nemesis through conform: the reference on SQLite and Redis is
+/// killed with SIGKILL right after answering tokens, pipeline orders and sync
+/// credits, started again, and every answer stands.
+#[test]
+fn a_target_killed_mid_case_on_durable_stores_passes() {
+    let Some(redis) =
+        reference::testenv::service_url("REDRAIN_REDIS_URL", "conform process_kill_restart")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let db = dir.path().join("wallet.db");
+    let prefix = format!("{}:", reference::testenv::unique_name("conform_kill"));
+    let (code, out) = conform_killing(
+        &[
+            &format!("--ledger sqlite://{}", db.display()),
+            &format!("--kv {redis} --kv-prefix {prefix}"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("process_kill_restart     pass"), "{out}");
+    let log = std::fs::read_to_string(dir.path().join("target.log")).expect("the target's log");
+    assert!(
+        log.matches("redrain serve: scenario `conform`").count() == 2,
+        "the target was started twice:\n{log}"
+    );
+}
+
+/// A wallet whose state lives in its process (the memory stores) forgets what
+/// it answered when killed: the replays are first acceptances, not duplicates.
+#[test]
+fn a_target_that_forgets_on_restart_is_caught() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (code, out) = conform_killing(&["--ledger memory --kv memory"], dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("process_kill_restart     FAIL"), "{out}");
+    assert!(out.contains("the rules say `duplicate`"), "{out}");
+}
+
+/// Without a way to kill the target the case is skipped, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_case_is_skipped_without_a_start_or_restart_command() {
+    let report = run_only(Shadow::Honest, false, Some("process_kill")).await;
+    let case = &report.cases[0];
+    assert_eq!(case.name, "process_kill_restart");
+    assert!(
+        case.skipped.as_deref().is_some_and(|w| w.contains("--start-cmd")),
+        "{case:?}"
+    );
+    assert!(simulator::live::conform::render(&report).contains("SKIP"));
 }

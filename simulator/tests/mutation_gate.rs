@@ -41,6 +41,7 @@ fn conform_and_the_quick_suite_pass_on_the_reference() {
                 reference: false,
                 only: None,
                 drain_ms_max: 20_000,
+                process: Default::default(),
             },
         )
         .await

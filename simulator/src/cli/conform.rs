@@ -29,6 +29,15 @@ pub struct Args {
     /// Longest drain after each case, seconds.
     #[arg(long, default_value_t = 60)]
     pub drain_s_max: u64,
+    /// A shell command that runs the target in the foreground (e.g. `redrain serve … --ledger
+    /// sqlite:… --kv redis://…`): conform starts it, kills it with SIGKILL mid-case
+    /// (process_kill_restart) and starts it again on its stores. Its output goes to OUT/target.log.
+    #[arg(long)]
+    pub start_cmd: Option<String>,
+    /// A shell command that kills and restarts the target (returning once the old process is
+    /// gone), for targets conform does not start; conform then waits for /v1/health.
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
     #[command(flatten)]
     pub admin: AdminToken,
 }
@@ -41,6 +50,8 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
         only,
         out,
         drain_s_max,
+        start_cmd,
+        restart_cmd,
         admin,
     } = args;
     let scenario = Scenario::load(&scenario)?;
@@ -52,6 +63,11 @@ pub async fn execute(args: Args) -> anyhow::Result<ExitCode> {
         reference,
         only,
         drain_ms_max: drain_s_max.saturating_mul(1000),
+        process: simulator::live::nemesis::ProcessControl {
+            start_cmd,
+            restart_cmd,
+            log: out.join("target.log"),
+        },
     };
     let report = simulator::live::conform::conform(&scenario, &options).await?;
     print!("{}", simulator::live::conform::render(&report));

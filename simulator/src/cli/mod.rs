@@ -71,7 +71,8 @@ pub enum Command {
     /// Replay the fixed conformance cases (smoke, idempotency storms, stock
     /// races, forged tokens, gray-release gates, shadow isolation, limits at their
     /// edges, withdrawal replays, and crash, restart and outage cases through the
-    /// fault routes a target advertises) against a wallet speaking the protocol,
+    /// fault routes a target advertises, and a kill -9 of the target process with
+    /// --start-cmd or --restart-cmd) against a wallet speaking the protocol,
     /// check every invariant on its audit export, and with --reference compare
     /// its answers and final state with the in-process reference's. Writes
     /// junit.xml and conform.json. Exit 0 pass, 1 fail, 2 error.

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::client::{CallError, Target};
 use super::load::event_time;
+use super::nemesis::{Nemesis, ProcessControl};
 use super::state::read_final_state;
 use crate::check::{self, Violation};
 use crate::history::{Event, FinalState, History};
@@ -84,6 +85,10 @@ pub const CASES: &[(&str, &str)] = &[
         "store_outages",
         "the KV and then the ledger go away for 300 ms under sync, token, pipeline and withdraw requests, each resent until answered: exactly once (fault routes)",
     ),
+    (
+        "process_kill_restart",
+        "the target process is killed (SIGKILL, or --restart-cmd) with tokens, pipeline orders and sync credits just answered, and started again on its stores: every answer stands, replays are duplicates, nothing lost or paid twice (--start-cmd or --restart-cmd)",
+    ),
 ];
 
 /// The fault a case needs the target to offer (`/v1/capabilities`), if any.
@@ -94,6 +99,23 @@ pub fn needs(case: &str) -> Option<&'static str> {
         "restart_midway" => Some("restart"),
         "store_outages" => Some("store_outage"),
         _ => None,
+    }
+}
+
+impl CaseVerdict {
+    /// A case not run, and why (it counts as passed, and is listed as skipped).
+    fn skipped(name: &str, description: &str, why: &str) -> Self {
+        CaseVerdict {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            passed: true,
+            requests: 0,
+            elapsed_ms: 0,
+            violations: Vec::new(),
+            expectations: Vec::new(),
+            differences: Vec::new(),
+            skipped: Some(why.to_owned()),
+        }
     }
 }
 
@@ -116,6 +138,9 @@ pub struct ConformOptions {
     pub only: Option<String>,
     /// Longest drain after a case, wall ms.
     pub drain_ms_max: u64,
+    /// How conform may kill and restart the target process (`--start-cmd`,
+    /// `--restart-cmd`); without either the `process_kill_restart` case is skipped.
+    pub process: ProcessControl,
 }
 
 /// One case's verdict.
@@ -171,6 +196,9 @@ struct Driven {
     client: Client,
     history: History,
     seen: BTreeSet<(String, String, String)>,
+    /// The target's process, when conform may kill it (the target side only;
+    /// the in-process reference restarts its background work instead).
+    nemesis: Option<Nemesis>,
 }
 
 impl std::fmt::Debug for Driven {
@@ -231,6 +259,10 @@ enum Step {
     /// Wait until the last fault fired (a crash happened, a restart was done,
     /// an outage ended).
     AwaitFault,
+    /// Kill the target process and start it again on its stores, then wait
+    /// until it answers `/v1/health` (the in-process reference restarts its
+    /// background work through the fault route instead).
+    KillRestart,
 }
 
 /// What one step's answers were, for the case's expectations.
@@ -258,6 +290,12 @@ pub async fn conform(
     options: &ConformOptions,
 ) -> anyhow::Result<ConformReport> {
     let target = Target::new(&options.target, &options.admin_token, true)?;
+    // Started first when conform runs the target itself (`--start-cmd`).
+    let nemesis = if options.process.can_restart() {
+        Some(Nemesis::start(options.process.clone(), &target).await?)
+    } else {
+        None
+    };
     target.require_fresh_shadow("conformance").await?;
     // The in-process reference, on a port of its own.
     let reference = if options.reference {
@@ -270,6 +308,7 @@ pub async fn conform(
         client: Client::default(),
         history: History::default(),
         seen: BTreeSet::new(),
+        nemesis,
     }];
     if let Some(local) = &reference {
         sides.push(Driven {
@@ -277,6 +316,7 @@ pub async fn conform(
             client: Client::default(),
             history: History::default(),
             seen: BTreeSet::new(),
+            nemesis: None,
         });
     }
     // The optional parts each side offers; a fault case runs only when every
@@ -308,26 +348,28 @@ pub async fn conform(
         {
             continue;
         }
+        if *name == "process_kill_restart" && !options.process.can_restart() {
+            cases.push(CaseVerdict::skipped(
+                name,
+                description,
+                "no --start-cmd or --restart-cmd: conform cannot kill and restart the target process",
+            ));
+            continue;
+        }
         if let Some(fault) = needs(name) {
             let missing = offered.iter().position(|c| {
                 !c.as_ref()
                     .is_some_and(|c| c.faults.iter().any(|f| f == fault))
             });
             if let Some(side) = missing {
-                cases.push(CaseVerdict {
-                    name: (*name).to_owned(),
-                    description: (*description).to_owned(),
-                    passed: true,
-                    requests: 0,
-                    elapsed_ms: 0,
-                    violations: Vec::new(),
-                    expectations: Vec::new(),
-                    differences: Vec::new(),
-                    skipped: Some(format!(
+                cases.push(CaseVerdict::skipped(
+                    name,
+                    description,
+                    &format!(
                         "{} does not offer the `{fault}` fault (GET /v1/capabilities)",
                         if side == 0 { "the target" } else { "the reference" }
-                    )),
-                });
+                    ),
+                ));
                 continue;
             }
         }
@@ -951,6 +993,53 @@ fn case_steps(
             steps.push(Step::Drain);
             steps
         }
+        "process_kill_restart" => {
+            let (users, _) = gate_users(scenario, base, 12);
+            // Tokens pending, pipeline orders queued and sync credits, all
+            // answered just before the kill.
+            let batch = |users: &[ActId], rain: u32| -> Vec<Req> {
+                let mut reqs = Vec::new();
+                for (i, &u) in users.iter().enumerate() {
+                    reqs.push(Req::Issue(cash(u, 501, rain, 5901, 100 + i as i64)));
+                    reqs.push(Req::Issue(coupon(5004, u, 534, rain, 5954)));
+                    reqs.push(Req::Issue(cash(u, 502, rain, 5902, 300 + i as i64)));
+                }
+                reqs
+            };
+            let replays = |reqs: &[Req]| -> Vec<Req> {
+                reqs.iter().cloned().map(|r| r.expect("duplicate")).collect()
+            };
+            let first = batch(&users[..6], 81);
+            let second = batch(&users[6..], 82);
+            // A restarted process may start its clock anywhere: move it past
+            // everything stamped before the kill.
+            let after = at + 60_000;
+            vec![
+                Step::Clock(at),
+                Step::Resent(first.clone()),
+                Step::KillRestart,
+                Step::Clock(after),
+                Step::Resent(replays(&first)),
+                Step::Resent(second.clone()),
+                // The page and a withdraw with the client's copies while the
+                // tokens of before the kill may still wait.
+                Step::InOrder(vec![
+                    Req::View(users[0]),
+                    withdraw(users[1], &format!("kill-{}", users[1]), 150, None)
+                        .expect("withdrawn"),
+                    Req::View(users[6]),
+                ]),
+                Step::Clock(after + recovery_ms),
+                Step::Drain,
+                Step::Resent(replays(&second)),
+                Step::InOrder(vec![
+                    Req::View(users[0]),
+                    Req::View(users[6]),
+                    withdraw(users[1], &format!("kill-{}", users[1]), 150, None)
+                        .expect("duplicate"),
+                ]),
+            ]
+        }
         other => anyhow::bail!("no conformance case `{other}`"),
     })
 }
@@ -1006,6 +1095,18 @@ async fn run_step(
                 .await
                 .context("injecting a fault the target advertises")?;
             answers.fault = Some((fault.clone(), status));
+            Ok(())
+        }
+        Step::KillRestart => {
+            if let Some(nemesis) = &mut side.nemesis {
+                if let Err(e) = nemesis.restart(&side.target).await {
+                    answers.faults_missed.push(format!("{e:#}"));
+                }
+                return Ok(());
+            }
+            for step in [Step::Fault(FaultBody::Restart), Step::AwaitFault] {
+                Box::pin(run_step(side, &step, forger, answers, drain_ms_max)).await?;
+            }
             Ok(())
         }
         Step::AwaitFault => {

@@ -1,12 +1,14 @@
 //! Live traffic against a server speaking protocol `/v1`: the client, the
 //! open-model driver, the load (`redrain load`), conformance (`redrain conform`),
 //! the final state read from a target's audit export, and the reference server a
-//! scenario serves (`redrain serve`). Never virtual time.
+//! scenario serves (`redrain serve`), and conform's nemesis that kills and
+//! restarts a target process. Never virtual time.
 
 pub mod client;
 pub mod conform;
 pub mod driver;
 pub mod load;
+pub mod nemesis;
 pub mod serve;
 pub mod state;
 
