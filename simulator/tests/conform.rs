@@ -45,6 +45,9 @@ enum Shadow {
     ClaimWithoutInflight,
     /// Pipeline orders left out of the open set: a crashed order is never recovered.
     OrdersNotOpen,
+    /// Child windows compared as `start < now <= end`: every window one
+    /// millisecond late, visible only on its first and last millisecond.
+    WindowsOneMsLate,
 }
 
 /// The tree the server is configured with: the conform tree, or a copy with
@@ -57,6 +60,12 @@ fn served_tree(shadow: &Shadow) -> reference::ActivityTree {
         Shadow::CapInWholeYuan => text
             .replace("per_txn_cap_cents = 20000", "per_txn_cap_cents = 20099")
             .replace("max_cents = 20000", "max_cents = 20099"),
+        Shadow::WindowsOneMsLate => (10..=13).fold(text, |text, day| {
+            text.replace(
+                &format!("2027-01-{day}T00:00:00+08:00"),
+                &format!("2027-01-{day}T00:00:00.001+08:00"),
+            )
+        }),
         _ => return scenario().tree,
     };
     reference::ActivityTree::from_toml_str(&text, "planted tree").expect("the planted tree parses")
@@ -105,7 +114,7 @@ async fn start(shadow: Shadow, faults: bool) -> Local {
             Arc::new(MemoryLedger::new()),
             Arc::new(LimitlessKv::with_bug(dyn_clock.clone(), KvBug::OrdersNotOpen)),
         ),
-        Shadow::ActivityCapOnly | Shadow::CapInWholeYuan => (
+        Shadow::ActivityCapOnly | Shadow::CapInWholeYuan | Shadow::WindowsOneMsLate => (
             Arc::new(MemoryLedger::new()),
             Arc::new(MemoryKv::new(dyn_clock.clone())),
         ),
@@ -550,4 +559,35 @@ async fn the_kill_case_is_skipped_without_a_start_or_restart_command() {
         "{case:?}"
     );
     assert!(simulator::live::conform::render(&report).contains("SKIP"));
+}
+
+/// Windows one millisecond late (`start < now <= end`) pass every probe a
+/// running clock can make; on a frozen clock the first millisecond of each
+/// child is answered by the child before (I6) and the activity's last one is
+/// still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_one_millisecond_late_are_caught() {
+    let report = run_only(Shadow::WindowsOneMsLate, false, Some("windows")).await;
+    let failed = failing(&report);
+    let lines = &failed
+        .iter()
+        .find(|(name, _)| name == "windows_at_their_edges")
+        .unwrap_or_else(|| panic!("{failed:#?}"))
+        .1;
+    assert!(lines.iter().any(|l| l.starts_with("I6")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("the rules say `issued`")),
+        "{lines:#?}"
+    );
+}
+
+/// The same probes pass on the reference, and a target without clock_freeze
+/// has the case skipped, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_at_their_edges_pass_on_the_reference() {
+    let report = run_only(Shadow::Honest, false, Some("windows")).await;
+    let case = &report.cases[0];
+    assert_eq!(case.name, "windows_at_their_edges");
+    assert!(case.skipped.is_none() && case.passed, "{case:#?}");
+    assert_eq!(case.requests, 8);
 }

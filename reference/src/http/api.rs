@@ -144,6 +144,11 @@ pub struct Announcement {
 pub struct ClockBody {
     /// The new time, ms since the epoch; never earlier than now.
     pub now_ms: Millis,
+    /// Stand still at `now_ms` until the next move (optional; offered when
+    /// `/v1/capabilities` says `clock_freeze`), so a request lands on an exact
+    /// millisecond. Without it the clock runs on at the wall's pace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
 }
 
 /// Wait until background work is done.
@@ -282,6 +287,9 @@ pub struct Capabilities {
     /// again (the compensation timeouts plus one scan): moving the clock this far
     /// past a crash lets recovery run.
     pub recovery_ms: u64,
+    /// `PUT /v1/admin/clock` takes `frozen: true` (the clock stands still).
+    #[serde(default)]
+    pub clock_freeze: bool,
 }
 
 /// A fault to inject, through the protocol (a target's own nemesis).

@@ -138,6 +138,7 @@ fn capabilities(state: &AppState) -> Capabilities {
         outage_stores,
         recovery_ms: (worker.processing_timeout_ms + worker.scan_interval_ms).max(pipeline)
             + 1_000,
+        clock_freeze: true,
     }
 }
 

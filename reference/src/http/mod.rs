@@ -1044,8 +1044,16 @@ async fn put_clock(
     ApiJson(body): ApiJson<ClockBody>,
 ) -> Result<Json<ClockBody>, ApiError> {
     require_admin(&state, &headers)?;
-    match state.clock.jump_to(body.now_ms) {
-        Ok(now_ms) => Ok(Json(ClockBody { now_ms })),
+    let moved = if body.frozen {
+        state.clock.freeze_at(body.now_ms)
+    } else {
+        state.clock.jump_to(body.now_ms)
+    };
+    match moved {
+        Ok(now_ms) => Ok(Json(ClockBody {
+            now_ms,
+            frozen: body.frozen,
+        })),
         Err(current) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "clock_backwards",

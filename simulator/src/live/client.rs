@@ -317,11 +317,21 @@ impl Target {
     /// `PUT /v1/admin/clock`: `Ok(now)`, or `Err` with the target's reason
     /// (`clock_backwards` when it stands later already).
     pub async fn set_clock(&self, now_ms: u64) -> Result<u64, CallError> {
+        self.move_clock(now_ms, false).await
+    }
+
+    /// `PUT /v1/admin/clock` with `frozen: true`: the target's clock stands at
+    /// `now_ms` until moved again (when `/v1/capabilities` offers `clock_freeze`).
+    pub async fn freeze_clock(&self, now_ms: u64) -> Result<u64, CallError> {
+        self.move_clock(now_ms, true).await
+    }
+
+    async fn move_clock(&self, now_ms: u64, frozen: bool) -> Result<u64, CallError> {
         let answer: ClockBody = self
             .call(
                 || "setting the target's clock".to_owned(),
                 self.request(reqwest::Method::PUT, "/v1/admin/clock", true)
-                    .json(&ClockBody { now_ms }),
+                    .json(&ClockBody { now_ms, frozen }),
                 &[200],
             )
             .await?;
