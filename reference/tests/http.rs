@@ -281,6 +281,15 @@ async fn bad_input_gets_a_4xx_with_a_code_and_a_sentence() {
         (
             server
                 .http
+                .put(format!("{}/v1/admin/clock", server.url))
+                .bearer_auth(TOKEN)
+                .json(&json!({"now_ms": 9_223_372_036_854_775_808u64, "frozen": true})),
+            422,
+            "invalid_clock",
+        ),
+        (
+            server
+                .http
                 .post(format!("{}/v1/admin/announcements", server.url))
                 .bearer_auth(TOKEN)
                 .json(&json!({"level": "loud", "text": "x"})),

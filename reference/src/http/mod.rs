@@ -1037,13 +1037,27 @@ async fn post_audit_orders(
 #[utoipa::path(put, path = "/v1/admin/clock", tag = "admin", security(("admin" = [])),
     request_body = ClockBody,
     responses((status = 200, description = "The clock now", body = ClockBody),
-              (status = 409, description = "The time asked is earlier than now", body = ErrorBody)))]
+              (status = 409, description = "The time asked is earlier than now", body = ErrorBody),
+              (status = 422, description = "The time asked is past the year 9999", body = ErrorBody)))]
 async fn put_clock(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ClockBody>,
 ) -> Result<Json<ClockBody>, ApiError> {
     require_admin(&state, &headers)?;
+    // 9999-12-31T23:59:59.999Z: beyond it the wall offset would overflow and
+    // the clock, never going back, would stand there for good.
+    const CLOCK_MS_MAX: u64 = 253_402_300_799_999;
+    if body.now_ms > CLOCK_MS_MAX {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_clock",
+            format!(
+                "now_ms {} is past 9999-12-31T23:59:59.999Z ({CLOCK_MS_MAX} ms); the clock was not moved",
+                body.now_ms
+            ),
+        ));
+    }
     let moved = if body.frozen {
         state.clock.freeze_at(body.now_ms)
     } else {
