@@ -49,7 +49,19 @@ fn conform_and_the_quick_suite_pass_on_the_reference() {
         drop(server);
         report
     });
-    assert!(report.passed && report.skipped == 0, "{}", render(&report));
+    // Everything runs but the process kill: this server lives in the test's
+    // own process (restart_midway restarts its background work instead).
+    let skipped: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| c.skipped.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        report.passed && skipped == ["process_kill_restart"],
+        "{}",
+        render(&report)
+    );
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let suite = Suite::load(&workspace_dir().join("ci/quick.toml")).expect("ci/quick.toml");

@@ -1861,7 +1861,7 @@ pub fn render(report: &ConformReport) -> String {
         match (report.passed, report.skipped) {
             (true, 0) => "conform: PASS".to_owned(),
             (true, n) => format!(
-                "conform: PASS, {n} case(s) SKIPPED: the target does not offer the fault routes they need"
+                "conform: PASS, {n} case(s) SKIPPED: they need what the target does not offer (see SKIP above)"
             ),
             (false, _) => "conform: FAIL".to_owned(),
         }
