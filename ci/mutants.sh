@@ -56,13 +56,17 @@ fi
 args=(--test-package simulator --cargo-arg=--test=mutation_gate --baseline=skip
       --exclude '**/tests.rs')
 for f in "${files[@]}"; do args+=(--file "$f"); done
-# Mutants proven equivalent: one name per line (as --list prints it), then
+# Mutants proven equivalent: one per line, `FILE: DESCRIPTION` as --list prints
+# it (a line:col after FILE is ignored, so entries survive code moving), then
 # `  # why`; blank and comment lines skipped.
 if [ -f ci/mutants-equivalent.txt ]; then
   while IFS= read -r line; do
     name="${line%%  #*}"
     [ -z "$name" ] || [ "${name:0:1}" = "#" ] && continue
-    args+=(--exclude-re "^$(printf '%s' "$name" | sed 's/[][\.*^$(){}+?|/]/\\&/g')\$")
+    file="${name%%:*}"
+    what="${name#*: }"
+    esc() { printf '%s' "$1" | sed 's/[][\.*^$(){}+?|/]/\\&/g'; }
+    args+=(--exclude-re "^$(esc "$file"):[0-9]+:[0-9]+: $(esc "$what")\$")
   done < ci/mutants-equivalent.txt
 fi
 
