@@ -2,7 +2,9 @@
 //! 1% of the true total: a value shown at `t` is at least 99% of everything
 //! awarded up to `t - lag` (the plan's interval) and at most 101% of everything
 //! awarded up to `t`. The truth is recomputed here from the history (every cash
-//! amount first issued or accepted), not taken from the counter.
+//! amount first issued or accepted), not taken from the counter. With no lag (plan
+//! 1 writes straight to its keys) the floor is what was answered before the read
+//! in the history: an award answered later in the same millisecond may be missing.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +35,12 @@ pub(super) fn check(history: &History) -> Vec<Violation> {
     };
     let mut found = Vec::new();
     let mut last_shown: BTreeMap<u32, (u64, i64)> = BTreeMap::new();
+    // Everything answered before the current event.
+    let mut answered = 0u64;
     for event in &history.events {
+        if let Event::Issue { outcome, .. } = event {
+            answered = answered.saturating_add(outcome.newly_awarded_cents());
+        }
         let Event::CounterRead {
             at_ms,
             reader,
@@ -55,7 +62,8 @@ pub(super) fn check(history: &History) -> Vec<Violation> {
             ));
         }
         last_shown.insert(*reader, (*at_ms, *shown));
-        let floor = truth_at(at_ms.saturating_sub(*lag_ms)) as f64 * (1.0 - TOLERANCE);
+        let floor =
+            truth_at(at_ms.saturating_sub(*lag_ms)).min(answered) as f64 * (1.0 - TOLERANCE);
         let ceiling = truth_at(*at_ms) as f64 * (1.0 + TOLERANCE);
         let value = *shown as f64;
         if value < floor.floor() || value > ceiling.ceil() {
