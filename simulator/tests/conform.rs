@@ -112,7 +112,10 @@ async fn start(shadow: Shadow, faults: bool) -> Local {
         ),
         Shadow::OrdersNotOpen => (
             Arc::new(MemoryLedger::new()),
-            Arc::new(LimitlessKv::with_bug(dyn_clock.clone(), KvBug::OrdersNotOpen)),
+            Arc::new(LimitlessKv::with_bug(
+                dyn_clock.clone(),
+                KvBug::OrdersNotOpen,
+            )),
         ),
         Shadow::ActivityCapOnly | Shadow::CapInWholeYuan | Shadow::WindowsOneMsLate => (
             Arc::new(MemoryLedger::new()),
@@ -352,8 +355,8 @@ async fn a_cap_at_the_wrong_granularity_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fault_cases_run_through_the_protocol_and_pass_on_the_reference() {
     let server = start(Shadow::Honest, true).await;
-    let target = simulator::live::client::Target::new(&server.url, ADMIN_TOKEN, true)
-        .expect("a client");
+    let target =
+        simulator::live::client::Target::new(&server.url, ADMIN_TOKEN, true).expect("a client");
     let capabilities = target
         .capabilities()
         .await
@@ -449,7 +452,9 @@ async fn tokens_lost_by_a_worker_crash_are_caught() {
     let report = run_only(Shadow::ClaimWithoutInflight, false, Some("worker_crash")).await;
     let failed = failing(&report);
     assert!(
-        failed.iter().any(|(name, _)| name == "worker_crash_recovery"),
+        failed
+            .iter()
+            .any(|(name, _)| name == "worker_crash_recovery"),
         "{failed:#?}"
     );
     // Without the crash the same store passes the token cases.
@@ -464,7 +469,9 @@ async fn orders_stranded_by_a_pipeline_crash_are_caught() {
     let report = run_only(Shadow::OrdersNotOpen, false, Some("pipeline_crash")).await;
     let failed = failing(&report);
     assert!(
-        failed.iter().any(|(name, _)| name == "pipeline_crash_recovery"),
+        failed
+            .iter()
+            .any(|(name, _)| name == "pipeline_crash_recovery"),
         "{failed:#?}"
     );
 }
@@ -476,8 +483,10 @@ async fn a_resend_after_an_outage_paid_twice_is_caught() {
     let report = run_only(Shadow::DoubleCreditOnRetry, false, Some("store_outages")).await;
     let failed = failing(&report);
     assert!(
-        failed.iter().any(|(name, lines)| name == "store_outages"
-            && lines.iter().any(|l| l.starts_with("I1"))),
+        failed
+            .iter()
+            .any(|(name, lines)| name == "store_outages"
+                && lines.iter().any(|l| l.starts_with("I1"))),
         "{failed:#?}"
     );
 }
@@ -499,13 +508,22 @@ fn conform_killing(stores: &[&str], out: &std::path::Path) -> (i32, String) {
         .env("CI", "true")
         .env("REDRAIN_ADMIN_TOKEN", ADMIN_TOKEN)
         .args(["conform", "--target", &format!("http://127.0.0.1:{port}")])
-        .args(["--only", "process_kill_restart", "--start-cmd", &start, "--out"])
+        .args([
+            "--only",
+            "process_kill_restart",
+            "--start-cmd",
+            &start,
+            "--out",
+        ])
         .arg(out)
         .output()
         .expect("redrain conform runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+    (
+        output.status.code().unwrap_or(-1),
+        format!("{stdout}{stderr}"),
+    )
 }
 
 /// Jepsen's nemesis through conform: the reference on SQLite and Redis is
@@ -555,7 +573,9 @@ async fn the_kill_case_is_skipped_without_a_start_or_restart_command() {
     let case = &report.cases[0];
     assert_eq!(case.name, "process_kill_restart");
     assert!(
-        case.skipped.as_deref().is_some_and(|w| w.contains("--start-cmd")),
+        case.skipped
+            .as_deref()
+            .is_some_and(|w| w.contains("--start-cmd")),
         "{case:?}"
     );
     assert!(simulator::live::conform::render(&report).contains("SKIP"));

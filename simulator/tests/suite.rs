@@ -462,7 +462,8 @@ fn the_quick_suite_plans_every_profile() {
         assert!(!run.scenario.path.to_string_lossy().contains(".."));
         // Samples of the profiles; the seconds-long scenarios run whole.
         assert!(
-            run.sample_rate <= 0.001 || ["smoke", "exhaustion"].contains(&run.scenario.name.as_str()),
+            run.sample_rate <= 0.001
+                || ["smoke", "exhaustion"].contains(&run.scenario.name.as_str()),
             "{} at {}",
             run.scenario.name,
             run.sample_rate

@@ -123,7 +123,11 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(clock.now_ms(), 2_000_000);
         assert!(clock.freeze_at(1_999_999).is_err(), "never back");
-        assert_eq!(clock.freeze_at(2_000_000), Ok(2_000_000), "the same ms again");
+        assert_eq!(
+            clock.freeze_at(2_000_000),
+            Ok(2_000_000),
+            "the same ms again"
+        );
         assert!(clock.jump_to(2_000_001).is_ok());
         assert!(!clock.is_frozen());
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -136,8 +136,7 @@ fn capabilities(state: &AppState) -> Capabilities {
         worker_crash_points: names(&CrashPoint::ALL, CrashPoint::name),
         pipeline_crash_points,
         outage_stores,
-        recovery_ms: (worker.processing_timeout_ms + worker.scan_interval_ms).max(pipeline)
-            + 1_000,
+        recovery_ms: (worker.processing_timeout_ms + worker.scan_interval_ms).max(pipeline) + 1_000,
         clock_freeze: true,
     }
 }
@@ -212,9 +211,7 @@ pub(super) async fn post_fault(
             let kind = StoreKind::ALL
                 .into_iter()
                 .find(|k| k.name() == store)
-                .ok_or_else(|| {
-                    invalid(format!("no store `{store}`; the stores are ledger, kv"))
-                })?;
+                .ok_or_else(|| invalid(format!("no store `{store}`; the stores are ledger, kv")))?;
             if ms == 0 || ms > OUTAGE_MS_MAX {
                 return Err(invalid(format!(
                     "an outage of {ms} ms is out of range: give 1 to {OUTAGE_MS_MAX} ms"

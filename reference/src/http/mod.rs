@@ -1191,7 +1191,10 @@ impl Server {
             .route("/admin/clock", put(put_clock))
             .route("/admin/drain", post(post_drain))
             .route("/capabilities", get(faults::get_capabilities))
-            .route("/admin/faults", get(faults::get_faults).post(faults::post_fault));
+            .route(
+                "/admin/faults",
+                get(faults::get_faults).post(faults::post_fault),
+            );
         Router::new()
             .nest("/v1", v1)
             .route("/metrics", get(get_metrics))
@@ -1306,7 +1309,10 @@ async fn background(state: Arc<AppState>, shadow: bool, mut stop: watch::Receive
             match w.tick(now_ms).await {
                 Ok(report) if report.crashed => {
                     side.nemesis.worker_crashed();
-                    tracing::info!(shadow, "credit worker crashed at an injected point; restarting it");
+                    tracing::info!(
+                        shadow,
+                        "credit worker crashed at an injected point; restarting it"
+                    );
                     worker = CreditWorker::for_wallet(&side.wallet, state.config.worker.clone());
                 }
                 Ok(_) => {}
@@ -1331,7 +1337,10 @@ async fn background(state: Arc<AppState>, shadow: bool, mut stop: watch::Receive
                 // The process died: its local queues are gone; a new instance
                 // finds the orders left in a middle state by their timeout.
                 side.nemesis.pipeline_crashed();
-                tracing::info!(shadow, "coupon pipeline crashed at an injected point; restarting it");
+                tracing::info!(
+                    shadow,
+                    "coupon pipeline crashed at an injected point; restarting it"
+                );
                 replace_pipeline(&state, side);
             }
         }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use reference::http::{
-    AuditExport, AwardBody, Capabilities, ClockBody, CounterAnswer, DrainAnswer, DrainBody, ErrorBody, Health,
-    IssueAnswer, OrderEntry, OrderRef, OrdersAnswer, OrdersQuery, SHADOW_HEADER, SwitchBody,
-    ViewAnswer, WithdrawAnswer, FaultBody, FaultStatus,
+    AuditExport, AwardBody, Capabilities, ClockBody, CounterAnswer, DrainAnswer, DrainBody,
+    ErrorBody, FaultBody, FaultStatus, Health, IssueAnswer, OrderEntry, OrderRef, OrdersAnswer,
+    OrdersQuery, SHADOW_HEADER, SwitchBody, ViewAnswer, WithdrawAnswer,
 };
 use reference::wallet::WithdrawRequest;
 use reference::{ActId, ActivityId};
@@ -410,9 +410,9 @@ impl Target {
             .await
         {
             Ok(capabilities) => Ok(Some(capabilities)),
-            Err(CallError::Refused { status: 404, .. } | CallError::NotProtocol { status: 404, .. }) => {
-                Ok(None)
-            }
+            Err(
+                CallError::Refused { status: 404, .. } | CallError::NotProtocol { status: 404, .. },
+            ) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -420,8 +420,14 @@ impl Target {
     /// `POST /v1/admin/faults`.
     pub async fn fault(&self, fault: &FaultBody) -> Result<FaultStatus, CallError> {
         self.call(
-            || format!("injecting the fault {}", serde_json::to_string(fault).unwrap_or_default()),
-            self.request(reqwest::Method::POST, "/v1/admin/faults", true).json(fault),
+            || {
+                format!(
+                    "injecting the fault {}",
+                    serde_json::to_string(fault).unwrap_or_default()
+                )
+            },
+            self.request(reqwest::Method::POST, "/v1/admin/faults", true)
+                .json(fault),
             &[202],
         )
         .await

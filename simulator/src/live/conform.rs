@@ -107,6 +107,44 @@ pub fn needs(case: &str) -> Option<&'static str> {
     }
 }
 
+/// Why a case cannot run against these sides, if it cannot: a capability a
+/// side does not advertise (`offered`: the target first, then the reference),
+/// or no way to kill the target process.
+fn skip_reason(
+    name: &str,
+    offered: &[Option<Capabilities>],
+    process: &ProcessControl,
+) -> Option<String> {
+    let lacking = |has: &dyn Fn(&Capabilities) -> bool| {
+        offered
+            .iter()
+            .position(|c| !c.as_ref().is_some_and(has))
+            .map(|side| {
+                if side == 0 {
+                    "the target"
+                } else {
+                    "the reference"
+                }
+            })
+    };
+    if name == "windows_at_their_edges" {
+        return lacking(&|c| c.clock_freeze).map(|side| {
+            format!(
+                "{side} does not offer `clock_freeze` (GET /v1/capabilities): a running clock cannot put a request on an exact millisecond"
+            )
+        });
+    }
+    if name == "process_kill_restart" && !process.can_restart() {
+        return Some(
+            "no --start-cmd or --restart-cmd: conform cannot kill and restart the target process"
+                .to_owned(),
+        );
+    }
+    let fault = needs(name)?;
+    lacking(&|c| c.faults.iter().any(|f| f == fault))
+        .map(|side| format!("{side} does not offer the `{fault}` fault (GET /v1/capabilities)"))
+}
+
 impl CaseVerdict {
     /// A case not run, and why (it counts as passed, and is listed as skipped).
     fn skipped(name: &str, description: &str, why: &str) -> Self {
@@ -355,45 +393,9 @@ pub async fn conform(
         {
             continue;
         }
-        if *name == "windows_at_their_edges"
-            && let Some(side) = offered
-                .iter()
-                .position(|c| !c.as_ref().is_some_and(|c| c.clock_freeze))
-        {
-            cases.push(CaseVerdict::skipped(
-                name,
-                description,
-                &format!(
-                    "{} does not offer `clock_freeze` (GET /v1/capabilities): a running clock cannot put a request on an exact millisecond",
-                    if side == 0 { "the target" } else { "the reference" }
-                ),
-            ));
+        if let Some(why) = skip_reason(name, &offered, &options.process) {
+            cases.push(CaseVerdict::skipped(name, description, &why));
             continue;
-        }
-        if *name == "process_kill_restart" && !options.process.can_restart() {
-            cases.push(CaseVerdict::skipped(
-                name,
-                description,
-                "no --start-cmd or --restart-cmd: conform cannot kill and restart the target process",
-            ));
-            continue;
-        }
-        if let Some(fault) = needs(name) {
-            let missing = offered.iter().position(|c| {
-                !c.as_ref()
-                    .is_some_and(|c| c.faults.iter().any(|f| f == fault))
-            });
-            if let Some(side) = missing {
-                cases.push(CaseVerdict::skipped(
-                    name,
-                    description,
-                    &format!(
-                        "{} does not offer the `{fault}` fault (GET /v1/capabilities)",
-                        if side == 0 { "the target" } else { "the reference" }
-                    ),
-                ));
-                continue;
-            }
         }
         let started = Instant::now();
         let steps = case_steps(name, index as u64, scenario, recovery_ms)?;
@@ -920,7 +922,10 @@ fn case_steps(
         "pipeline_crash_recovery" => {
             let mut steps = vec![Step::Clock(at)];
             let mut now = at;
-            for (k, point) in reference::pipeline::PipelineCrash::ALL.into_iter().enumerate() {
+            for (k, point) in reference::pipeline::PipelineCrash::ALL
+                .into_iter()
+                .enumerate()
+            {
                 let k = k as u64;
                 let rain = 41 + k as u32;
                 let orders: Vec<IssueRequest> = (0..3)
@@ -929,11 +934,17 @@ fn case_steps(
                 steps.push(Step::Fault(FaultBody::PipelineCrash {
                     point: point.name().to_owned(),
                 }));
-                steps.push(Step::Resent(orders.iter().cloned().map(Req::Issue).collect()));
+                steps.push(Step::Resent(
+                    orders.iter().cloned().map(Req::Issue).collect(),
+                ));
                 steps.push(Step::AwaitFault);
                 // Resent after the crash, as a client whose answer was lost.
                 steps.push(Step::Resent(
-                    orders.iter().cloned().map(|o| Req::Issue(o).expect("duplicate")).collect(),
+                    orders
+                        .iter()
+                        .cloned()
+                        .map(|o| Req::Issue(o).expect("duplicate"))
+                        .collect(),
                 ));
                 now += recovery_ms;
                 steps.push(Step::Clock(now));
@@ -957,7 +968,13 @@ fn case_steps(
             for i in 0..20u64 {
                 first.push(Req::Issue(cash(base + i, 501, 51, 5901, 200 + i as i64)));
                 first.push(Req::Issue(coupon(5004, base + i, 534, 51, 5954)));
-                second.push(Req::Issue(cash(base + 100 + i, 501, 52, 5901, 300 + i as i64)));
+                second.push(Req::Issue(cash(
+                    base + 100 + i,
+                    501,
+                    52,
+                    5901,
+                    300 + i as i64,
+                )));
                 second.push(Req::Issue(coupon(5004, base + 100 + i, 534, 52, 5954)));
             }
             let replays: Vec<Req> = first
@@ -1029,7 +1046,10 @@ fn case_steps(
                 reqs
             };
             let replays = |reqs: &[Req]| -> Vec<Req> {
-                reqs.iter().cloned().map(|r| r.expect("duplicate")).collect()
+                reqs.iter()
+                    .cloned()
+                    .map(|r| r.expect("duplicate"))
+                    .collect()
             };
             let first = batch(&users[..6], 81);
             let second = batch(&users[6..], 82);
@@ -1063,10 +1083,9 @@ fn case_steps(
             ]
         }
         "windows_at_their_edges" => {
-            let windows = scenario
-                .tree
-                .activity(5006)
-                .context("the conform tree has no activity 5006: serve scenarios/conform/conform.toml")?;
+            let windows = scenario.tree.activity(5006).context(
+                "the conform tree has no activity 5006: serve scenarios/conform/conform.toml",
+            )?;
             let mut edges = Vec::new();
             for child in &windows.children {
                 edges.extend([child.start_ms - 1, child.start_ms]);
@@ -1178,7 +1197,11 @@ async fn run_step(
             };
             let started = Instant::now();
             loop {
-                let now = side.target.faults().await.context("reading the target's faults")?;
+                let now = side
+                    .target
+                    .faults()
+                    .await
+                    .context("reading the target's faults")?;
                 let fired = match &fault {
                     FaultBody::WorkerCrash { .. } => {
                         now.worker_armed.is_none() && now.worker_crashes > before.worker_crashes
@@ -1894,11 +1917,28 @@ mod tests {
     /// the race when this answer was taken as final.
     #[test]
     fn retry_later_refusals_and_indefinite_answers_are_resent_final_answers_not() {
-        assert!(rejected(Rejection::PipelineBusy { why: "stopping".into() }).resend());
-        assert!(rejected(Rejection::RateLimited { scene_id: 501, limit_qps: 1 }).resend());
+        assert!(
+            rejected(Rejection::PipelineBusy {
+                why: "stopping".into()
+            })
+            .resend()
+        );
+        assert!(
+            rejected(Rejection::RateLimited {
+                scene_id: 501,
+                limit_qps: 1
+            })
+            .resend()
+        );
         assert!(rejected(Rejection::WithdrawBusy { act_id: 1 }).resend());
         assert!(Done::Unavailable("503".into()).resend());
-        assert!(!rejected(Rejection::OutOfStock { template_id: 1, stock: 1 }).resend());
+        assert!(
+            !rejected(Rejection::OutOfStock {
+                template_id: 1,
+                stock: 1
+            })
+            .resend()
+        );
         assert!(!rejected(Rejection::ZeroAmount).resend());
         assert!(!Done::Refused("400".into()).resend());
     }
@@ -1925,7 +1965,10 @@ mod tests {
                 })
                 .max()
                 .unwrap_or(0);
-            assert!(latest + 60_000 < first_edge, "{name} moves the clock to {latest}");
+            assert!(
+                latest + 60_000 < first_edge,
+                "{name} moves the clock to {latest}"
+            );
         }
     }
 }

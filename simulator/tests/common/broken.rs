@@ -310,9 +310,7 @@ impl Kv for LimitlessKv {
     async fn consume_up_to(&self, key: &str, n: u64, limit: u64) -> Result<u64, KvError> {
         match self.bug {
             KvBug::IgnoreLimits => self.inner.consume_up_to(key, n, u64::MAX).await,
-            _ => {
-                self.inner.consume_up_to(key, n, limit).await
-            }
+            _ => self.inner.consume_up_to(key, n, limit).await,
         }
     }
     async fn release(&self, key: &str, n: u64) -> Result<u64, KvError> {
